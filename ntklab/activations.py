@@ -1,0 +1,200 @@
+"""Elementwise activations, each carrying its forward map and its kernel rule side by side.
+
+An :class:`Activation` holds φ, its derivative φ' and, where one exists, the closed-form
+*dual*: for a centred Gaussian pair (u, v) with Var u = q1, Var v = q2, Cov(u, v) = cov,
+
+    dual(q1, q2, cov) = (E[φ(u) φ(v)], E[φ'(u) φ'(v)]).
+
+The finite network (:mod:`ntklab.nets`) applies ``fn``; the analytic kernels
+(:mod:`ntklab.kernels`) apply ``dual`` or, without one, Gaussian quadrature of ``fn`` and
+``derivative``. Keeping the three on one object is what stops the net and its limit from
+drifting apart (the idea of neural-tangents' ``stax``).
+
+All dual arguments are float64 tensors that broadcast against each other: (N1, 1), (1, N2),
+(N1, N2) for a full kernel block, or three (N,) vectors (q1 = q2 = cov) for its diagonal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor
+
+Dual = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise nonlinearity φ with its derivative and (optionally) its closed-form dual.
+
+    ``fn`` and ``derivative`` map a tensor to a tensor of the same shape, elementwise.
+    ``dual`` is None when no closed form is known; kernels then use quadrature.
+    """
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    derivative: Callable[[Tensor], Tensor]
+    dual: Optional[Dual] = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def safe_correlation(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
+    """Return (sqrt(q1 q2), ρ = cov / sqrt(q1 q2) clipped to [-1, 1]); ρ = 0 where a variance is 0."""
+    norm = torch.sqrt(q1 * q2)
+    # A zero-norm input (x = 0 with no bias) has zero covariance too; any ρ gives the same
+    # kernel there because every term is multiplied by `norm`, so divide by a clamped norm.
+    rho = (cov / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp_(-1.0, 1.0)
+    return norm, rho
+
+
+def _leaky_relu_dual(slope: float) -> Dual:
+    r"""Dual of φ(x) = max(x, a x) (a = ``slope``): relu at a = 0, abs at a = −1.
+
+    Writing φ(x) = (1+a)/2 · x + (1−a)/2 · |x| and θ = arccos ρ (Cho & Saul 2009, arc-cosine
+    kernels of degree 0 and 1):
+
+        E[φ(u)φ(v)]   = ((1+a)/2)² cov + ((1−a)/2)² · (2/π) √(q1 q2) (sin θ + (π/2 − θ) cos θ)
+        E[φ'(u)φ'(v)] = a + (1−a)² (π − θ) / (2π)
+
+    For a = 0 the first line is √(q1 q2)/(2π) (sin θ + (π − θ) cos θ), the relu formula of DESIGN.md.
+    """
+    even = ((1.0 + slope) / 2.0) ** 2
+    odd = ((1.0 - slope) / 2.0) ** 2
+
+    def dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
+        norm, rho = safe_correlation(q1, q2, cov)
+        theta = torch.arccos(rho)
+        sin_theta = torch.sqrt((1.0 - rho * rho).clamp_(min=0.0))
+        abs_abs = (2.0 / math.pi) * norm * (sin_theta + (math.pi / 2.0 - theta) * rho)
+        e_phi = even * cov + odd * abs_abs
+        e_dphi = slope + (1.0 - slope) ** 2 * (math.pi - theta) / (2.0 * math.pi)
+        return e_phi, e_dphi
+
+    return dual
+
+
+def _erf_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
+    r"""Dual of φ = erf (Williams 1997):
+
+        E[erf(u) erf(v)] = (2/π) arcsin(2 cov / √((1 + 2 q1)(1 + 2 q2)))
+        E[φ'(u)φ'(v)]    = (4/π) / √((1 + 2 q1)(1 + 2 q2) − 4 cov²)      (φ'(x) = 2/√π · e^{−x²})
+    """
+    a = (1.0 + 2.0 * q1) * (1.0 + 2.0 * q2)
+    e_phi = (2.0 / math.pi) * torch.arcsin((2.0 * cov / torch.sqrt(a)).clamp(-1.0, 1.0))
+    e_dphi = (4.0 / math.pi) / torch.sqrt(a - 4.0 * cov * cov)
+    return e_phi, e_dphi
+
+
+def _identity_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
+    """Dual of φ(x) = x: (cov, 1)."""
+    return cov, torch.ones_like(cov)
+
+
+def _sin_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
+    r"""Dual of φ = sin:  E[sin u sin v] = e^{−(q1+q2)/2} sinh(cov),  E[cos u cos v] = e^{−(q1+q2)/2} cosh(cov)."""
+    damping = torch.exp(-(q1 + q2) / 2.0)
+    return damping * torch.sinh(cov), damping * torch.cosh(cov)
+
+
+def _relu_derivative(x: Tensor) -> Tensor:
+    return (x > 0).to(x.dtype)
+
+
+def leaky_relu(slope: float = 0.01) -> Activation:
+    """φ(x) = max(x, slope·x) for slope ≤ 1, with its closed-form dual (slope 0 is relu, −1 is abs)."""
+    if not isinstance(slope, (int, float)) or not math.isfinite(slope) or slope > 1:
+        raise ValueError(f"leaky_relu slope must be a finite number <= 1, got {slope!r}")
+    slope = float(slope)
+    return Activation(
+        name="leaky_relu" if slope == 0.01 else f"leaky_relu({slope:g})",
+        fn=lambda x: torch.where(x > 0, x, slope * x),
+        derivative=lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope)),
+        dual=_leaky_relu_dual(slope),
+    )
+
+
+def _autograd_derivative(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """φ' of an elementwise φ by reverse-mode autograd: d/dx Σ φ(x) = φ'(x) elementwise."""
+
+    def derivative(x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(fn(x).sum(), x)
+        return grad
+
+    return derivative
+
+
+def from_callable(fn: Callable[[Tensor], Tensor], name: Optional[str] = None,
+                  derivative: Optional[Callable[[Tensor], Tensor]] = None) -> Activation:
+    """Wrap a user's elementwise torch function; its kernels are computed by quadrature.
+
+    Without ``derivative``, φ' comes from autograd, which is only correct for elementwise φ.
+    """
+    if not callable(fn):
+        raise ValueError(f"activation must be a name, an Activation or a callable, got {fn!r}")
+    return Activation(
+        name=name or getattr(fn, "__name__", "custom"),
+        fn=fn,
+        derivative=derivative or _autograd_derivative(fn),
+        dual=None,
+    )
+
+
+def _sigmoid_derivative(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1.0 - s)
+
+
+def _gelu_derivative(x: Tensor) -> Tensor:
+    # gelu(x) = x Φ(x), so gelu'(x) = Φ(x) + x φ_N(x) with φ_N the standard normal density.
+    cdf = 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return cdf + x * pdf
+
+
+def _silu_derivative(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+_REGISTRY: "dict[str, Callable[[], Activation]]" = {
+    "relu": lambda: Activation("relu", torch.relu, _relu_derivative, _leaky_relu_dual(0.0)),
+    "leaky_relu": lambda: leaky_relu(0.01),
+    "abs": lambda: Activation("abs", torch.abs, torch.sign, _leaky_relu_dual(-1.0)),
+    "erf": lambda: Activation(
+        "erf", torch.erf, lambda x: (2.0 / math.sqrt(math.pi)) * torch.exp(-x * x), _erf_dual),
+    "identity": lambda: Activation("identity", lambda x: x, torch.ones_like, _identity_dual),
+    "sin": lambda: Activation("sin", torch.sin, torch.cos, _sin_dual),
+    "tanh": lambda: Activation("tanh", torch.tanh, lambda x: 1.0 - torch.tanh(x) ** 2),
+    "sigmoid": lambda: Activation("sigmoid", torch.sigmoid, _sigmoid_derivative),
+    "softplus": lambda: Activation("softplus", torch.nn.functional.softplus, torch.sigmoid),
+    "gelu": lambda: Activation("gelu", torch.nn.functional.gelu, _gelu_derivative),
+    "silu": lambda: Activation("silu", torch.nn.functional.silu, _silu_derivative),
+}
+
+ACTIVATION_NAMES = tuple(sorted(_REGISTRY))
+"""Names accepted by :func:`get_activation` (and by ``ArchSpec.activation``)."""
+
+ActivationLike = Union[str, Activation, Callable[[Tensor], Tensor]]
+
+
+def get_activation(activation: ActivationLike) -> Activation:
+    """Resolve a name, an :class:`Activation` or an elementwise callable to an :class:`Activation`."""
+    if isinstance(activation, Activation):
+        return activation
+    if isinstance(activation, str):
+        key = activation.strip().lower()
+        if key == "linear":
+            key = "identity"
+        if key not in _REGISTRY:
+            raise ValueError(
+                f"activation: unknown name {activation!r}; allowed: {', '.join(ACTIVATION_NAMES)}, "
+                "an ntklab.activations.Activation, or an elementwise callable")
+        return _REGISTRY[key]()
+    return from_callable(activation)

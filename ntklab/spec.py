@@ -1,0 +1,162 @@
+"""The architecture description shared by the analytic kernels and the finite networks.
+
+A fully connected net with ``depth`` hidden layers of widths n_1..n_L, input dim n_0 and
+``out_dim`` = k outputs. Layer l (1..L+1) maps its input a^{l-1} (a^0 = x) to
+
+    z^l = weight_mult_l · W^l a^{l-1} + bias_mult_l · b^l,   W^l ~ N(0, weight_std_l²),  b^l ~ N(0, bias_std_l²)
+
+and the parametrization fixes the four constants (DESIGN.md):
+
+    "ntk":      weight_std = 1,             weight_mult = σ_w/√n_{l-1},  bias_std = 1,    bias_mult = σ_b
+    "standard": weight_std = σ_w/√n_{l-1},  weight_mult = 1,             bias_std = σ_b,  bias_mult = 1
+
+Both give the same function at initialisation; they differ in what gradient descent moves.
+:func:`layer_scales` is the single place these constants live: the network's forward pass,
+the structured empirical NTK (c_l = weight_mult², c'_l = bias_mult²) and the analytic kernel
+recursion all read them from here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Sequence, Tuple, Union
+
+from ntklab.activations import ACTIVATION_NAMES, Activation, ActivationLike, get_activation
+
+PARAMETRIZATIONS = ("ntk", "standard")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A fully connected architecture.
+
+    Args:
+        depth: number of hidden layers L (0 gives a linear model).
+        width: hidden width n, or a sequence of L per-layer widths (n_1, ..., n_L).
+        activation: a name from ``ntklab.activations.ACTIVATION_NAMES``, an ``Activation`` or an
+            elementwise callable (kernels of callables use quadrature).
+        sigma_w: weight scale σ_w > 0.
+        sigma_b: bias scale σ_b >= 0 (ignored when ``bias`` is False).
+        bias: whether layers have biases. Under "standard" a bias is trainable and adds 1 to
+            the NTK per layer even when σ_b = 0.
+        parametrization: "ntk" or "standard".
+        out_dim: number of outputs k.
+    """
+
+    depth: int = 2
+    width: Union[int, Tuple[int, ...]] = 512
+    activation: ActivationLike = "relu"
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
+    bias: bool = True
+    parametrization: str = "ntk"
+    out_dim: int = 1
+    _act: Activation = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.depth) or self.depth < 0:
+            raise ValueError(f"depth must be an integer >= 0, got {self.depth!r}")
+        if _is_int(self.width):
+            if self.width < 1:
+                raise ValueError(f"width must be an integer >= 1, got {self.width!r}")
+        elif isinstance(self.width, Sequence) and not isinstance(self.width, str):
+            widths = tuple(self.width)
+            if len(widths) != self.depth or not all(_is_int(n) and n >= 1 for n in widths):
+                raise ValueError(
+                    f"width must be an integer >= 1 or a sequence of depth={self.depth} integers "
+                    f">= 1, got {self.width!r}")
+            object.__setattr__(self, "width", tuple(int(n) for n in widths))
+        else:
+            raise ValueError(f"width must be an integer >= 1 or a sequence of integers, got {self.width!r}")
+        if not _is_real(self.sigma_w) or not self.sigma_w > 0:
+            raise ValueError(f"sigma_w must be a finite number > 0, got {self.sigma_w!r}")
+        if not _is_real(self.sigma_b) or self.sigma_b < 0:
+            raise ValueError(f"sigma_b must be a finite number >= 0, got {self.sigma_b!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be True or False, got {self.bias!r}")
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}, got {self.parametrization!r}")
+        if not _is_int(self.out_dim) or self.out_dim < 1:
+            raise ValueError(f"out_dim must be an integer >= 1, got {self.out_dim!r}")
+        try:
+            act = get_activation(self.activation)
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        object.__setattr__(self, "_act", act)
+
+    @property
+    def widths(self) -> Tuple[int, ...]:
+        """Hidden widths (n_1, ..., n_L)."""
+        if isinstance(self.width, tuple):
+            return self.width
+        return (int(self.width),) * self.depth
+
+    @property
+    def act(self) -> Activation:
+        """The resolved :class:`~ntklab.activations.Activation`."""
+        return self._act
+
+
+@dataclass(frozen=True)
+class LayerScale:
+    """Constants of one dense layer z = weight_mult · W a + bias_mult · b (see module docstring)."""
+
+    fan_in: int
+    fan_out: int
+    weight_std: float
+    weight_mult: float
+    bias_std: float
+    bias_mult: float
+    has_bias: bool
+
+    @property
+    def weight_variance(self) -> float:
+        """Variance of one effective weight times fan-in: (weight_std · weight_mult)² · n_{l-1} = σ_w²."""
+        return (self.weight_std * self.weight_mult) ** 2 * self.fan_in
+
+    @property
+    def bias_variance(self) -> float:
+        """Variance of the effective bias: (bias_std · bias_mult)² = σ_b² (0 without bias)."""
+        return (self.bias_std * self.bias_mult) ** 2 if self.has_bias else 0.0
+
+    @property
+    def weight_ntk_factor(self) -> float:
+        """c_l = weight_mult²: the weights' NTK term is c_l (a·a')(δ·δ')."""
+        return self.weight_mult ** 2
+
+    @property
+    def bias_ntk_factor(self) -> float:
+        """c'_l = bias_mult² (0 without bias): the bias's NTK term is c'_l (δ·δ')."""
+        return self.bias_mult ** 2 if self.has_bias else 0.0
+
+
+def layer_scales(spec: ArchSpec, in_dim: int) -> Tuple[LayerScale, ...]:
+    """The L+1 dense layers of ``spec`` on inputs of dimension ``in_dim``, input layer first."""
+    if not _is_int(in_dim) or in_dim < 1:
+        raise ValueError(f"in_dim must be an integer >= 1, got {in_dim!r}")
+    dims = (int(in_dim),) + spec.widths + (spec.out_dim,)
+    sigma_b = spec.sigma_b if spec.bias else 0.0
+    scales = []
+    for fan_in, fan_out in zip(dims[:-1], dims[1:]):
+        if spec.parametrization == "ntk":
+            scales.append(LayerScale(fan_in, fan_out, 1.0, spec.sigma_w / math.sqrt(fan_in),
+                                     1.0, sigma_b, spec.bias))
+        else:  # "standard"
+            scales.append(LayerScale(fan_in, fan_out, spec.sigma_w / math.sqrt(fan_in), 1.0,
+                                     sigma_b, 1.0, spec.bias))
+    return tuple(scales)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+__all__ = ["ArchSpec", "LayerScale", "layer_scales", "PARAMETRIZATIONS", "ACTIVATION_NAMES"]
