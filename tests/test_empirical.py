@@ -1,0 +1,154 @@
+"""Empirical NTK/NNGP: three independent methods agree; closed forms for simple nets; errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ntklab import ArchSpec, build_mlp, empirical_nngp, empirical_ntk
+from tests.conftest import random_inputs
+
+CASES = [  # (depth, activation, parametrization, out_dim)
+    (1, "relu", "ntk", 1),
+    (3, "erf", "ntk", 1),
+    (2, "tanh", "standard", 1),
+    (2, "relu", "standard", 3),
+    (2, "gelu", "ntk", 4),
+    (0, "relu", "standard", 2),
+]
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("depth, activation, parametrization, out_dim", CASES)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_structured_jacobian_and_ntvp_agree(depth, activation, parametrization, out_dim, dtype, tol, rng):
+    # Three routes to Σ_p ∂f/∂θ_p ∂f/∂θ_p: per-layer Grams, full Jacobians, NTK-vector products.
+    # They differ only by summation order, so they agree to a few ulp of the dtype; the issue's
+    # bounds (1e-10 float64, 1e-5 float32) leave margin for the sums over ~10⁴ parameters.
+    spec = ArchSpec(depth=depth, width=24, activation=activation, sigma_w=1.4, sigma_b=0.2,
+                    parametrization=parametrization, out_dim=out_dim)
+    net = build_mlp(spec, in_dim=5, seed=2, dtype=dtype)
+    x1, x2 = random_inputs(7, 5, rng, dtype), random_inputs(4, 5, rng, dtype)
+    for outputs in ("full", "mean", "trace"):
+        structured = empirical_ntk(net, x1, x2, method="structured", outputs=outputs)
+        jacobian = empirical_ntk(net, x1, x2, method="jacobian", outputs=outputs)
+        ntvp = empirical_ntk(net, x1, x2, method="ntvp", outputs=outputs)
+        assert structured.dtype == dtype
+        assert _rel(structured, jacobian) < tol and _rel(ntvp, jacobian) < tol
+    full = empirical_ntk(net, x1, x2, outputs="full")
+    assert full.shape == (7, 4, out_dim, out_dim)
+    trace = torch.diagonal(full, dim1=-2, dim2=-1).sum(-1)
+    assert torch.allclose(empirical_ntk(net, x1, x2, outputs="trace"), trace, rtol=tol, atol=0)
+    assert torch.allclose(empirical_ntk(net, x1, x2), trace / out_dim, rtol=tol, atol=0)
+
+
+def test_linear_model_has_the_closed_form_kernel(rng):
+    # depth 0, ntk: f = σ_w/√n0 W x + σ_b b, so Θ̂ = σ_w² x·x'/n0 + σ_b² exactly, whatever W.
+    x1, x2 = random_inputs(5, 3, rng), random_inputs(6, 3, rng)
+    net = build_mlp(ArchSpec(depth=0, sigma_w=1.7, sigma_b=0.4), 3, seed=0, dtype=torch.float64)
+    expected = 1.7 ** 2 * (x1 @ x2.T) / 3 + 0.4 ** 2
+    for method in ("structured", "jacobian", "ntvp"):
+        assert torch.allclose(empirical_ntk(net, x1, x2, method=method), expected, rtol=1e-13, atol=0)
+
+
+def test_readout_kernel_of_one_hidden_layer_by_hand(rng):
+    # Depth 1, standard, no bias: f = v·relu(W x); Θ̂ = |relu(Wx)·relu(Wx')| + Σ_i v_i² 1[..]1[..] x·x'.
+    x = random_inputs(4, 3, rng)
+    net = build_mlp(ArchSpec(depth=1, width=10, bias=False, parametrization="standard"), 3, seed=4,
+                    dtype=torch.float64)
+    W, v = net.layers[0].weight, net.layers[1].weight[0]
+    pre = x @ W.T
+    h, gate = torch.relu(pre), (pre > 0).double()
+    expected = h @ h.T + ((gate * v ** 2) @ gate.T) * (x @ x.T)
+    assert torch.allclose(empirical_ntk(net, x), expected, rtol=1e-13, atol=0)
+
+
+class TwoBranch(nn.Module):
+    """A module that is not an ntklab MLP: the generic methods must handle it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(4, 8)
+        self.out = nn.Linear(8, 2)
+        self.register_buffer("shift", torch.tensor(0.5))
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.a(x)) * torch.sigmoid(self.b(x)) + self.shift)
+
+
+def test_generic_module_agrees_with_per_output_autograd(rng):
+    torch.manual_seed(0)
+    model = TwoBranch().double()
+    x1, x2 = random_inputs(6, 4, rng), random_inputs(3, 4, rng)
+    jac = empirical_ntk(model, x1, x2, method="jacobian", outputs="full")
+    ntvp = empirical_ntk(model, x1, x2, method="ntvp", outputs="full")
+    assert _rel(ntvp, jac) < 1e-12
+    # The slowest, most direct route: one autograd gradient per (point, output).
+    params = list(model.parameters())
+    grads = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(model(x[None])[0, o], params)])
+                         for x in x1[:3] for o in range(2)])                     # (3·2, P)
+    direct = (grads @ grads.T).reshape(3, 2, 3, 2).permute(0, 2, 1, 3)          # (3, 3, 2, 2)
+    auto = empirical_ntk(model, x1[:3], outputs="full")                          # auto → jacobian
+    assert _rel(auto, direct) < 1e-12
+
+
+@pytest.mark.parametrize("method", ["structured", "jacobian", "ntvp"])
+def test_chunking_changes_nothing(method, rng):
+    net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
+    x1, x2 = random_inputs(11, 3, rng), random_inputs(9, 3, rng)
+    whole = empirical_ntk(net, x1, x2, method=method, outputs="full")
+    # A 1-byte budget forces one row per chunk.
+    chunked = empirical_ntk(net, x1, x2, method=method, outputs="full", memory_budget=1)
+    assert _rel(chunked, whole) < 1e-13
+    symmetric = empirical_ntk(net, x1, method=method, memory_budget=1)
+    assert torch.allclose(symmetric, symmetric.T, rtol=1e-13, atol=0)
+    eigenvalues = torch.linalg.eigvalsh(symmetric)
+    assert eigenvalues.min() > -1e-12 * eigenvalues.max()
+
+
+def test_empirical_nngp_outputs_and_readout(rng):
+    x = random_inputs(5, 3, rng)
+    spec = ArchSpec(depth=2, width=12, sigma_w=1.3, sigma_b=0.2, out_dim=3)
+    net = build_mlp(spec, 3, seed=1, dtype=torch.float64)
+    f = net(x)
+    assert torch.allclose(empirical_nngp(net, x, outputs="full"), f[:, None, :, None] * f[None, :, None, :])
+    assert torch.allclose(empirical_nngp(net, x), f @ f.T / 3, rtol=1e-14, atol=0)
+    # readout: E over the last layer's init given the features, σ_w²/n a·a' + σ_b².
+    a = net.hidden(x)[0][-1]
+    assert torch.allclose(empirical_nngp(net, x, method="readout"), 1.3 ** 2 / 12 * a @ a.T + 0.2 ** 2,
+                          rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(x1=torch.zeros(3, 4)), "expects in_dim=3"),
+    (dict(x1=torch.zeros(3, 3), x2=torch.zeros(2, 5)), "different feature dims"),
+    (dict(x1=torch.full((2, 3), float("nan"))), "NaN"),
+    (dict(x1=torch.zeros(0, 3)), "empty batch"),
+    (dict(x1=torch.zeros(2, 3), method="exact"), "method must be one of auto, structured, jacobian, ntvp"),
+    (dict(x1=torch.zeros(2, 3), outputs="diag"), "outputs must be one of mean, trace, full"),
+])
+def test_bad_inputs_say_what_was_wrong(kwargs, message):
+    net = build_mlp(ArchSpec(depth=1, width=4), 3, seed=0)
+    with pytest.raises(ValueError) as err:
+        empirical_ntk(net, **kwargs)
+    assert message in str(err.value)
+
+
+def test_structured_needs_an_mlp():
+    with pytest.raises(ValueError, match="structured.*ntklab MLP"):
+        empirical_ntk(nn.Linear(3, 1), torch.zeros(2, 3), method="structured")
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(rng):
+    spec = ArchSpec(depth=3, width=256, activation="relu", out_dim=2)
+    x = random_inputs(32, 8, rng)
+    cpu = empirical_ntk(build_mlp(spec, 8, seed=0, dtype=torch.float64), x)
+    net = build_mlp(spec, 8, seed=0, dtype=torch.float64, device="cuda")
+    for method in ("structured", "jacobian", "ntvp"):
+        assert _rel(empirical_ntk(net, x.cuda(), method=method).cpu(), cpu) < 1e-10
