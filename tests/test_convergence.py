@@ -47,6 +47,7 @@ def test_monte_carlo_kernels_converge_at_rate_one_half(parametrization, activati
     for name, values in errors.items():
         slope = np.polyfit(np.log(WIDTHS), np.log(values), 1)[0]
         assert -0.7 < slope < -0.3, (name, slope, values)
-        # And the error is small in absolute terms at the widest net: theory gives about
-        # C/√(2048·8) with C ≈ 1.5 here (measured 0.012-0.02); 0.05 leaves a factor 2.5.
-        assert values[-1] < 0.05, (name, values)
+        # And small in absolute terms at the widest net: measured 0.015-0.027 (relative
+        # Frobenius error of 8-net averages); the RMS over 4 batches varies by about ±25%, so
+        # 0.06 sits more than four of those spreads above the largest measured value.
+        assert values[-1] < 0.06, (name, values)

@@ -164,32 +164,36 @@ def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[T
                  chunk: int, shape: Tuple[int, ...]) -> Tensor:
     """Assemble K[i, j] = block(features(x1 chunk i), features(x2 chunk j)) into one tensor.
 
-    x2's chunk features are computed once and kept when they fit in one chunk's budget... or
-    recomputed per row chunk otherwise, so working memory stays at about two chunks.
+    With x2 = None only blocks j >= i are computed and the rest mirrored (K(x', x) = K(x, x')ᵀ,
+    output axes swapped too). x2's features are kept when they fit in one chunk and recomputed
+    per row chunk otherwise, so working memory stays at about two chunks.
     """
     same = x2 is None
     x2 = x1 if same else x2
     n1, n2 = x1.shape[0], x2.shape[0]
     rows = [slice(s, min(s + chunk, n1)) for s in range(0, n1, chunk)]
     cols = [slice(s, min(s + chunk, n2)) for s in range(0, n2, chunk)]
-    cache: Dict[int, object] = {}
-    keep_cols = len(cols) == 1
+    kept_cols = None
     out: Optional[Tensor] = None
     for i, r in enumerate(rows):
         f1 = features(x1[r])
         for j, c in enumerate(cols):
-            if same and i == j:
+            if same and j < i:
+                continue
+            if same and j == i:
                 f2 = f1
-            elif j in cache:
-                f2 = cache[j]
+            elif kept_cols is not None:
+                f2 = kept_cols
             else:
                 f2 = features(x2[c])
-                if keep_cols:
-                    cache[j] = f2
+                if len(cols) == 1:
+                    kept_cols = f2
             value = block(f1, f2)
             if out is None:
                 out = torch.empty((n1, n2) + shape, dtype=value.dtype, device=value.device)
             out[r, c] = value
+            if same and j > i:
+                out[c, r] = value.transpose(0, 1).transpose(-2, -1) if shape else value.T
     return out
 
 
@@ -241,16 +245,27 @@ def _flat_outputs(model: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Ten
     return out.reshape(x.shape[0], -1)
 
 
-def _jacobian(model: nn.Module, params: Dict[str, Tensor], x: Tensor) -> Tensor:
-    """J of shape (N·k, P): rows are (point, output), columns all trainable parameters."""
-    jac = jacrev(lambda p: _flat_outputs(model, p, x))(params)
+def _jacobian(model: nn.Module, params: Dict[str, Tensor], x: Tensor) -> List[Tensor]:
+    """J as one (N·k, P_p) block per parameter tensor: rows are (point, output).
+
+    Per-sample Jacobians (``vmap`` over points of ``jacrev`` of one point), so the cost is linear
+    in N; ``jacrev`` of the whole batch would run N·k backward passes over all N points.
+    """
+    def one_point(p: Dict[str, Tensor], point: Tensor) -> Tensor:
+        return functional_call(model, p, (point.unsqueeze(0),)).reshape(-1)     # (k,)
+
+    jac = vmap(jacrev(one_point), in_dims=(None, 0))(params, x)                   # name → (N, k, *shape)
     rows = x.shape[0] * jac[next(iter(jac))].shape[1]
-    return torch.cat([j.reshape(rows, -1) for j in jac.values()], dim=1)
+    return [j.reshape(rows, -1) for j in jac.values()]       # views: no copy of J
 
 
-def _contract_jacobians(j1: Tensor, j2: Tensor, k: int) -> Tensor:
-    b1, b2 = j1.shape[0] // k, j2.shape[0] // k
-    return torch.mm(j1, j2.T).reshape(b1, k, b2, k).permute(0, 2, 1, 3)
+def _contract_jacobians(j1: List[Tensor], j2: List[Tensor], k: int) -> Tensor:
+    """Σ_p J1_p J2_pᵀ → (b1, b2, k, k)."""
+    b1, b2 = j1[0].shape[0] // k, j2[0].shape[0] // k
+    gram = torch.mm(j1[0], j2[0].T)
+    for a, b in zip(j1[1:], j2[1:]):
+        gram.addmm_(a, b.T)
+    return gram.reshape(b1, k, b2, k).permute(0, 2, 1, 3)
 
 
 def _ntvp_block(model: nn.Module, params: Dict[str, Tensor], x1: Tensor, x2: Tensor, k: int) -> Tensor:

@@ -1,0 +1,193 @@
+"""Benchmark the empirical NTK methods and the analytic kernels; prints markdown tables.
+
+    python scripts/bench_ntk.py                 # every table on the default device (cuda if present)
+    python scripts/bench_ntk.py --device cpu --widths 256 1024 --n 128
+
+Empirical NTK table: method × width × N for a depth-3 relu MLP (scalar output, x2 = x1), with
+  seconds      best of --repeats calls after one warm-up call,
+  peak MiB     extra memory of one cold call: on CUDA the allocator's peak; on CPU the rise of
+               the process's resident-set high-water mark, each case in a fresh subprocess,
+  GFLOP/s      *effective* rate: the structured method's operation count (forward, backward and
+               Gram products — the least work that yields the kernel) divided by the time, so
+               every method is measured against the same work,
+  % matmul     that rate as a fraction of this machine's measured square-matmul rate.
+Cases whose Jacobian-based cost N·P would exceed --max-jacobian-work are skipped and marked.
+Width 4096 with N = 4096 shows the structured method inside its default memory budget
+(ntklab.ntk.DEFAULT_MEMORY_BUDGET, 1 GiB of features per chunk, the kernel itself aside).
+
+Analytic kernel table: NNGP + NTK in float64 for depth 3 on N inputs (x2 = x1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
+
+DEPTH = 3
+IN_DIM = 32
+
+
+def structured_flops(n: int, width: int, depth: int = DEPTH, in_dim: int = IN_DIM) -> float:
+    """Multiply-adds ×2 of the structured NTK for x2 = x1, scalar output.
+
+    forward 2N(d·n + (L−1)n² + n), backward 2N(L−1)n², Grams 2N²(d + L·n) for the layer inputs
+    plus 2N²·L·n for the δ's.
+    """
+    forward = 2 * n * (in_dim * width + (depth - 1) * width ** 2 + width)
+    backward = 2 * n * (depth - 1) * width ** 2
+    grams = 2 * n ** 2 * (in_dim + depth * width) + 2 * n ** 2 * depth * width
+    return float(forward + backward + grams)
+
+
+def matmul_gflops(device: str, dtype: torch.dtype) -> float:
+    size = 4096 if device == "cuda" else 2048
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = _best_time(lambda: a @ b, device, repeats=5)
+    return 2 * size ** 3 / seconds / 1e9
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _best_time(fn, device: str, repeats: int) -> float:
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _timed_once(fn, device: str) -> float:
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def run_case(method: str, width: int, n: int, device: str, dtype: torch.dtype, repeats: int) -> dict:
+    """One empirical-NTK case: cold call for memory, then the best of ``repeats`` for time."""
+    spec = ArchSpec(depth=DEPTH, width=width, activation="relu", sigma_w=1.4, sigma_b=0.1)
+    net = build_mlp(spec, IN_DIM, seed=0, device=device, dtype=dtype)
+    x = torch.randn(n, IN_DIM, device=device, dtype=dtype, generator=None)
+    call = lambda: empirical_ntk(net, x, method=method)
+    # Initialise the libraries' lazy state (thread pools, allocator) on a tiny call first, so the
+    # cold call's memory is the method's own.
+    empirical_ntk(net, x[:2], method=method)
+    start = time.perf_counter()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        call()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    else:
+        before = _rss_mib()
+        call()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    cold_seconds = time.perf_counter() - start
+    # Calls over a second are timed once more (warm) rather than `repeats` times.
+    seconds = _best_time(call, device, repeats) if cold_seconds < 1.0 else _timed_once(call, device)
+    return {"seconds": seconds, "peak_mib": max(peak, 0.0)}
+
+
+def empirical_table(args, matmul_rate: float) -> None:
+    print(f"\n### Empirical NTK, depth-{DEPTH} relu MLP, {args.dtype}, {args.device}\n")
+    print("| method | width | N | seconds | peak MiB | eff. GFLOP/s | % matmul | vs structured |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for width in args.widths:
+        n_params = IN_DIM * width + (DEPTH - 1) * width ** 2 + width + DEPTH * width + 1
+        for n in args.n:
+            reference = None
+            for method in args.methods:
+                if method != "structured" and n * n_params > args.max_jacobian_work:
+                    print(f"| {method} | {width} | {n} | skipped: N·P = {n * n_params:.1e} > "
+                          f"{args.max_jacobian_work:.1e} | | | | |")
+                    continue
+                result = _case_in_subprocess(method, width, n, args)
+                gflops = structured_flops(n, width) / result["seconds"] / 1e9
+                if method == "structured":
+                    reference = result["seconds"]
+                ratio = "" if reference is None else f"{result['seconds'] / reference:.0f}×"
+                print(f"| {method} | {width} | {n} | {result['seconds']:.4f} | {result['peak_mib']:.0f} | "
+                      f"{gflops:.1f} | {100 * gflops / matmul_rate:.0f}% | {ratio} |", flush=True)
+
+
+def _case_in_subprocess(method: str, width: int, n: int, args) -> dict:
+    # A fresh process per case, so the CPU high-water mark belongs to this case alone.
+    command = [sys.executable, __file__, "--case", method, str(width), str(n), "--device", args.device,
+               "--dtype", args.dtype, "--repeats", str(args.repeats)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def analytic_table(args) -> None:
+    print("\n### Analytic NNGP + NTK, float64, depth 3, x2 = x1\n")
+    print("| activation | N | seconds | path |")
+    print("|---|---:|---:|---|")
+    for activation, sizes in [("relu", args.analytic_n), ("erf", args.analytic_n), ("tanh", [200])]:
+        for n in sizes:
+            spec = ArchSpec(depth=3, width=512, activation=activation, sigma_w=1.4, sigma_b=0.1)
+            x = torch.randn(n, IN_DIM, dtype=torch.float64, device=args.device)
+            repeats = 1 if activation == "tanh" else args.repeats
+            seconds = _best_time(lambda: analytic_kernels(spec, x), args.device, repeats)
+            path = "closed form" if spec.act.dual is not None else "quadrature (default degree)"
+            print(f"| {activation} | {n} | {seconds:.3f} | {path} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--widths", type=int, nargs="+", default=[256, 1024, 2048, 4096])
+    parser.add_argument("--n", type=int, nargs="+", default=[128, 1024, 4096])
+    parser.add_argument("--methods", nargs="+", default=["structured", "jacobian", "ntvp"])
+    parser.add_argument("--analytic-n", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-jacobian-work", type=float, default=1.2e9,
+                        help="skip jacobian/ntvp cases with N·P above this (about 30 s on 2 CPU cores)")
+    parser.add_argument("--skip-empirical", action="store_true")
+    parser.add_argument("--skip-analytic", action="store_true")
+    parser.add_argument("--case", nargs=3, metavar=("METHOD", "WIDTH", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    if args.case:
+        method, width, n = args.case[0], int(args.case[1]), int(args.case[2])
+        print(json.dumps(run_case(method, width, n, args.device, dtype, args.repeats)))
+        return
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    print(f"torch {torch.__version__}, device {args.device} ({device_name}), "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    if not args.skip_empirical:
+        rate = matmul_gflops(args.device, dtype)
+        print(f"measured {args.dtype} matmul rate: {rate:.1f} GFLOP/s")
+        empirical_table(args, rate)
+    if not args.skip_analytic:
+        analytic_table(args)
+
+
+if __name__ == "__main__":
+    main()
