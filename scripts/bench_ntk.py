@@ -11,11 +11,16 @@ Empirical NTK table: method × width × N for a depth-3 relu MLP (scalar output,
                Gram products — the least work that yields the kernel) divided by the time, so
                every method is measured against the same work,
   % matmul     that rate as a fraction of this machine's measured square-matmul rate.
-Cases whose Jacobian-based cost N·P would exceed --max-jacobian-work are skipped and marked.
+Reference-method cases whose estimated work would exceed --max-work are skipped and marked:
+N·P for ``jacobian`` (per-sample Jacobians) and N²·P/128 for ``ntvp`` (N·k NTK-vector products,
+each a pass over the batch), calibrated so that 1.2e9 is about 30 s on 2 CPU cores.
 Width 4096 with N = 4096 shows the structured method inside its default memory budget
 (ntklab.ntk.DEFAULT_MEMORY_BUDGET, 1 GiB of features per chunk, the kernel itself aside).
 
 Analytic kernel table: NNGP + NTK in float64 for depth 3 on N inputs (x2 = x1).
+
+Dynamics table: ``mse_predictor`` on N = 4000 train points (one float64 eigendecomposition),
+then outputs on 1000 test points and losses at 100 times from it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 import torch
 
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
+from ntklab.dynamics import max_learning_rate, mse_predictor
 
 DEPTH = 3
 IN_DIM = 32
@@ -122,9 +128,10 @@ def empirical_table(args, matmul_rate: float) -> None:
         for n in args.n:
             reference = None
             for method in args.methods:
-                if method != "structured" and n * n_params > args.max_jacobian_work:
-                    print(f"| {method} | {width} | {n} | skipped: N·P = {n * n_params:.1e} > "
-                          f"{args.max_jacobian_work:.1e} | | | | |")
+                work = {"structured": 0, "jacobian": n * n_params, "ntvp": n * n * n_params / 128}[method]
+                if work > args.max_work:
+                    print(f"| {method} | {width} | {n} | skipped: est. work {work:.1e} > {args.max_work:.1e} "
+                          "| | | | |")
                     continue
                 result = _case_in_subprocess(method, width, n, args)
                 gflops = structured_flops(n, width) / result["seconds"] / 1e9
@@ -157,6 +164,25 @@ def analytic_table(args) -> None:
             print(f"| {activation} | {n} | {seconds:.3f} | {path} |", flush=True)
 
 
+def dynamics_table(args) -> None:
+    print("\n### Kernel-regression dynamics, float64, 100 times\n")
+    print("| N train | N test | build (eigh) s | outputs at 100 times s | losses at 100 times s |")
+    print("|---:|---:|---:|---:|---:|")
+    n, n_test = args.dynamics_n, 1000
+    spec = ArchSpec(depth=3, width=512, activation="relu", sigma_w=1.4, sigma_b=0.1)
+    x = torch.randn(n + n_test, IN_DIM, dtype=torch.float64, device=args.device)
+    kernel = analytic_kernels(spec, x).ntk
+    k_train, k_test = kernel[:n, :n], kernel[n:, :n]
+    y = torch.randn(n, 1, dtype=torch.float64, device=args.device)
+    lr = max_learning_rate(k_train, fraction=0.5)
+    times = torch.logspace(0, 5, 100, dtype=torch.float64)
+    build = _best_time(lambda: mse_predictor(k_train, y, learning_rate=lr), args.device, 1)
+    predict = mse_predictor(k_train, y, learning_rate=lr)
+    outputs = _best_time(lambda: predict(times, 0.0, 0.0, k_test), args.device, args.repeats)
+    losses = _best_time(lambda: predict.losses(times), args.device, args.repeats)
+    print(f"| {n} | {n_test} | {build:.3f} | {outputs:.3f} | {losses:.4f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -165,11 +191,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[128, 1024, 4096])
     parser.add_argument("--methods", nargs="+", default=["structured", "jacobian", "ntvp"])
     parser.add_argument("--analytic-n", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--dynamics-n", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-jacobian-work", type=float, default=1.2e9,
-                        help="skip jacobian/ntvp cases with N·P above this (about 30 s on 2 CPU cores)")
+    parser.add_argument("--max-work", type=float, default=1.2e9,
+                        help="skip jacobian/ntvp cases whose estimated work is above this (~30 s on 2 CPU cores)")
     parser.add_argument("--skip-empirical", action="store_true")
     parser.add_argument("--skip-analytic", action="store_true")
+    parser.add_argument("--skip-dynamics", action="store_true")
     parser.add_argument("--case", nargs=3, metavar=("METHOD", "WIDTH", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -187,6 +215,8 @@ def main() -> None:
         empirical_table(args, rate)
     if not args.skip_analytic:
         analytic_table(args)
+    if not args.skip_dynamics:
+        dynamics_table(args)
 
 
 if __name__ == "__main__":

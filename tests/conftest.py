@@ -19,3 +19,16 @@ def rng():
 
 def random_inputs(n, d, generator, dtype=torch.float64):
     return torch.randn(n, d, generator=generator, dtype=dtype)
+
+
+def gradient_descent(model, x, y, learning_rate, steps, params=None):
+    """θ ← θ − η ∇L for ``steps`` full-batch steps, L = 1/(2Nk) Σ‖f(x) − y‖² (DESIGN.md)."""
+    from ntklab.dynamics import mse_loss
+
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
+    for _ in range(steps):
+        grads = torch.autograd.grad(mse_loss(model(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(learning_rate * g)
+    return model
