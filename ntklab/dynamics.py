@@ -52,8 +52,14 @@ def mse_loss(fx: Tensor, y: Tensor) -> Tensor:
 
 def max_learning_rate(k_train_train: Tensor, out_dim: int = 1, fraction: float = 1.0) -> float:
     """η_max = 2Nk / λ_max(Θ), times ``fraction``: the largest η for which discrete gradient
-    descent on the linearised model converges (|1 − ηλ/(Nk)| < 1 for every eigenvalue)."""
-    kernel = _check_kernel(k_train_train, "k_train_train")
+    descent on the linearised model converges (|1 − ηλ/(Nk)| < 1 for every eigenvalue).
+
+    ``k_train_train``: the per-output (N, N) kernel with ``out_dim`` = k, or a full (N, N, k, k) one.
+    """
+    kernel = torch.as_tensor(k_train_train)
+    if kernel.dim() == 4:      # a full (N, N, k, k) kernel: its flattened size N·k is the Nk above
+        kernel, out_dim = _flatten_outputs(kernel), 1
+    kernel = _check_kernel(kernel, "k_train_train")
     if not isinstance(out_dim, int) or out_dim < 1:
         raise ValueError(f"out_dim must be an integer >= 1, got {out_dim!r}")
     if not fraction > 0:
@@ -87,11 +93,11 @@ class _Spectrum:
         smallest = eigenvalues[~self.null].min() if (~self.null).any() else top
         condition = (top / smallest).item() if smallest > 0 else math.inf
         if self.null.any() or condition > ILL_CONDITIONED:
-            warnings.warn(
-                f"the train kernel is ill-conditioned (condition number {condition:.3g}, "
-                f"{int(self.null.sum())} of {n} eigenvalues at rounding level); those directions are "
-                "left unfitted at t = inf (pseudo-inverse). A ridge > 0 regularises it.",
-                RuntimeWarning, stacklevel=3)
+            consequence = (f"{int(self.null.sum())} of {n} eigenvalues are at rounding level and those "
+                           "directions are left unfitted at t = inf (a pseudo-inverse)" if self.null.any()
+                           else "predictions at large t amplify rounding errors in the kernel")
+            warnings.warn(f"the train kernel is ill-conditioned (condition number {condition:.3g}): "
+                          f"{consequence}. A ridge > 0 regularises it.", RuntimeWarning, stacklevel=3)
         self.condition_number = condition
         self.rate = learning_rate / (n * out_dim)          # c = η/(Nk)
         self.discrete = discrete

@@ -144,7 +144,8 @@ def test_linearised_network_follows_the_empirical_ntk_prediction(rng):
     with torch.no_grad():
         f0_train, f0_test = net(x_train), net(x_test)
     flat = theta_train.permute(0, 2, 1, 3).reshape(20, 20)
-    lr = max_learning_rate(flat, fraction=0.5)                             # 2Nk/λ_max of the full kernel
+    lr = max_learning_rate(theta_train, fraction=0.5)                      # 2Nk/λ_max of the full kernel
+    assert lr == pytest.approx(0.5 * 2 * 20 / torch.linalg.eigvalsh(flat)[-1].item(), rel=1e-12)
     lin = gradient_descent(linearize(net), x_train, y, lr, steps=100)
     predicted = mse_predictor(theta_train, y, learning_rate=lr, discrete=True)(100, f0_train, f0_test, theta_test)
     with torch.no_grad():

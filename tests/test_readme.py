@@ -5,6 +5,8 @@ import io
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -22,3 +24,18 @@ def test_readme_example_runs_and_its_claim_holds():
     # The README says "~0.1 at width 512": one net's relative Frobenius error here is ~0.11
     # (seeded); over 20 seeds of data and net it ranged 0.09-0.20, so (0.03, 0.3) keeps margin.
     assert 0.03 < relative_error < 0.3
+
+
+def test_readme_dynamics_example_continues_the_first():
+    text = README.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    namespace = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for block in blocks[:2]:
+            exec(compile(block, str(README), "exec"), namespace)
+    fx, loss, f0 = namespace["fx_train_t"], namespace["train_loss"], namespace["f0"]
+    assert fx.shape == (4, 64, 1) and loss.shape == (4,)
+    assert torch.allclose(fx[0], f0.double(), rtol=0, atol=1e-12)     # t = 0 is the start
+    # At half of η_max every mode contracts, so the predicted loss falls at each listed time.
+    assert bool((loss[1:] < loss[:-1]).all())

@@ -86,9 +86,10 @@ def analytic_kernels(spec: ArchSpec, x1, x2=None, *, diagonal: bool = False, met
         nngp[rows, cols], ntk[rows, cols], _ = _propagate(
             scales, dual, input_dot, [v[rows].unsqueeze(1) for v in variances1],
             [v[cols].unsqueeze(0) for v in variances2])
+        if symmetric:
+            for kernel in (nngp, ntk):
+                _mirror_block(kernel, start, min(start + rows_per_block, n1))
     if symmetric:
-        nngp = _mirror_upper(nngp)
-        ntk = _mirror_upper(ntk)
         # Diagonal entries have ρ = 1 exactly, but the matmul above rounds x·x differently from
         # the row norms, and arccos amplifies a 1e-16 error in ρ near 1 to 1e-8 (relu, abs).
         # The diagonal recursion uses ρ = 1 exactly; entries depend only on their own earlier
@@ -108,10 +109,13 @@ def _resolve_dual(spec: ArchSpec, method: str, degree: int) -> Dual:
     return act.dual
 
 
-def _mirror_upper(matrix: Tensor) -> Tensor:
-    """Fill the strict lower triangle of a square matrix from its upper triangle."""
-    upper = torch.triu(matrix)
-    return upper.add_(torch.triu(matrix, diagonal=1).T)
+def _mirror_block(kernel: Tensor, start: int, stop: int) -> None:
+    """Fill the lower triangle of rows/columns [start, stop) of a symmetric kernel from its upper
+    part, in place (no full-size temporaries, so N = 20,000 costs only the two outputs)."""
+    block = kernel[start:stop, start:stop]
+    lower = torch.tril_indices(stop - start, stop - start, offset=-1, device=kernel.device)
+    block[lower[0], lower[1]] = block[lower[1], lower[0]]
+    kernel[stop:, start:stop] = kernel[start:stop, stop:].T
 
 
 def _row_norms(x: Tensor, in_dim: int) -> Tensor:
