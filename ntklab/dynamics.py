@@ -179,7 +179,7 @@ class MSEPredictor:
         """
         times, scalar = self._times(t)
         fx_train_0, fx_test_0, k_test_train = self._flat(fx_train_0, fx_test_0, k_test_train)
-        residual, projected = self._residual(fx_train_0)
+        projected = self._residual(fx_train_0)
         decay, gain = self.spectrum.factors(times)               # (T, N)
         vectors = self.spectrum.vectors
         train = self.y + _apply(vectors, decay, projected)                     # (T, N, k)
@@ -200,7 +200,7 @@ class MSEPredictor:
         in O(T·N·k) without forming the outputs.
         """
         times, scalar = self._times(t)
-        _, projected = self._residual(self._flat(fx_train_0, None, None)[0])
+        projected = self._residual(self._flat(fx_train_0, None, None)[0])
         decay, _ = self.spectrum.factors(times)
         train_loss = 0.5 * (decay ** 2 * (projected ** 2).sum(1)).sum(1) / self.y.numel()
         test_loss = None
@@ -226,9 +226,10 @@ class MSEPredictor:
             raise ValueError(f"{name} has {values.shape[1]} outputs but y_train has {self.y.shape[1]}")
         return values
 
-    def _residual(self, fx_train_0) -> Tuple[Tensor, Tensor]:
+    def _residual(self, fx_train_0) -> Tensor:
+        """Vᵀ(f_0 − y): the initial residual in the eigenbasis, (N, k)."""
         residual = self._initial(fx_train_0, self.y.shape[0], "fx_train_0") - self.y
-        return residual, self.spectrum.vectors.T @ residual             # (N, k) in the eigenbasis
+        return self.spectrum.vectors.T @ residual
 
     def _flat(self, fx_train_0, fx_test_0, k_test_train):
         """For full-output kernels: (N, k) outputs → (N·k, 1), (N*, N, k, k) → (N*·k, N·k)."""

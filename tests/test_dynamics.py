@@ -2,9 +2,7 @@
 and finite networks, and ensembles of finite networks (float64)."""
 
 import math
-import warnings
 
-import numpy as np
 import pytest
 import torch
 

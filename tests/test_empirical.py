@@ -1,6 +1,5 @@
 """Empirical NTK/NNGP: three independent methods agree; closed forms for simple nets; errors."""
 
-import math
 
 import pytest
 import torch

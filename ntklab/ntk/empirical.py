@@ -69,18 +69,17 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
     x1, x2 = _model_inputs(model, x1, x2)
     k = _output_dim(model, x1)
     itemsize = x1.element_size()
+    n_params = sum(p.numel() for p in params.values())
     with torch.no_grad():
         if method == "structured":
             row_bytes = itemsize * sum(s.fan_in + k * s.fan_out for s in (l.scale for l in model.layers))
             features: Callable = lambda x: _structured_features(model, x)
             block: Callable = lambda f1, f2: _structured_block(model, f1, f2, k, outputs)
         elif method == "jacobian":
-            n_params = sum(p.numel() for p in params.values())
             row_bytes = 2 * itemsize * k * n_params  # the Jacobian and jacrev's work space
             features = lambda x: _jacobian(model, params, x)
             block = lambda j1, j2: _reduce_outputs(_contract_jacobians(j1, j2, k), outputs)
         else:
-            n_params = sum(p.numel() for p in params.values())
             row_bytes = 3 * itemsize * k * n_params  # tangents of the vmapped vjp and jvp
             features = lambda x: x
             block = lambda xa, xb: _reduce_outputs(_ntvp_block(model, params, xa, xb, k), outputs)
@@ -115,13 +114,13 @@ def empirical_nngp(model: nn.Module, x1, x2=None, method: str = "auto", *,
             a1 = model.hidden(x1)[0][-1]
             a2 = a1 if x2 is None else model.hidden(x2)[0][-1]
             kernel = (readout.weight_variance / readout.fan_in) * (a1 @ a2.T) + readout.bias_variance
-            k = readout.fan_out
-            if outputs == "full":
-                return kernel[:, :, None, None] * torch.eye(k, dtype=kernel.dtype, device=kernel.device)
-            return kernel * k if outputs == "trace" else kernel
-        f1 = model(x1).reshape(x1.shape[0], -1)
+            return _identity_in_outputs(kernel, readout.fan_out, outputs)
+        f1 = model(x1).reshape(x1.shape[0], -1)                                 # (N1, k)
         f2 = f1 if x2 is None else model(x2).reshape(x2.shape[0], -1)
-        return _reduce_outputs(f1[:, None, :, None] * f2[None, :, None, :], outputs)
+        if outputs == "full":
+            return f1[:, None, :, None] * f2[None, :, None, :]
+        trace = f1 @ f2.T
+        return trace / f1.shape[1] if outputs == "mean" else trace
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -158,6 +157,13 @@ def _reduce_outputs(full: Tensor, outputs: str) -> Tensor:
         return full
     trace = torch.diagonal(full, dim1=-2, dim2=-1).sum(-1)
     return trace / full.shape[-1] if outputs == "mean" else trace
+
+
+def _identity_in_outputs(kernel: Tensor, k: int, outputs: str) -> Tensor:
+    """A kernel K (N1, N2) that is K·δ_ij across k outputs, in the requested output mode."""
+    if outputs == "full":
+        return kernel[:, :, None, None] * torch.eye(k, dtype=kernel.dtype, device=kernel.device)
+    return kernel * k if outputs == "trace" else kernel
 
 
 def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[Tensor],
@@ -223,10 +229,7 @@ def _structured_block(model: MLP, feats1, feats2, k: int, outputs: str) -> Tenso
         if scale.bias_ntk_factor:
             gram.add_(scale.bias_ntk_factor)
         if d1 is None:           # readout: δ·δ' = δ_ij
-            if outputs == "full":
-                term = gram[:, :, None, None] * torch.eye(k, dtype=gram.dtype, device=gram.device)
-            else:
-                term = gram.mul_(k) if outputs == "trace" else gram
+            term = _identity_in_outputs(gram, k, outputs)
         elif outputs == "full":
             b1, b2 = d1.shape[0], d2.shape[0]
             delta_gram = torch.mm(d1.reshape(b1 * k, -1), d2.reshape(b2 * k, -1).T)
