@@ -130,6 +130,10 @@ class _Spectrum:
             gain = torch.where(finite, gain, inf_gain.expand_as(gain))
         return decay, gain
 
+    def response(self, k_test_train: Tensor, gain: Tensor) -> Tensor:
+        """A_t = Θ(x*, X) V diag(g_t) Vᵀ for every t: (N*, N) and gain (T, N) → (T, N*, N)."""
+        return (k_test_train @ self.vectors) @ (gain.unsqueeze(-1) * self.vectors.T)
+
 
 class MSEPredictor:
     """Train/test outputs of gradient descent on the MSE loss at any times, from one eigendecomposition.
@@ -294,8 +298,7 @@ class EnsemblePredictor:
         spectrum = self._spectra[kind]
         times, scalar = _as_times(t, spectrum.discrete, self.y.device)
         _, gain = spectrum.factors(times)                                       # (T, N)
-        vectors = spectrum.vectors
-        response = (self._test[kind] @ vectors) @ (gain.unsqueeze(-1) * vectors.T)   # A_t (T, N*, N)
+        response = spectrum.response(self._test[kind], gain)                    # A_t (T, N*, N)
         mean = response @ self.y
         k_cross = self._test["nngp"]
         cross = response @ k_cross.T                                            # A_t K(x*, X)ᵀ
@@ -327,7 +330,7 @@ def gp_inference(k_train_train, k_test_train, k_test_test, y_train, ridge: float
     y, vector_targets = _as_targets(y_train, train.shape[0], "y_train")
     spectrum = _Spectrum(train, 1.0, y.shape[1], ridge, discrete=False)
     _, gain = spectrum.factors(torch.tensor([math.inf], dtype=torch.float64, device=y.device))
-    response = test @ spectrum.vectors @ torch.diag(gain[0]) @ spectrum.vectors.T   # K* (K + σ²I)⁻¹
+    response = spectrum.response(test, gain)[0]                             # K* (K + σ²I)⁻¹
     mean = response @ y
     cov = test_test - response @ test.T
     return (mean.squeeze(-1) if vector_targets else mean), cov
