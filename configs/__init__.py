@@ -1,0 +1,1 @@
+# Makes configs/ importable as ntklab.configs, where Hydra finds the YAML (pkg://ntklab.configs).

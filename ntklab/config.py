@@ -1,0 +1,167 @@
+"""Structured configs of the ``python -m ntklab train`` app: one dataclass per config group.
+
+:class:`TrainConfig` is registered in Hydra's ConfigStore as ``train_schema``; the YAML under
+the top-level ``configs/`` (installed as the package ``ntklab.configs``) extends it and its group
+options merge into its typed fields, so a wrong type or an unknown key such as ``width=abc``
+fails when Hydra composes the config. Values that type-check but make no sense
+(an unknown activation, width 0, a negative learning rate) are rejected by :func:`validate`,
+which raises :class:`ntklab.errors.ConfigError` naming the field and the allowed values.
+
+``width``, ``depth`` and ``parametrization`` live at the top level and the model group
+interpolates them, so ``width=4096`` works as users type it (``model.width=4096`` works too).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import II, MISSING
+
+from ntklab.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+LR_UNITS = ("absolute", "eta_max", "eta_max_empirical")
+LR_WIDTH_SCALINGS = ("none", "inverse")
+QUANTITIES = ("param_drift", "kernel_change", "kernel_to_limit", "pred_gap_analytic", "pred_gap_linear")
+
+
+@dataclass
+class ModelConfig:
+    """The architecture (:class:`ntklab.ArchSpec`); out_dim comes from the data's targets."""
+
+    depth: int = II("depth")
+    width: int = II("width")
+    activation: str = "relu"
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
+    bias: bool = True
+    parametrization: str = II("parametrization")
+
+
+@dataclass
+class DataConfig:
+    """Arguments of :func:`ntklab.data.load_dataset` (see its docstring for each)."""
+
+    name: str = "sphere"
+    n_train: int = 256
+    n_test: int = 256
+    dim: int = 10
+    target: str = "teacher"
+    degree: int = 3
+    parity_bits: int = 2
+    teacher_depth: int = 1
+    teacher_width: int = 256
+    teacher_activation: str = "erf"
+    noise: float = 0.0
+    normalize: str = "default"
+    center_targets: bool = False
+    targets: str = "scalar"
+    classes: Optional[List[int]] = None
+    root: Optional[str] = None
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Gradient descent θ ← θ − η ∇L (optionally mini-batch and momentum) on L = 1/(2Nk)Σ‖f − y‖².
+
+    The step size is η = lr × unit × width factor:
+      unit: ``absolute`` → 1; ``eta_max`` → η_max = 2Nk/λ_max of the analytic NTK on the train
+        set; ``eta_max_empirical`` → the same with the network's empirical NTK at init.
+      width factor: ``inverse`` → base_width / max hidden width (the lr ∝ 1/width rule that
+        "standard" needs with a fixed lr); ``none`` → 1.
+    """
+
+    steps: int = 1000
+    lr: float = 0.5
+    lr_unit: str = "eta_max"
+    lr_width_scaling: str = "none"
+    base_width: int = 1
+    batch_size: Optional[int] = None    # None: full batch
+    momentum: float = 0.0
+    divergence_factor: float = 1e6      # diverged when the loss exceeds this × its initial value
+
+
+@dataclass
+class TrackConfig:
+    """What is measured at the log steps and how often the run is checkpointed."""
+
+    quantities: List[str] = field(default_factory=lambda: list(QUANTITIES))
+    probe_size: int = 64                # first points of the train set, for kernel_change/kernel_to_limit
+    log_steps: int = 40                 # log-spaced log steps in [1, steps], plus step 0
+    checkpoint_every: int = 250         # steps; 0 disables checkpoints
+    full_kernel_limit: int = 2048       # linear prediction uses the full (N,N,k,k) NTK while N·k ≤ this
+    plots: bool = True
+    save_kernels: bool = True
+    progress: bool = True               # tqdm progress bar
+
+
+@dataclass
+class TrainConfig:
+    """The composed config of ``python -m ntklab train``."""
+
+    width: int = 1024
+    depth: int = 2
+    parametrization: str = "ntk"
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    track: TrackConfig = MISSING
+    device: str = "auto"
+    dtype: str = "float32"              # of the network; kernels and predictions are float64
+    seed: int = 0                       # the network's initialisation
+    stop_after: Optional[int] = None    # end this invocation after this many steps (resumable)
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    # The group options (configs/model/*.yaml, ...) merge into TrainConfig's typed fields, so they
+    # are checked against ModelConfig, DataConfig, ... without a schema of their own.
+    store.store(name="train_schema", node=TrainConfig)
+
+
+def _choice(field_name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(field_name, f"{value!r} is not allowed", allowed=allowed)
+
+
+def _at_least(field_name: str, value, minimum, kind: str = "an integer") -> None:
+    if value < minimum:
+        raise ConfigError(field_name, f"must be {kind} >= {minimum}, got {value!r}")
+
+
+def validate(cfg) -> None:
+    """Reject values that type-check but make no sense; raises :class:`ConfigError`.
+
+    Model and data fields are validated where they are used (``ArchSpec``, ``load_dataset``),
+    so the allowed values are defined in one place; this checks the trainer's own fields.
+    """
+    _choice("device", cfg.device, DEVICES)
+    _choice("dtype", cfg.dtype, DTYPES)
+    optim, track = cfg.optim, cfg.track
+    _at_least("optim.steps", optim.steps, 1)
+    if not (math.isfinite(optim.lr) and optim.lr > 0):
+        raise ConfigError("optim.lr", f"must be a finite number > 0, got {optim.lr!r}")
+    _choice("optim.lr_unit", optim.lr_unit, LR_UNITS)
+    _choice("optim.lr_width_scaling", optim.lr_width_scaling, LR_WIDTH_SCALINGS)
+    _at_least("optim.base_width", optim.base_width, 1)
+    if optim.batch_size is not None:
+        _at_least("optim.batch_size", optim.batch_size, 1)
+    if not 0 <= optim.momentum < 1:
+        raise ConfigError("optim.momentum", f"must be in [0, 1), got {optim.momentum!r}")
+    if not optim.divergence_factor > 1:
+        raise ConfigError("optim.divergence_factor", f"must be > 1, got {optim.divergence_factor!r}")
+    for name in track.quantities:
+        _choice("track.quantities", name, QUANTITIES)
+    _at_least("track.probe_size", track.probe_size, 1)
+    _at_least("track.log_steps", track.log_steps, 1)
+    _at_least("track.checkpoint_every", track.checkpoint_every, 0)
+    _at_least("track.full_kernel_limit", track.full_kernel_limit, 0)
+    if cfg.stop_after is not None:
+        _at_least("stop_after", cfg.stop_after, 1)

@@ -1,0 +1,183 @@
+"""Readers for the on-disk formats of MNIST (IDX) and CIFAR-10 (Python pickles).
+
+Every problem with a user's data directory (not set, a file missing, a file malformed) raises
+``ConfigError("data.root", ...)`` naming the directory or file and what was expected there, so
+the command line can print it without a traceback.
+
+IDX (http://yann.lecun.com/exdb/mnist/): a big-endian header, the magic number 0x000008NN
+(0x08 = unsigned bytes, NN = number of dimensions), then NN uint32 sizes, then the data in C
+order. MNIST images are 0x00000803 (n, 28, 28), labels 0x00000801 (n,).
+
+CIFAR-10 python version (https://www.cs.toronto.edu/~kriz/cifar.html): pickled dicts with
+b"data", a uint8 (n, 3072) array (1024 red, 1024 green, 1024 blue values per image, row-major),
+and b"labels", a list of n ints in 0..9.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import math
+import pickle
+import struct
+import zlib
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ntklab.errors import ConfigError
+
+try:  # NumPy >= 2 moved the array internals that pickles name to numpy._core.
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core import multiarray as _multiarray
+
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_SUBDIR = Path("MNIST", "raw")       # where torchvision.datasets.MNIST puts the files
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+CIFAR10_SUBDIR = Path("cifar-10-batches-py")   # what cifar-10-python.tar.gz unpacks to
+CIFAR10_FEATURES = 3072
+
+Arrays = Tuple[np.ndarray, np.ndarray]
+
+
+def locate_mnist(root: Optional[str]) -> Dict[str, Path]:
+    """Paths of the four MNIST IDX files (plain or .gz) in ``root`` or ``root/MNIST/raw``."""
+    return _locate(root, "MNIST", MNIST_FILES["train"] + MNIST_FILES["test"], MNIST_SUBDIR, gz=True,
+                   hint="torchvision.datasets.MNIST(data.root, download=True) puts them there")
+
+
+def locate_cifar10(root: Optional[str]) -> Dict[str, Path]:
+    """Paths of the six CIFAR-10 batches in ``root`` or ``root/cifar-10-batches-py``."""
+    return _locate(root, "CIFAR-10", CIFAR10_FILES["train"] + CIFAR10_FILES["test"], CIFAR10_SUBDIR, gz=False,
+                   hint="unpack cifar-10-python.tar.gz into data.root")
+
+
+def read_mnist(paths: Dict[str, Path], split: str) -> Arrays:
+    """The ``split`` ("train" or "test") of MNIST: uint8 images (n, rows·cols) and int64 labels (n,)."""
+    image_file, label_file = (paths[name] for name in MNIST_FILES[split])
+    images = read_idx(image_file, IDX_IMAGES_MAGIC)
+    labels = read_idx(label_file, IDX_LABELS_MAGIC)
+    if images.shape[0] != labels.shape[0]:
+        raise ConfigError("data.root", f"{image_file} holds {images.shape[0]} images but {label_file} "
+                                       f"holds {labels.shape[0]} labels")
+    _check_labels(labels, label_file)
+    return images.reshape(images.shape[0], -1), labels.astype(np.int64)
+
+
+def read_cifar10(paths: Dict[str, Path], split: str) -> Arrays:
+    """The ``split`` of CIFAR-10: uint8 images (n, 3072) and int64 labels (n,), batches in order."""
+    batches = [read_cifar10_batch(paths[name]) for name in CIFAR10_FILES[split]]
+    return (np.concatenate([data for data, _ in batches]),
+            np.concatenate([labels for _, labels in batches]))
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """The uint8 array of an IDX file whose magic number must be ``magic`` (0x0000080N, N dims)."""
+    raw = _read_bytes(path)
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < 4:
+        raise ConfigError("data.root", f"{path} is not an IDX file: only {len(raw)} bytes")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise ConfigError("data.root", f"{path} is not an IDX file of unsigned bytes in {ndim} dimension(s): "
+                                       f"magic number 0x{found:08x}, expected 0x{magic:08x}")
+    if len(raw) < header:
+        raise ConfigError("data.root", f"{path}: IDX header truncated ({len(raw)} bytes, need {header})")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != math.prod(shape):
+        raise ConfigError("data.root", f"{path}: IDX header gives shape {shape} = {math.prod(shape)} bytes "
+                                       f"of data, but the file holds {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_cifar10_batch(path: Path) -> Arrays:
+    """One CIFAR-10 batch file: uint8 images (n, 3072) and int64 labels (n,)."""
+    try:
+        with open(path, "rb") as file:
+            batch = _ArrayUnpickler(file, encoding="bytes").load()
+    except Exception as err:  # any failure to unpickle means the file is not a batch
+        raise ConfigError("data.root", f"{path} is not a CIFAR-10 python batch: {err}") from err
+    if not isinstance(batch, dict) or _entry(batch, "data") is None or _entry(batch, "labels") is None:
+        raise ConfigError("data.root", f"{path} is not a CIFAR-10 python batch: expected a dict with "
+                                       "keys b'data' and b'labels'")
+    data = np.asarray(_entry(batch, "data"))
+    labels = np.asarray(_entry(batch, "labels"))
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR10_FEATURES:
+        raise ConfigError("data.root", f"{path}: b'data' must be a uint8 array of shape (n, {CIFAR10_FEATURES}), "
+                                       f"got {data.dtype} {data.shape}")
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ConfigError("data.root", f"{path}: b'labels' must hold {data.shape[0]} integers, one per row "
+                                       f"of b'data', got {labels.dtype} {labels.shape}")
+    _check_labels(labels, path)
+    return data, labels.astype(np.int64)
+
+
+# Unpickling runs code named in the file; a batch only needs NumPy's array reconstruction, so
+# refuse everything else rather than trust whatever sits in the data directory.
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,     # how protocol-2 pickles spell bytes objects
+}
+for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _SAFE_GLOBALS[(_module, "_reconstruct")] = _multiarray._reconstruct
+    _SAFE_GLOBALS[(_module, "scalar")] = _multiarray.scalar
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data batch never needs") from None
+
+
+def _entry(batch: dict, key: str):
+    # encoding="bytes" gives bytes keys for the official (Python 2) files; accept str keys too.
+    return batch.get(key.encode(), batch.get(key))
+
+
+def _check_labels(labels: np.ndarray, path: Path) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ConfigError("data.root", f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as file:
+                return file.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        raise ConfigError("data.root", f"cannot read {path}: {err}") from err
+
+
+def _locate(root: Optional[str], title: str, names: Sequence[str], subdir: Path, gz: bool,
+            hint: str) -> Dict[str, Path]:
+    """Find each of ``names`` in ``root`` or ``root/subdir`` (also as name.gz when ``gz``)."""
+    suffixes = ("", ".gz") if gz else ("",)
+    needs = (f"{title} needs the files {', '.join(names)}"
+             + (" (each may also be gzip-compressed, with the suffix .gz)" if gz else "")
+             + f" directly in data.root or in its subdirectory {subdir} ({hint})")
+    if root is None:
+        raise ConfigError("data.root", f"not set; {needs}")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise ConfigError("data.root", f"directory {base} does not exist; {needs}")
+    found, missing = {}, []
+    for name in names:
+        candidates = [folder / (name + suffix) for folder in (base, base / subdir) for suffix in suffixes]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            missing.append(name)
+        else:
+            found[name] = path
+    if missing:
+        raise ConfigError("data.root", f"{', '.join(missing)} not found in {base} or {base / subdir}; {needs}")
+    return found

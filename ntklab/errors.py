@@ -1,0 +1,27 @@
+"""The one error type for values a user chose badly (a config field, a data directory).
+
+The command line turns a :class:`ConfigError` into a short message and exit code 2, with no
+traceback; every other exception is a bug or a runtime failure and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+
+class ConfigError(ValueError):
+    """A user-chosen value is invalid.
+
+    Args:
+        field: the dotted config field, e.g. ``"model.activation"`` or ``"data.root"``.
+        message: what is wrong, e.g. ``"'foo' is not a known activation"``.
+        allowed: the allowed values, listed after the message when given.
+    """
+
+    def __init__(self, field: str, message: str, allowed: Optional[Iterable[object]] = None):
+        self.field = field
+        self.allowed = None if allowed is None else tuple(allowed)
+        text = f"{field}: {message}"
+        if self.allowed is not None:
+            text += f" (allowed: {', '.join(str(a) for a in self.allowed)})"
+        super().__init__(text)

@@ -1,0 +1,117 @@
+"""The files of one run directory, written so that a crash loses nothing already measured.
+
+    config.yaml      the resolved config the run was started with (a resumed run must match it)
+    metrics.jsonl    one JSON object per log step, flushed and fsynced as it is written
+    checkpoint.pt    model, optimizer, RNG states, step and the metrics file's length (atomic)
+    summary.json     status ok | diverged | failed, final and fitted numbers (atomic, at the end)
+    kernels.pt       Θ̂_0, Θ̂_T and the analytic Θ, Σ on the probe set (atomic)
+    loss.png, drift.png
+
+Non-finite numbers (a diverged loss) are written as JSON ``null``, so every file is strict JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import torch
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+KERNELS = "kernels.pt"
+CHECKPOINT = "checkpoint.pt"
+STATUSES = ("ok", "diverged", "failed")
+
+
+def json_ready(value):
+    """``value`` with non-finite floats replaced by None, recursively (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then rename over ``path``: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomically write ``obj`` as indented strict JSON."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            json.dump(json_ready(obj), f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+    _replace_atomically(Path(path), write)
+
+
+def save_torch(path: Path, obj) -> None:
+    """Atomically ``torch.save`` ``obj`` (a checkpoint or the kernels)."""
+    _replace_atomically(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+class MetricsWriter:
+    """Appends one JSON line per log step to metrics.jsonl, durable before the next step starts."""
+
+    def __init__(self, path: Path, keep_bytes: int = 0):
+        """Open ``path`` for appending after truncating it to its first ``keep_bytes`` bytes
+        (the length recorded with the checkpoint being resumed; 0 starts afresh)."""
+        self.path = Path(path)
+        mode = "r+b" if self.path.exists() else "w+b"
+        self._file = open(self.path, mode)
+        self._file.truncate(keep_bytes)
+        self._file.seek(keep_bytes)
+
+    def write(self, record: Dict) -> int:
+        """Write ``record`` as one line; returns the file's length afterwards."""
+        self._file.write((json.dumps(json_ready(record), allow_nan=False) + "\n").encode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return self._file.tell()
+
+    @property
+    def position(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> List[Dict]:
+    """The records of a metrics.jsonl; a last line cut short by a crash is ignored."""
+    return list(_records(Path(path)))
+
+
+def _records(path: Path) -> Iterator[Dict]:
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:     # the unterminated last line of an interrupted write
+                return
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+
+
+def read_summary(run_dir: Path) -> Optional[Dict]:
+    """summary.json of a run directory, or None when the run has not finished."""
+    path = Path(run_dir) / SUMMARY
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)

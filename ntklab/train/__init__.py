@@ -1,0 +1,6 @@
+"""Training runs: the gradient-descent loop (:mod:`.trainer`) and what it measures (:mod:`.tracking`)."""
+
+from ntklab.train.trainer import log_schedule, run
+from ntklab.train.tracking import ReferenceKernels, Tracker, reference_kernels
+
+__all__ = ["run", "log_schedule", "Tracker", "ReferenceKernels", "reference_kernels"]

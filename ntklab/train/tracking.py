@@ -1,0 +1,209 @@
+"""The tracked quantities of DESIGN.md, measured at the log steps of a training run.
+
+At initialisation (θ = θ_0) :func:`reference_kernels` computes what every later step is compared
+with: the analytic NNGP/NTK (float64) on train×train and test×train, the empirical NTK Θ̂_0 of the
+network on the same sets, and the outputs f_0. From them a :class:`Tracker` precomputes, for all
+log steps at once, the kernel-regression predictions (one eigendecomposition each):
+
+    analytic:  f_t = f_0 − Θ(·,X) Θ^{-1} (I − (I − ηΘ/(Nk))^t) (f_0(X) − y)      (Θ the limit's NTK)
+    linear:    the same with Θ̂_0 (the linearised network; the full (N,N,k,k) kernel when N·k is small)
+
+and then, at step t, measures on the network
+
+    param_drift      ‖θ_t − θ_0‖ / ‖θ_0‖, in total and per layer (weights and bias of layer l together)
+    kernel_change    ‖Θ̂_t − Θ̂_0‖_F / ‖Θ̂_0‖_F on the probe set (the first ``probe_size`` train points)
+    kernel_to_limit  ‖Θ̂_t − Θ‖_F / ‖Θ‖_F on the probe set
+    pred_gap_*       RMS over test points and outputs of f_t(x*) − prediction_t(x*)
+
+Empirical kernels are the structured per-output mean kernel (``outputs="mean"``), cheap at any width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ntklab.data import Dataset
+from ntklab.dynamics import max_learning_rate, mse_loss, mse_predictor
+from ntklab.kernels import analytic_kernels
+from ntklab.nets import MLP
+from ntklab.ntk import empirical_ntk
+
+
+@dataclass
+class ReferenceKernels:
+    """What the run is compared with, computed once at θ_0 (float64, on the run's device).
+
+    Shapes: N train, M test, P probe points, k outputs. ``None`` where nothing tracked needs it.
+    """
+
+    f0_train: Tensor                          # (N, k)
+    f0_test: Tensor                           # (M, k)
+    probe_ntk_init: Tensor                    # Θ̂_0 on the probe set, (P, P)
+    analytic_train: Optional[Tensor] = None   # Θ (N, N)
+    analytic_test: Optional[Tensor] = None    # Θ(x*, X) (M, N)
+    analytic_nngp_probe: Optional[Tensor] = None   # Σ (P, P)
+    empirical_train: Optional[Tensor] = None  # Θ̂_0 (N, N) or full (N, N, k, k)
+    empirical_test: Optional[Tensor] = None   # Θ̂_0(x*, X) (M, N) or (M, N, k, k)
+
+    @property
+    def probe_size(self) -> int:
+        return self.probe_ntk_init.shape[0]
+
+    @property
+    def analytic_probe(self) -> Optional[Tensor]:
+        """Θ on the probe set: the leading block of the train kernel (the probe is the first P points)."""
+        if self.analytic_train is None:
+            return None
+        return self.analytic_train[: self.probe_size, : self.probe_size]
+
+    @property
+    def linear_kernel(self) -> Optional[str]:
+        """"full" or "mean": which empirical kernel the linearised prediction uses."""
+        if self.empirical_train is None:
+            return None
+        return "full" if self.empirical_train.dim() == 4 else "mean"
+
+    def eta_max(self, kind: str) -> float:
+        """η_max = 2Nk/λ_max of the analytic ("eta_max") or empirical ("eta_max_empirical") NTK."""
+        kernel = self.analytic_train if kind == "eta_max" else self.empirical_train
+        return max_learning_rate(kernel, out_dim=self.f0_train.shape[1])
+
+
+def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: bool, probe_size: int,
+                      full_kernel_limit: int) -> ReferenceKernels:
+    """Kernels and outputs at θ_0 (see :class:`ReferenceKernels`).
+
+    Args:
+        model: the network at initialisation; data: the data set on the model's device.
+        analytic: compute the analytic kernels (kernel_to_limit, pred_gap_analytic, η_max).
+        empirical: compute Θ̂_0 on train×train and test×train (pred_gap_linear, empirical η_max).
+        probe_size: P; the probe set is the first min(P, N) train points.
+        full_kernel_limit: the linear prediction uses the full (N, N, k, k) kernel while N·k is at
+            most this (it then equals the linearised network exactly), else the mean kernel.
+    """
+    x_train, x_test = data.x_train, data.x_test
+    probe = x_train[: min(probe_size, data.n_train)]
+    with torch.no_grad():
+        f0_train, f0_test = model(x_train).double(), model(x_test).double()
+    reference = ReferenceKernels(f0_train, f0_test, empirical_ntk(model, probe, method="structured").double())
+    if analytic:
+        x_train64, x_test64 = x_train.double(), x_test.double()
+        kernels = analytic_kernels(model.spec, x_train64)
+        reference.analytic_train = kernels.ntk
+        reference.analytic_nngp_probe = kernels.nngp[: reference.probe_size, : reference.probe_size]
+        reference.analytic_test = analytic_kernels(model.spec, x_test64, x_train64).ntk
+    if empirical:
+        k = data.out_dim
+        outputs = "full" if 1 < k and data.n_train * k <= full_kernel_limit else "mean"
+        reference.empirical_train = empirical_ntk(model, x_train, method="structured", outputs=outputs).double()
+        reference.empirical_test = empirical_ntk(model, x_test, x_train, method="structured",
+                                                 outputs=outputs).double()
+    return reference
+
+
+def parameter_groups(model: MLP) -> Dict[str, List[Tensor]]:
+    """Trainable tensors by layer: ``{"layer_1": [W, b], ..., "layer_{L+1}": [...]}`` (readout last)."""
+    return {f"layer_{i}": [p for p in layer.parameters() if p.requires_grad]
+            for i, layer in enumerate(model.layers, start=1)}
+
+
+class Tracker:
+    """Measures the tracked quantities at the log steps; see the module docstring.
+
+    Args:
+        model: the network at θ_0 (the tracker keeps a copy of θ_0).
+        data: the data set on the model's device.
+        reference: from :func:`reference_kernels` on the same model and data.
+        learning_rate: η of the gradient steps (the predictions assume full-batch GD at this η).
+        log_steps: the steps at which :meth:`measure` will be called.
+        quantities: names from ``ntklab.config.QUANTITIES`` to measure.
+    """
+
+    def __init__(self, model: MLP, data: Dataset, reference: ReferenceKernels, learning_rate: float,
+                 log_steps: Sequence[int], quantities: Sequence[str]):
+        self.data = data
+        self.reference = reference
+        self.quantities = tuple(quantities)
+        self.theta0 = {name: [p.detach().clone() for p in params]
+                       for name, params in parameter_groups(model).items()}
+        self.theta0_norm = math.sqrt(sum(_squared_norm(ps) for ps in self.theta0.values()))
+        self.y_train, self.y_test = data.y_train.double(), data.y_test.double()
+        self.probe = data.x_train[: reference.probe_size]
+        self._row = {int(s): i for i, s in enumerate(log_steps)}
+        times = torch.tensor([int(s) for s in log_steps], dtype=torch.float64)
+        self.predictions = {}
+        for kind, train, test in (("analytic", reference.analytic_train, reference.analytic_test),
+                                  ("linear", reference.empirical_train, reference.empirical_test)):
+            if train is None:
+                continue
+            predict = mse_predictor(train, self.y_train, learning_rate=learning_rate, discrete=True)
+            outputs = predict(times, reference.f0_train, reference.f0_test, test)
+            self.predictions[kind] = {
+                "train": outputs.train, "test": outputs.test,   # (T, N, k), (T, M, k)
+                "train_loss": mse_loss(outputs.train, self.y_train),
+                "test_loss": mse_loss(outputs.test, self.y_test)}
+        self.last_probe_ntk: Optional[Tensor] = None
+
+    def measure(self, model: MLP, step: int) -> Dict[str, object]:
+        """The metrics record of one log step (plain Python numbers, JSON-ready)."""
+        row = self._row[int(step)]
+        with torch.no_grad():
+            f_train, f_test = model(self.data.x_train).double(), model(self.data.x_test).double()
+        record: Dict[str, object] = {"step": int(step),
+                                     "train_loss": mse_loss(f_train, self.y_train).item(),
+                                     "test_loss": mse_loss(f_test, self.y_test).item()}
+        if self.data.labels_train is not None:
+            record["train_accuracy"] = _accuracy(f_train, self.y_train)
+            record["test_accuracy"] = _accuracy(f_test, self.y_test)
+        for kind, predicted in self.predictions.items():
+            record[f"pred_train_loss_{kind}"] = predicted["train_loss"][row].item()
+            record[f"pred_test_loss_{kind}"] = predicted["test_loss"][row].item()
+        if "param_drift" in self.quantities:
+            record.update(self._param_drift(model))
+        if "kernel_change" in self.quantities or "kernel_to_limit" in self.quantities:
+            probe_ntk = self.last_probe_ntk = self.probe_ntk(model)
+            if "kernel_change" in self.quantities:
+                record["kernel_change"] = _relative_distance(probe_ntk, self.reference.probe_ntk_init)
+            if "kernel_to_limit" in self.quantities and self.reference.analytic_probe is not None:
+                record["kernel_to_limit"] = _relative_distance(probe_ntk, self.reference.analytic_probe)
+        for kind in ("analytic", "linear"):
+            if f"pred_gap_{kind}" in self.quantities and kind in self.predictions:
+                gap = f_test - self.predictions[kind]["test"][row]
+                record[f"pred_gap_{kind}"] = gap.pow(2).mean().sqrt().item()
+        return record
+
+    def probe_ntk(self, model: MLP) -> Tensor:
+        """Θ̂_t on the probe set, float64."""
+        return empirical_ntk(model, self.probe, method="structured").double()
+
+    def _param_drift(self, model: MLP) -> Dict[str, object]:
+        per_layer, total = {}, 0.0
+        with torch.no_grad():
+            for name, params in parameter_groups(model).items():
+                moved = _squared_norm([p - p0 for p, p0 in zip(params, self.theta0[name])])
+                total += moved
+                per_layer[name] = math.sqrt(moved / max(_squared_norm(self.theta0[name]), 1e-300))
+        return {"param_drift": math.sqrt(total) / self.theta0_norm, "param_drift_layers": per_layer}
+
+
+def _squared_norm(tensors: Sequence[Tensor]) -> float:
+    return sum(t.double().pow(2).sum().item() for t in tensors)
+
+
+def _relative_distance(a: Tensor, b: Tensor) -> float:
+    """‖a − b‖_F / ‖b‖_F."""
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _accuracy(fx: Tensor, y: Tensor) -> float:
+    """Fraction of points classified right: argmax for one-hot targets; for scalar two-valued targets
+    (±1, possibly centred) the side of the midpoint between the two values."""
+    if y.shape[1] == 1:
+        midpoint = (y.max() + y.min()) / 2
+        return ((fx > midpoint) == (y > midpoint)).double().mean().item()
+    return (fx.argmax(1) == y.argmax(1)).double().mean().item()

@@ -1,0 +1,372 @@
+"""The training run: gradient descent on the MSE loss with tracking, checkpoints and run files.
+
+:func:`run` takes a validated config and a run directory and leaves in it the files of
+:mod:`ntklab.results`. The loop is
+
+    θ_{s+1} = θ_s − η ∇L_B(θ_s),   L_B = 1/(2|B|k) Σ_{i∈B} ‖f(x_i) − y_i‖²   (B the whole train set
+                                                                            unless optim.batch_size)
+
+(with heavy-ball momentum when optim.momentum > 0), measuring the tracked quantities at the log
+steps (:mod:`ntklab.train.tracking`). A checkpoint holds θ_s, the optimizer and RNG states and
+the metrics file's length after step s's record, so a run stopped anywhere and started again in
+the same directory continues exactly where the checkpoint left it: the resumed run's metrics
+equal an uninterrupted run's, byte for byte, on the same device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+import ntklab
+from ntklab import results
+from ntklab.config import validate
+from ntklab.data import Dataset, load_dataset
+from ntklab.dynamics import mse_loss
+from ntklab.errors import ConfigError
+from ntklab.nets import MLP, build_mlp
+from ntklab.spec import ArchSpec
+from ntklab.train.tracking import ReferenceKernels, Tracker, reference_kernels
+
+log = logging.getLogger(__name__)
+
+# Config fields that do not change what a run computes, so a resumed run may differ in them.
+_NOT_COMPARED = ("stop_after", "track.progress")
+
+
+def log_schedule(steps: int, count: int) -> List[int]:
+    """Step 0 and ``count`` log-spaced steps in [1, steps] (rounded, duplicates dropped), ascending;
+    always includes ``steps``."""
+    spaced = np.unique(np.rint(np.geomspace(1, steps, count)).astype(int)) if count > 1 else np.array([steps])
+    return sorted({0, steps, *(int(s) for s in spaced)})
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" → CUDA when available, else CPU; "cuda" without a GPU is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for but this machine has no CUDA GPU", allowed=("auto", "cpu"))
+    return torch.device(name)
+
+
+def build_spec(model_cfg, out_dim: int) -> ArchSpec:
+    """The ArchSpec of the model config; ArchSpec's own validation errors become ConfigErrors."""
+    try:
+        return ArchSpec(depth=model_cfg.depth, width=model_cfg.width, activation=model_cfg.activation,
+                        sigma_w=model_cfg.sigma_w, sigma_b=model_cfg.sigma_b, bias=model_cfg.bias,
+                        parametrization=model_cfg.parametrization, out_dim=out_dim)
+    except ValueError as err:
+        # ArchSpec's messages start with the field's name ("width must be ...", "activation: ...").
+        message = str(err)
+        name = message.split(" ")[0].rstrip(":")
+        raise ConfigError(f"model.{name}", message[len(name):].lstrip(": ")) from None
+
+
+def load_data(data_cfg) -> Dataset:
+    """The data set of the data config (its fields are load_dataset's arguments)."""
+    arguments = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
+    return load_dataset(arguments.pop("name"), **arguments)
+
+
+def learning_rate(optim_cfg, spec: ArchSpec, reference: ReferenceKernels) -> float:
+    """η = lr × unit × width factor (see :class:`ntklab.config.OptimConfig`)."""
+    lr = float(optim_cfg.lr)
+    if optim_cfg.lr_unit != "absolute":
+        lr *= reference.eta_max(optim_cfg.lr_unit)
+    if optim_cfg.lr_width_scaling == "inverse" and spec.depth > 0:
+        lr *= optim_cfg.base_width / max(spec.widths)
+    return lr
+
+
+@dataclass
+class _Timing:
+    """Seconds spent, accumulated over the invocations of a resumed run."""
+
+    setup: float = 0.0        # reference kernels and predictions
+    steps: float = 0.0        # gradient steps
+    tracking: float = 0.0     # measurements at log steps
+    other: float = 0.0        # checkpoints, files
+
+    def as_dict(self, steps_done: int) -> Dict[str, float]:
+        total = self.setup + self.steps + self.tracking + self.other
+        return {"wall_s": total, "setup_s": self.setup, "steps_s": self.steps, "tracking_s": self.tracking,
+                "per_step_s": self.steps / max(steps_done, 1),
+                # the share of the loop (steps + tracking) spent measuring, and with setup counted
+                "tracking_fraction": self.tracking / max(self.steps + self.tracking, 1e-12),
+                "tracking_fraction_with_setup": (self.tracking + self.setup) / max(total, 1e-12)}
+
+
+@dataclass
+class _Clock:
+    device: torch.device
+    timing: _Timing = field(default_factory=_Timing)
+    _last: float = field(default_factory=time.perf_counter)
+
+    def lap(self, bucket: str) -> None:
+        """Charge the time since the last lap to ``bucket``; waits for queued GPU work first."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        setattr(self.timing, bucket, getattr(self.timing, bucket) + now - self._last)
+        self._last = now
+
+
+def _comparable(config: Dict) -> Dict:
+    config = OmegaConf.create(config)
+    for dotted in _NOT_COMPARED:
+        parent, _, leaf = dotted.rpartition(".")
+        node = OmegaConf.select(config, parent) if parent else config
+        if node is not None and leaf in node:
+            del node[leaf]
+    return OmegaConf.to_container(config)
+
+
+def _check_same_config(run_dir: Path, config: Dict) -> None:
+    """A run directory holds one run: resuming with a different config is an error."""
+    path = run_dir / results.CONFIG
+    if not path.exists():
+        OmegaConf.save(OmegaConf.create(config), path)
+        return
+    before = _comparable(OmegaConf.to_container(OmegaConf.load(path)))
+    now = _comparable(config)
+    if before != now:
+        changed = sorted(key for key in set(_flatten(before)) | set(_flatten(now))
+                         if _flatten(before).get(key) != _flatten(now).get(key))
+        raise ConfigError("hydra.run.dir", f"{run_dir} holds a run with a different config "
+                          f"(differs in {', '.join(changed)}); choose a new run directory")
+
+
+def _flatten(tree: Dict, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def run(cfg, run_dir: Path) -> Dict:
+    """Train as ``cfg`` says, writing into ``run_dir``; returns the summary (also in summary.json).
+
+    A run directory whose summary says ok or diverged is finished: its summary is returned as is.
+    Raises :class:`ConfigError` for invalid values (nothing is written then, except config.yaml
+    when the config itself is valid); any other exception is recorded as status "failed" in
+    summary.json and re-raised.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    finished = results.read_summary(run_dir)
+    if finished is not None and finished.get("status") in ("ok", "diverged"):
+        _check_same_config(run_dir, config)
+        log.info("%s already holds a finished run (status %s); nothing to do", run_dir, finished["status"])
+        return finished
+    device = resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    data = load_data(cfg.data)
+    spec = build_spec(cfg.model, data.out_dim)
+    _check_same_config(run_dir, config)
+    clock = _Clock(device)
+    try:
+        return _train(cfg, config, run_dir, device, dtype, data, spec, clock)
+    except Exception as err:
+        summary = {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                   "traceback": traceback.format_exc(), **_environment(device, cfg.dtype), "config": config}
+        results.write_json(run_dir / results.SUMMARY, summary)
+        raise
+
+
+def _environment(device: torch.device, dtype: str) -> Dict:
+    return {"device": str(device), "device_name": _device_name(device), "dtype": dtype,
+            "versions": {"ntklab": ntklab.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()}}
+
+
+def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec: ArchSpec, clock: _Clock) -> Dict:
+    optim, track = cfg.optim, cfg.track
+    steps = int(optim.steps)
+    schedule = log_schedule(steps, track.log_steps)
+    log_set = set(schedule)
+    data = data.to(device, dtype)
+    model = build_mlp(spec, in_dim=data.in_dim, seed=cfg.seed, device=device, dtype=dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("run directory %s | %s | %d parameters | device %s (%s), %s", run_dir, spec, n_params,
+             device, _device_name(device), cfg.dtype)
+
+    quantities = list(track.quantities)
+    reference = reference_kernels(
+        model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit,
+        analytic=optim.lr_unit == "eta_max" or bool({"kernel_to_limit", "pred_gap_analytic"} & set(quantities)),
+        empirical=optim.lr_unit == "eta_max_empirical" or "pred_gap_linear" in quantities)
+    lr = learning_rate(optim, spec, reference)
+    eta_max = {kind: reference.eta_max(unit) for kind, unit, kernel in (
+        ("analytic", "eta_max", reference.analytic_train), ("empirical", "eta_max_empirical", reference.empirical_train))
+        if kernel is not None}
+    log.info("learning rate %.6g (eta_max: %s)", lr, ", ".join(f"{k} {v:.6g}" for k, v in eta_max.items()) or "-")
+    tracker = Tracker(model, data, reference, lr, schedule, quantities)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=optim.momentum)
+    batches = torch.Generator().manual_seed(cfg.seed)   # mini-batch order; part of the checkpoint
+    loss_0 = mse_loss(reference.f0_train, tracker.y_train).item()
+    clock.lap("setup")
+
+    step, metrics_bytes = 0, 0
+    checkpoint_path = run_dir / results.CHECKPOINT
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.set_state(state["batch_generator"])
+        step, metrics_bytes = state["step"], state["metrics_bytes"]
+        clock.timing = _Timing(**state["timing"])
+        log.info("resuming from the checkpoint at step %d", step)
+    writer = results.MetricsWriter(run_dir / results.METRICS, keep_bytes=metrics_bytes)
+
+    def checkpoint() -> None:
+        clock.lap("other")
+        results.save_torch(checkpoint_path, {
+            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "batch_generator": batches.get_state(), "metrics_bytes": writer.position,
+            "timing": vars(clock.timing)})
+        clock.lap("other")
+
+    # disable=None: a bar on a terminal; in a batch job's log the log steps are logged instead.
+    progress = tqdm(total=steps, initial=step, desc="train", unit="step", disable=None if track.progress else True,
+                    dynamic_ncols=True, mininterval=0.5)
+    status, diverged_at, last_record = "ok", None, None
+
+    def record(at: int) -> Dict:
+        clock.lap("steps")
+        measured = tracker.measure(model, at)
+        clock.lap("tracking")
+        writer.write(measured)
+        shown = {k: f"{measured[k]:.3g}" for k in ("train_loss", "test_loss", "kernel_change") if k in measured}
+        progress.set_postfix(shown, refresh=False)
+        if progress.disable and track.progress:
+            log.info("step %d/%d: %s", at, steps, ", ".join(f"{k} {v}" for k, v in shown.items()))
+        return measured
+
+    if step == 0 and metrics_bytes == 0:
+        last_record = record(0)
+    started_at = step
+    try:
+        while step < steps:
+            if cfg.stop_after is not None and step - started_at >= cfg.stop_after:
+                checkpoint()
+                progress.close()
+                log.info("stopped after %d steps at step %d (stop_after); run again to resume", cfg.stop_after, step)
+                return {"status": "stopped", "step": step}
+            x, y = _batch(data, optim.batch_size, batches)
+            loss = mse_loss(model(x), y)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value) or loss_value > optim.divergence_factor * loss_0:
+                status, diverged_at = "diverged", step
+                last_record = {"step": step, "train_loss": loss_value, "diverged": True}
+                writer.write(last_record)
+                log.warning("diverged at step %d: loss %.3g (initial %.3g)", step, loss_value, loss_0)
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            progress.update(1)
+            if step in log_set:
+                last_record = record(step)
+            if track.checkpoint_every and step % track.checkpoint_every == 0 and step < steps:
+                checkpoint()
+        clock.lap("steps")
+    finally:
+        progress.close()
+        writer.close()
+
+    records = results.read_metrics(run_dir / results.METRICS)
+    last_record = records[-1] if records else last_record
+    if track.save_kernels:
+        _save_kernels(run_dir, model, tracker, reference)
+    summary = {
+        "status": status, "steps": steps, "steps_done": step, "diverged_at_step": diverged_at,
+        "final": last_record, "max": _maxima(records), "fitted": _fitted(records),
+        "learning_rate": lr, "eta_max": eta_max,
+        "lr_over_eta_max": lr / eta_max["analytic"] if "analytic" in eta_max else None,
+        "n_params": n_params, "n_train": data.n_train, "n_test": data.n_test, "in_dim": data.in_dim,
+        "out_dim": data.out_dim, "probe_size": reference.probe_size, "linear_kernel": reference.linear_kernel,
+        **_environment(device, cfg.dtype)}
+    if track.plots:
+        from ntklab.plots import plot_run
+        try:
+            summary["plots"] = [p.name for p in plot_run(run_dir, records)]
+        except Exception as err:   # a figure must never cost the run its summary
+            log.warning("plots failed: %s", err)
+            summary["plots_error"] = f"{type(err).__name__}: {err}"
+    clock.lap("other")
+    summary["timing"] = clock.timing.as_dict(step)
+    summary["config"] = config
+    results.write_json(run_dir / results.SUMMARY, summary)
+    checkpoint_path.unlink(missing_ok=True)
+    log.info("%s after %d steps: train loss %.4g, %s", status, step, last_record.get("train_loss") or math.nan,
+             ", ".join(f"{k} {last_record[k]:.3g}" for k in ("kernel_change", "pred_gap_analytic") if k in last_record))
+    return summary
+
+
+def _batch(data: Dataset, batch_size: Optional[int], generator: torch.Generator):
+    if batch_size is None or batch_size >= data.n_train:
+        return data.x_train, data.y_train
+    rows = torch.randperm(data.n_train, generator=generator)[:batch_size].to(data.x_train.device)
+    return data.x_train[rows], data.y_train[rows]
+
+
+def _save_kernels(run_dir: Path, model: MLP, tracker: Tracker, reference: ReferenceKernels) -> None:
+    cpu = lambda t: None if t is None else t.detach().double().cpu()
+    results.save_torch(run_dir / results.KERNELS, {
+        "probe_x": cpu(tracker.probe), "ntk_empirical_init": cpu(reference.probe_ntk_init),
+        "ntk_empirical_final": cpu(tracker.probe_ntk(model)), "ntk_analytic": cpu(reference.analytic_probe),
+        "nngp_analytic": cpu(reference.analytic_nngp_probe)})
+
+
+_TRACKED = ("train_loss", "test_loss", "param_drift", "kernel_change", "kernel_to_limit",
+            "pred_gap_analytic", "pred_gap_linear")
+
+
+def _maxima(records: List[Dict]) -> Dict[str, float]:
+    """The largest value over the run of each tracked quantity (non-finite values skipped)."""
+    out = {}
+    for name in _TRACKED:
+        values = [r[name] for r in records if isinstance(r.get(name), (int, float))]
+        if values:
+            out[name] = max(values)
+    return out
+
+
+def _fitted(records: List[Dict]) -> Dict[str, Optional[float]]:
+    """Per-run fits: the log-log slope of kernel_change and param_drift against the step over the
+    log steps ≥ 1 (kernel_change ∝ step^slope), and the final train loss over its analytic prediction."""
+    out: Dict[str, Optional[float]] = {}
+    for name in ("kernel_change", "param_drift"):
+        pairs = [(r["step"], r[name]) for r in records
+                 if r.get("step", 0) >= 1 and isinstance(r.get(name), (int, float)) and r[name] > 0]
+        out[f"{name}_step_exponent"] = (float(np.polyfit(np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs]), 1)[0])
+                                        if len(pairs) >= 3 else None)
+    last = records[-1] if records else {}
+    predicted = last.get("pred_train_loss_analytic")
+    out["train_loss_over_prediction"] = (last["train_loss"] / predicted
+                                         if predicted and isinstance(last.get("train_loss"), (int, float)) else None)
+    return out
