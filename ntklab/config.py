@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from omegaconf import II, MISSING
 
-from ntklab.errors import ConfigError
+from ntklab.errors import ConfigError, check_choice
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -126,11 +126,6 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainConfig)
 
 
-def _choice(field_name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(field_name, f"{value!r} is not allowed", allowed=allowed)
-
-
 def _at_least(field_name: str, value, minimum, kind: str = "an integer") -> None:
     if value < minimum:
         raise ConfigError(field_name, f"must be {kind} >= {minimum}, got {value!r}")
@@ -142,14 +137,14 @@ def validate(cfg) -> None:
     Model and data fields are validated where they are used (``ArchSpec``, ``load_dataset``),
     so the allowed values are defined in one place; this checks the trainer's own fields.
     """
-    _choice("device", cfg.device, DEVICES)
-    _choice("dtype", cfg.dtype, DTYPES)
+    check_choice("device", cfg.device, DEVICES)
+    check_choice("dtype", cfg.dtype, DTYPES)
     optim, track = cfg.optim, cfg.track
     _at_least("optim.steps", optim.steps, 1)
     if not (math.isfinite(optim.lr) and optim.lr > 0):
         raise ConfigError("optim.lr", f"must be a finite number > 0, got {optim.lr!r}")
-    _choice("optim.lr_unit", optim.lr_unit, LR_UNITS)
-    _choice("optim.lr_width_scaling", optim.lr_width_scaling, LR_WIDTH_SCALINGS)
+    check_choice("optim.lr_unit", optim.lr_unit, LR_UNITS)
+    check_choice("optim.lr_width_scaling", optim.lr_width_scaling, LR_WIDTH_SCALINGS)
     _at_least("optim.base_width", optim.base_width, 1)
     if optim.batch_size is not None:
         _at_least("optim.batch_size", optim.batch_size, 1)
@@ -158,7 +153,7 @@ def validate(cfg) -> None:
     if not optim.divergence_factor > 1:
         raise ConfigError("optim.divergence_factor", f"must be > 1, got {optim.divergence_factor!r}")
     for name in track.quantities:
-        _choice("track.quantities", name, QUANTITIES)
+        check_choice("track.quantities", name, QUANTITIES)
     _at_least("track.probe_size", track.probe_size, 1)
     _at_least("track.log_steps", track.log_steps, 1)
     _at_least("track.checkpoint_every", track.checkpoint_every, 0)

@@ -6,7 +6,7 @@ traceback; every other exception is a bug or a runtime failure and keeps its tra
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Collection, Iterable, Optional
 
 
 class ConfigError(ValueError):
@@ -25,3 +25,9 @@ class ConfigError(ValueError):
         if self.allowed is not None:
             text += f" (allowed: {', '.join(str(a) for a in self.allowed)})"
         super().__init__(text)
+
+
+def check_choice(field: str, value: object, allowed: Collection[object]) -> None:
+    """Raise a ConfigError listing ``allowed`` unless ``value`` is one of them."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(field, f"unknown value {value!r}", allowed=allowed)

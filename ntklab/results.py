@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -26,6 +27,21 @@ SUMMARY = "summary.json"
 KERNELS = "kernels.pt"
 CHECKPOINT = "checkpoint.pt"
 STATUSES = ("ok", "diverged", "failed")
+
+
+def device_name(device) -> str:
+    """What a run ran on, for summaries and benchmark tables: the GPU's name, or the CPU model and
+    the number of threads torch uses."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def json_ready(value):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import torch
 
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
 from ntklab.dynamics import max_learning_rate, mse_predictor
+from ntklab.results import device_name
 
 DEPTH = 3
 IN_DIM = 32
@@ -206,8 +206,8 @@ def main() -> None:
         method, width, n = args.case[0], int(args.case[1]), int(args.case[2])
         print(json.dumps(run_case(method, width, n, args.device, dtype, args.repeats)))
         return
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    print(f"torch {torch.__version__}, device {args.device} ({device_name}), "
+    name = device_name(args.device)
+    print(f"torch {torch.__version__}, device {args.device} ({name}), "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores")
     if not args.skip_empirical:
         rate = matmul_gflops(args.device, dtype)

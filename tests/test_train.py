@@ -22,7 +22,7 @@ from ntklab.train import log_schedule, run
 from ntklab.train.trainer import load_data
 from tests.conftest import gradient_descent
 
-SMALL = ["width=64", "data.n_train=32", "data.n_test=16", "data.dim=5", "optim.steps=40",
+SMALL = ["device=cpu", "width=64", "data.n_train=32", "data.n_test=16", "data.dim=5", "optim.steps=40",
          "track.log_steps=8", "track.probe_size=16", "track.progress=false", "track.plots=false"]
 
 
@@ -250,3 +250,19 @@ def test_a_crash_is_recorded_as_failed(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / results.SUMMARY).read_text())
     assert summary["status"] == "failed" and "simulated failure" in summary["error"]
     assert math.isfinite(metrics(tmp_path)[0]["train_loss"])
+
+
+@pytest.mark.cuda
+def test_cuda_run_matches_cpu(tmp_path):
+    overrides = SMALL + ["dtype=float64", "track.save_kernels=false"]
+    metrics_of = {}
+    for device in ("cpu", "cuda"):
+        run(compose_train(overrides + [f"device={device}"]), tmp_path / device)
+        metrics_of[device] = metrics(tmp_path / device)
+    assert [r["step"] for r in metrics_of["cpu"]] == [r["step"] for r in metrics_of["cuda"]]
+    for on_cpu, on_gpu in zip(metrics_of["cpu"], metrics_of["cuda"]):
+        for name in ("train_loss", "test_loss", "pred_test_loss_analytic", "param_drift", "kernel_change",
+                     "kernel_to_limit", "pred_gap_analytic", "pred_gap_linear"):
+            # float64 on both; different summation orders in 40 steps leave ~1e-13, zeros stay zeros
+            assert on_gpu[name] == pytest.approx(on_cpu[name], rel=1e-8, abs=1e-12), (name, on_cpu["step"])
+

@@ -21,7 +21,7 @@ from ntklab.data.dataset import Dataset
 from ntklab.data.real import ALL_CLASSES, CLASSIFICATION_NAMES, make_real
 from ntklab.data.synthetic import SYNTHETIC_NAMES, TARGETS, make_synthetic
 from ntklab.data.transforms import NORMALIZATIONS
-from ntklab.errors import ConfigError
+from ntklab.errors import ConfigError, check_choice
 from ntklab.spec import ArchSpec
 
 DATASET_NAMES = SYNTHETIC_NAMES + CLASSIFICATION_NAMES
@@ -67,9 +67,9 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
     degree = _integer(degree, "degree", 0)
     parity_bits = _integer(parity_bits, "parity_bits", 1)
     seed = _integer(seed, "seed", 0)
-    _choice(target, "target", TARGETS)
-    _choice(targets, "targets", TARGET_KINDS)
-    _choice(normalize, "normalize", NORMALIZATIONS)
+    check_choice("data.target", target, TARGETS)
+    check_choice("data.targets", targets, TARGET_KINDS)
+    check_choice("data.normalize", normalize, NORMALIZATIONS)
     if not isinstance(noise, numbers.Real) or isinstance(noise, bool) or not math.isfinite(noise) or noise < 0:
         raise ConfigError("data.noise", f"must be a finite number >= 0, got {noise!r}")
     if not isinstance(center_targets, bool):
@@ -110,11 +110,6 @@ def _integer(value, argument: str, minimum: int) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"data.{argument}", f"must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _choice(value, argument: str, allowed) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(f"data.{argument}", f"unknown value {value!r}", allowed=allowed)
 
 
 def _teacher_spec(depth, width, activation) -> ArchSpec:

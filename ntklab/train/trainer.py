@@ -158,12 +158,6 @@ def _flatten(tree: Dict, prefix: str = "") -> Dict[str, object]:
     return out
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
 def run(cfg, run_dir: Path) -> Dict:
     """Train as ``cfg`` says, writing into ``run_dir``; returns the summary (also in summary.json).
 
@@ -197,7 +191,7 @@ def run(cfg, run_dir: Path) -> Dict:
 
 
 def _environment(device: torch.device, dtype: str) -> Dict:
-    return {"device": str(device), "device_name": _device_name(device), "dtype": dtype,
+    return {"device": str(device), "device_name": results.device_name(device), "dtype": dtype,
             "versions": {"ntklab": ntklab.__version__, "torch": torch.__version__,
                          "python": platform.python_version()}}
 
@@ -211,7 +205,7 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
     model = build_mlp(spec, in_dim=data.in_dim, seed=cfg.seed, device=device, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run directory %s | %s | %d parameters | device %s (%s), %s", run_dir, spec, n_params,
-             device, _device_name(device), cfg.dtype)
+             device, results.device_name(device), cfg.dtype)
 
     quantities = list(track.quantities)
     reference = reference_kernels(
