@@ -266,3 +266,14 @@ def test_cuda_run_matches_cpu(tmp_path):
             # float64 on both; different summation orders in 40 steps leave ~1e-13, zeros stay zeros
             assert on_gpu[name] == pytest.approx(on_cpu[name], rel=1e-8, abs=1e-12), (name, on_cpu["step"])
 
+
+
+@pytest.mark.cuda
+def test_cuda_run_resumes_with_identical_metrics(tmp_path):
+    # momentum, mini-batches and the CUDA RNG state all go through the checkpoint
+    overrides = SMALL[1:] + ["device=cuda", "optim=sgd", "optim.batch_size=8", "optim.steps=60",
+                             "track.checkpoint_every=10", "track.log_steps=15"]
+    run(compose_train(overrides), tmp_path / "whole")
+    assert run(compose_train(overrides + ["stop_after=25"]), tmp_path / "parts")["status"] == "stopped"
+    run(compose_train(overrides), tmp_path / "parts")
+    assert (tmp_path / "parts" / results.METRICS).read_bytes() == (tmp_path / "whole" / results.METRICS).read_bytes()

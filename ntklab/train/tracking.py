@@ -21,7 +21,7 @@ Empirical kernels are the structured per-output mean kernel (``outputs="mean"``)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -49,6 +49,7 @@ class ReferenceKernels:
     analytic_nngp_probe: Optional[Tensor] = None   # Σ (P, P)
     empirical_train: Optional[Tensor] = None  # Θ̂_0 (N, N) or full (N, N, k, k)
     empirical_test: Optional[Tensor] = None   # Θ̂_0(x*, X) (M, N) or (M, N, k, k)
+    _eta_max: Dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def probe_size(self) -> int:
@@ -70,8 +71,10 @@ class ReferenceKernels:
 
     def eta_max(self, kind: str) -> float:
         """η_max = 2Nk/λ_max of the analytic ("eta_max") or empirical ("eta_max_empirical") NTK."""
-        kernel = self.analytic_train if kind == "eta_max" else self.empirical_train
-        return max_learning_rate(kernel, out_dim=self.f0_train.shape[1])
+        if kind not in self._eta_max:    # one eigenvalue problem per kernel, however often asked
+            kernel = self.analytic_train if kind == "eta_max" else self.empirical_train
+            self._eta_max[kind] = max_learning_rate(kernel, out_dim=self.f0_train.shape[1])
+        return self._eta_max[kind]
 
 
 def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: bool, probe_size: int,

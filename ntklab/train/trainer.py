@@ -226,21 +226,26 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
     step, metrics_bytes = 0, 0
     checkpoint_path = run_dir / results.CHECKPOINT
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        batches.set_state(state["batch_generator"])
+        batches.set_state(state["batch_generator"].cpu())
+        # nothing in the loop draws from the global generators today; restored so nothing added later can diverge
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         step, metrics_bytes = state["step"], state["metrics_bytes"]
         clock.timing = _Timing(**state["timing"])
         log.info("resuming from the checkpoint at step %d", step)
     writer = results.MetricsWriter(run_dir / results.METRICS, keep_bytes=metrics_bytes)
 
     def checkpoint() -> None:
-        clock.lap("other")
+        clock.lap("steps")
         results.save_torch(checkpoint_path, {
             "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "batch_generator": batches.get_state(), "metrics_bytes": writer.position,
-            "timing": vars(clock.timing)})
+            "batch_generator": batches.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "metrics_bytes": writer.position, "timing": vars(clock.timing)})
         clock.lap("other")
 
     # disable=None: a bar on a terminal; in a batch job's log the log steps are logged instead.
