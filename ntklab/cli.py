@@ -39,9 +39,17 @@ def _train(cfg) -> Optional[Dict]:
         sys.exit(2)
 
 
-# name → (one-line description, Hydra task function, primary config name)
-COMMANDS: Dict[str, Tuple[str, Callable, str]] = {
+def _collect(args: List[str]) -> int:
+    from ntklab.collect import main as collect_main
+
+    return collect_main(args)
+
+
+# name → (one-line description, task, primary config name). A Hydra app's task takes the composed
+# config; a command without a config (None) is a plain argparse program taking its arguments.
+COMMANDS: Dict[str, Tuple[str, Callable, Optional[str]]] = {
     "train": ("train a network by gradient descent and track it against its infinite-width NTK", _train, "train"),
+    "collect": ("gather run directories (a multirun sweep) into one table: PATH/results.csv", _collect, None),
 }
 
 
@@ -60,12 +68,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name not in COMMANDS:
         print(f"ntklab: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    _, task, config_name = COMMANDS[name]
+    if config_name is None:
+        return task(overrides)
     import hydra
 
     from ntklab.config import register_configs
 
     register_configs()
-    _, task, config_name = COMMANDS[name]
     app = hydra.main(config_path=CONFIG_PACKAGE, config_name=config_name, version_base="1.3")(task)
     # Hydra parses sys.argv itself: hand it the overrides only.
     saved, sys.argv = sys.argv, [f"{sys.argv[0]} {name}"] + overrides

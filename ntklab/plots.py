@@ -60,7 +60,16 @@ def plot_run(run_dir: Path, records: Optional[List[Dict]] = None) -> List[Path]:
 
 
 def _save(fig, path: Path) -> Path:
+    return save_figure(fig, path.with_suffix(""), formats=("png",))[0]
+
+
+def save_figure(fig, stem: Path, formats=("png", "pdf"), dpi: int = 120) -> List[Path]:
+    """Save ``fig`` as ``stem``.png (and .pdf, ...), close it, and return the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
+    for path in paths:
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    return path
+    return paths

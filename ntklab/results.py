@@ -4,7 +4,10 @@
     metrics.jsonl    one JSON object per log step, flushed and fsynced as it is written
     checkpoint.pt    model, optimizer, RNG states, step and the metrics file's length (atomic)
     summary.json     status ok | diverged | failed, final and fitted numbers (atomic, at the end)
-    kernels.pt       Θ̂_0, Θ̂_T and the analytic Θ, Σ on the probe set (atomic)
+    kernels.pt       Θ̂_0, Θ̂_T and the analytic Θ, Σ on the probe set; the row Θ(x*_0, x*_j) at init,
+                     at the end and in the limit (atomic)
+    predictions.pt   test inputs, targets, the network's test outputs at init and at the end, and
+                     the analytic and linearised predictions for the end (atomic)
     loss.png, drift.png
 
 Non-finite numbers (a diverged loss) are written as JSON ``null``, so every file is strict JSON.
@@ -25,6 +28,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 KERNELS = "kernels.pt"
+PREDICTIONS = "predictions.pt"
 CHECKPOINT = "checkpoint.pt"
 STATUSES = ("ok", "diverged", "failed")
 

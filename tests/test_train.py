@@ -127,6 +127,10 @@ def test_analytic_prediction_equals_the_iterated_kernel_recurrence(float64_run):
     assert last["pred_train_loss_analytic"] == pytest.approx(mse_loss(f_train, data.y_train).item(), rel=1e-8)
     assert last["pred_test_loss_analytic"] == pytest.approx(mse_loss(f_test, data.y_test).item(), rel=1e-8)
     assert last["pred_gap_analytic"] == pytest.approx((net_test - f_test).pow(2).mean().sqrt().item(), rel=1e-7)
+    saved = torch.load(run_dir / results.PREDICTIONS)
+    assert saved["step"] == 40 and torch.equal(saved["y_test"], data.y_test)
+    torch.testing.assert_close(saved["f_pred_analytic"], f_test, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(saved["f_final"], net_test, rtol=1e-9, atol=1e-12)
 
 
 def test_linear_prediction_equals_a_linearised_network_trained_by_gd(float64_run):
@@ -154,6 +158,11 @@ def test_kernels_file_matches_independent_kernels(float64_run):
     torch.testing.assert_close(kernels["ntk_empirical_final"], empirical_ntk(net, probe, method="jacobian"),
                                rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(kernels["ntk_analytic"], analytic_kernels(spec, probe).ntk, rtol=1e-12, atol=0)
+    # the test-kernel row at the first test point (the circle figure's curve), at init, end and limit
+    for key, reference in (("ntk_test_row_empirical_init", empirical_ntk(net0, data.x_test[:1], data.x_test, method="jacobian")),
+                           ("ntk_test_row_empirical_final", empirical_ntk(net, data.x_test[:1], data.x_test, method="jacobian")),
+                           ("ntk_test_row_analytic", analytic_kernels(spec, data.x_test[:1], data.x_test).ntk)):
+        torch.testing.assert_close(kernels[key], reference[0], rtol=1e-8, atol=1e-10)
     records = metrics(run_dir)
     init, final, limit = kernels["ntk_empirical_init"], kernels["ntk_empirical_final"], kernels["ntk_analytic"]
     assert records[-1]["kernel_change"] == pytest.approx(((final - init).norm() / init.norm()).item(), rel=1e-9)

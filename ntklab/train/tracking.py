@@ -44,6 +44,8 @@ class ReferenceKernels:
     f0_train: Tensor                          # (N, k)
     f0_test: Tensor                           # (M, k)
     probe_ntk_init: Tensor                    # Θ̂_0 on the probe set, (P, P)
+    test_row_init: Tensor                     # Θ̂_0(x*_0, x*_j) over the test points, (M,)
+    test_row_analytic: Optional[Tensor] = None     # Θ(x*_0, x*_j), (M,)
     analytic_train: Optional[Tensor] = None   # Θ (N, N)
     analytic_test: Optional[Tensor] = None    # Θ(x*, X) (M, N)
     analytic_nngp_probe: Optional[Tensor] = None   # Σ (P, P)
@@ -93,13 +95,15 @@ def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: b
     probe = x_train[: min(probe_size, data.n_train)]
     with torch.no_grad():
         f0_train, f0_test = model(x_train).double(), model(x_test).double()
-    reference = ReferenceKernels(f0_train, f0_test, empirical_ntk(model, probe, method="structured").double())
+    reference = ReferenceKernels(f0_train, f0_test, empirical_ntk(model, probe, method="structured").double(),
+                                 test_row(model, x_test))
     if analytic:
         x_train64, x_test64 = x_train.double(), x_test.double()
         kernels = analytic_kernels(model.spec, x_train64)
         reference.analytic_train = kernels.ntk
         reference.analytic_nngp_probe = kernels.nngp[: reference.probe_size, : reference.probe_size]
         reference.analytic_test = analytic_kernels(model.spec, x_test64, x_train64).ntk
+        reference.test_row_analytic = analytic_kernels(model.spec, x_test64[:1], x_test64).ntk[0]
     if empirical:
         k = data.out_dim
         outputs = "full" if 1 < k and data.n_train * k <= full_kernel_limit else "mean"
@@ -107,6 +111,12 @@ def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: b
         reference.empirical_test = empirical_ntk(model, x_test, x_train, method="structured",
                                                  outputs=outputs).double()
     return reference
+
+
+def test_row(model: MLP, x_test: Tensor) -> Tensor:
+    """Θ̂(x*_0, x*_j) for every test point j, (M,) float64: one row of the test kernel, which for the
+    circle data (equally spaced angles) is the curve Θ̂(x_0, x(γ)) of Jacot et al. (2018), Fig. 1."""
+    return empirical_ntk(model, x_test[:1], x_test, method="structured").double()[0]
 
 
 def parameter_groups(model: MLP) -> Dict[str, List[Tensor]]:
@@ -179,6 +189,16 @@ class Tracker:
                 gap = f_test - self.predictions[kind]["test"][row]
                 record[f"pred_gap_{kind}"] = gap.pow(2).mean().sqrt().item()
         return record
+
+    def test_outputs(self, model: MLP, step: int) -> Dict[str, Optional[Tensor]]:
+        """The network's test outputs now and the predictions for this step, each (M, k) float64."""
+        with torch.no_grad():
+            outputs = {"network": model(self.data.x_test).double()}
+        row = self._row.get(int(step))
+        for kind in ("analytic", "linear"):
+            predicted = self.predictions.get(kind)
+            outputs[kind] = None if predicted is None or row is None else predicted["test"][row]
+        return outputs
 
     def probe_ntk(self, model: MLP) -> Tensor:
         """Θ̂_t on the probe set, float64."""

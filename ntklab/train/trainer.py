@@ -37,7 +37,7 @@ from ntklab.dynamics import mse_loss
 from ntklab.errors import ConfigError
 from ntklab.nets import MLP, build_mlp
 from ntklab.spec import ArchSpec
-from ntklab.train.tracking import ReferenceKernels, Tracker, reference_kernels
+from ntklab.train.tracking import ReferenceKernels, Tracker, reference_kernels, test_row
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +301,10 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
     last_record = records[-1] if records else last_record
     if track.save_kernels:
         _save_kernels(run_dir, model, tracker, reference)
+    _save_predictions(run_dir, model, tracker, reference, data, step)
     summary = {
         "status": status, "steps": steps, "steps_done": step, "diverged_at_step": diverged_at,
-        "final": last_record, "max": _maxima(records), "fitted": _fitted(records),
+        "initial": records[0] if records else None, "final": last_record, "max": _maxima(records), "fitted": _fitted(records),
         "learning_rate": lr, "eta_max": eta_max,
         "lr_over_eta_max": lr / eta_max["analytic"] if "analytic" in eta_max else None,
         "n_params": n_params, "n_train": data.n_train, "n_test": data.n_test, "in_dim": data.in_dim,
@@ -333,12 +334,28 @@ def _batch(data: Dataset, batch_size: Optional[int], generator: torch.Generator)
     return data.x_train[rows], data.y_train[rows]
 
 
+def _cpu(tensor):
+    return None if tensor is None else tensor.detach().double().cpu()
+
+
 def _save_kernels(run_dir: Path, model: MLP, tracker: Tracker, reference: ReferenceKernels) -> None:
-    cpu = lambda t: None if t is None else t.detach().double().cpu()
     results.save_torch(run_dir / results.KERNELS, {
-        "probe_x": cpu(tracker.probe), "ntk_empirical_init": cpu(reference.probe_ntk_init),
-        "ntk_empirical_final": cpu(tracker.probe_ntk(model)), "ntk_analytic": cpu(reference.analytic_probe),
-        "nngp_analytic": cpu(reference.analytic_nngp_probe)})
+        "probe_x": _cpu(tracker.probe), "ntk_empirical_init": _cpu(reference.probe_ntk_init),
+        "ntk_empirical_final": _cpu(tracker.probe_ntk(model)), "ntk_analytic": _cpu(reference.analytic_probe),
+        "nngp_analytic": _cpu(reference.analytic_nngp_probe),
+        "ntk_test_row_empirical_init": _cpu(reference.test_row_init),
+        "ntk_test_row_empirical_final": _cpu(test_row(model, tracker.data.x_test)),
+        "ntk_test_row_analytic": _cpu(reference.test_row_analytic)})
+
+
+def _save_predictions(run_dir: Path, model: MLP, tracker: Tracker, reference: ReferenceKernels, data: Dataset,
+                      step: int) -> None:
+    outputs = tracker.test_outputs(model, step)
+    results.save_torch(run_dir / results.PREDICTIONS, {
+        "step": step, "x_test": _cpu(data.x_test), "y_test": _cpu(data.y_test), "f_init": _cpu(reference.f0_test),
+        "f_final": _cpu(outputs["network"]), "f_pred_analytic": _cpu(outputs["analytic"]),
+        "f_pred_linear": _cpu(outputs["linear"]),
+        "extras": {k: _cpu(v) if torch.is_tensor(v) else v for k, v in data.extras.items()}})
 
 
 _TRACKED = ("train_loss", "test_loss", "param_drift", "kernel_change", "kernel_to_limit",

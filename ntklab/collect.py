@@ -1,0 +1,153 @@
+"""One table from many run directories: ``python -m ntklab collect PATH [PATH ...] [--out FILE]``.
+
+A run directory is any folder holding the ``config.yaml`` a training run writes first. Each run
+gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (``model.width``,
+``optim.lr``, ``seed``, ...) and its summary flattened likewise (``final.kernel_change``,
+``initial.kernel_to_limit``, ``max.pred_gap_analytic``, ``fitted.kernel_change_step_exponent``,
+``timing.per_step_s``, ``eta_max.analytic``, ...). Nothing is dropped silently:
+
+    ok, diverged, failed   as summary.json says (a failed run keeps its ``error``)
+    unfinished             no summary.json yet (running, killed, or waiting to resume): its last
+                           metrics record fills the ``final.*`` columns
+    skipped                a config.yaml, summary.json or metrics.jsonl that cannot be read (cut
+                           short, corrupt) is reported on stderr by path, and the run left out
+
+The table goes to ``PATH/results.csv`` (the first PATH) unless ``--out`` says otherwise, and to
+``.parquet`` beside it when pyarrow is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import pandas as pd
+import yaml
+
+from ntklab import results
+
+UNFINISHED = "unfinished"
+# Summary fields that are not numbers of the run (the config has its own columns).
+_NOT_COLUMNS = ("config", "traceback", "plots", "versions")
+
+
+def _flatten(tree: Dict, prefix: str = "") -> Dict[str, object]:
+    """{"a": {"b": 1}, "c": [1, 2]} → {"a.b": 1, "c": "[1, 2]"}: one scalar per column."""
+    out: Dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def find_runs(paths: Iterable[Path]) -> List[Path]:
+    """Run directories under ``paths`` (themselves included), sorted; Hydra's .hydra copies excluded."""
+    found = set()
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        for config in path.rglob(results.CONFIG):
+            if ".hydra" not in config.parts:
+                found.add(config.parent)
+    return sorted(found)
+
+
+def run_row(run_dir: Path) -> Dict[str, object]:
+    """The table row of one run directory; raises ValueError naming the file that cannot be read."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / results.CONFIG
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{config_path}: not valid YAML ({err.__class__.__name__})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: empty or not a mapping")
+    row: Dict[str, object] = {"run_dir": str(run_dir)}
+    row.update(_flatten(config))
+    summary_path = run_dir / results.SUMMARY
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{summary_path}: cut short or corrupt ({err.msg} at line {err.lineno})") from None
+        row.update(_flatten({k: v for k, v in summary.items() if k not in _NOT_COLUMNS}))
+        return row
+    row["status"] = UNFINISHED
+    metrics_path = run_dir / results.METRICS
+    if metrics_path.exists():
+        records = results.read_metrics(metrics_path)       # ValueError names a corrupt line
+        if records:
+            row["steps_done"] = records[-1].get("step")
+            row.update(_flatten({"initial": records[0], "final": records[-1]}))
+    return row
+
+
+def collect(paths: Sequence[Path], report=sys.stderr) -> Tuple[pd.DataFrame, List[Tuple[Path, str]]]:
+    """The table of every run under ``paths`` and the (path, reason) of each run skipped."""
+    rows, skipped = [], []
+    for run_dir in find_runs(paths):
+        try:
+            rows.append(run_row(run_dir))
+        except (ValueError, OSError) as err:
+            skipped.append((run_dir, str(err)))
+            print(f"ntklab collect: skipped {run_dir}: {err}", file=report)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        first = [c for c in ("run_dir", "status") if c in table.columns]
+        table = table[first + [c for c in table.columns if c not in first]]
+    return table, skipped
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A collected table: a results .csv/.parquet file, or a directory to collect on the fly."""
+    path = Path(path)
+    if path.is_dir():
+        return collect([path])[0]
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+def write_table(table: pd.DataFrame, out: Path) -> List[Path]:
+    """``out`` as CSV, plus a .parquet beside it when pyarrow is installed; returns what was written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    written = [out]
+    if importlib.util.find_spec("pyarrow") is None:   # optional: parquet keeps dtypes; CSV is always written
+        return written
+    parquet = out.with_suffix(".parquet")
+    table.to_parquet(parquet, index=False)
+    return written + [parquet]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ntklab collect", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="multirun or run directories")
+    parser.add_argument("--out", type=Path, default=None, help="output CSV (default: PATH/results.csv)")
+    args = parser.parse_args(argv)
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"ntklab collect: {', '.join(map(str, missing))} does not exist", file=sys.stderr)
+        return 2
+    table, skipped = collect(args.paths)
+    if table.empty:
+        print(f"ntklab collect: no runs under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 2
+    out = args.out or args.paths[0] / "results.csv"
+    written = write_table(table, out)
+    counts = table["status"].value_counts().to_dict()
+    print(f"{len(table)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), "
+          f"{len(skipped)} skipped → {', '.join(map(str, written))}")
+    return 0

@@ -1,0 +1,72 @@
+"""Power laws fitted to sweep results: y ≈ C · x^p, with a bootstrap interval over seeds.
+
+    log y = log C + p log x   (least squares over every (x, y) pair)
+
+The interval resamples whole seeds with replacement (each seed's runs at every width stay
+together, since a seed's data set and initial network are shared across widths only through
+the seed) and refits; the percentile interval of the refitted p is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y ≈ prefactor · x^exponent; ``low``/``high``: bootstrap interval of the exponent (NaN with one seed)."""
+
+    exponent: float
+    prefactor: float
+    low: float = float("nan")
+    high: float = float("nan")
+    n_points: int = 0
+    n_groups: int = 0
+
+    def __call__(self, x):
+        return self.prefactor * np.asarray(x, dtype=float) ** self.exponent
+
+    def label(self) -> str:
+        interval = "" if np.isnan(self.low) else f" [{self.low:.2f}, {self.high:.2f}]"
+        return f"slope {self.exponent:.2f}{interval}"
+
+
+def fit_power_law(x, y) -> PowerLaw:
+    """Least-squares fit of log y on log x; x and y positive, at least two distinct x."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of the same length, got {x.shape} and {y.shape}")
+    if not (np.all(x > 0) and np.all(y > 0)):
+        raise ValueError("a power law needs positive x and y")
+    if np.unique(x).size < 2:
+        raise ValueError("a power law needs at least two distinct x values")
+    exponent, intercept = np.polyfit(np.log(x), np.log(y), 1)
+    return PowerLaw(float(exponent), float(np.exp(intercept)), n_points=x.size)
+
+
+def fit_with_bootstrap(table: pd.DataFrame, x: str, y: str, group: Optional[str] = "seed", n_boot: int = 2000,
+                       level: float = 0.95, seed: int = 0) -> PowerLaw:
+    """Fit ``table[y]`` against ``table[x]``; the interval resamples the values of column ``group``.
+
+    Rows with a missing or non-positive y (a diverged run, say) are left out of the fit.
+    """
+    rows = table[[c for c in (x, y, group) if c]].dropna()
+    rows = rows[(rows[x] > 0) & (rows[y] > 0)]
+    fit = fit_power_law(rows[x].to_numpy(), rows[y].to_numpy())
+    groups = np.unique(rows[group]) if group else np.array([])
+    if groups.size < 2:
+        return PowerLaw(fit.exponent, fit.prefactor, n_points=fit.n_points, n_groups=groups.size)
+    by_group = {g: rows[rows[group] == g] for g in groups}
+    rng = np.random.default_rng(seed)
+    exponents = []
+    for _ in range(n_boot):
+        sample = pd.concat([by_group[g] for g in rng.choice(groups, size=groups.size, replace=True)])
+        if sample[x].nunique() >= 2:
+            exponents.append(np.polyfit(np.log(sample[x]), np.log(sample[y]), 1)[0])
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(exponents, [tail, 100 - tail])
+    return PowerLaw(fit.exponent, fit.prefactor, float(low), float(high), fit.n_points, groups.size)

@@ -1,0 +1,45 @@
+"""Figure (b): relative error of the empirical NTK at initialisation, ‖Θ̂_0 − Θ‖_F/‖Θ‖_F, against width.
+
+    python scripts/fig_init_error.py outputs/sweep/width/results.csv [--out docs/init_error]
+
+Reads ``initial.kernel_to_limit`` (the probe-set error at step 0) of every finished run; one
+colour per parametrization, the fitted power law with its bootstrap interval over seeds, and the
+width^(-1/2) of the central limit theorem.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from figure_common import arguments, finished_runs  # noqa: E402
+from ntklab.plots import save_figure  # noqa: E402
+from ntklab.scaling import fit_with_bootstrap  # noqa: E402
+
+QUANTITY = "initial.kernel_to_limit"
+
+
+def main() -> None:
+    args = arguments(__doc__, "init_error")
+    runs = finished_runs(args.table)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
+        ax.plot(group["model.width"], group[QUANTITY], "o", color=f"C{i}", alpha=0.5, markersize=4)
+        if group["model.width"].nunique() >= 2:
+            fit = fit_with_bootstrap(group, "model.width", QUANTITY)
+            widths = np.geomspace(group["model.width"].min(), group["model.width"].max(), 50)
+            ax.plot(widths, fit(widths), "-", color=f"C{i}", label=f"{parametrization}: {fit.label()}")
+            print(f"{parametrization}: exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}] over {fit.n_points} runs")
+    widths = np.geomspace(runs["model.width"].min(), runs["model.width"].max(), 50)
+    anchor = runs.loc[runs["model.width"] == runs["model.width"].min(), QUANTITY].median()
+    ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", linewidth=1, label="width$^{-1/2}$")
+    ax.set(xscale="log", yscale="log", xlabel="width", ylabel="‖Θ̂₀ − Θ‖ / ‖Θ‖ (probe set)",
+           title="empirical NTK at initialisation")
+    ax.legend(fontsize=8)
+    for path in save_figure(fig, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

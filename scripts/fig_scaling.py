@@ -1,0 +1,50 @@
+"""Figure (a): how far trained networks end from the kernel regime, against width.
+
+    python scripts/fig_scaling.py outputs/sweep/param/results.csv [--out docs/scaling]
+
+Three log-log panels — kernel_change, param_drift and kernel_to_limit at the end of training —
+with every run as a point, one colour per parametrization, the fitted power law of each with the
+exponent and its 95% bootstrap interval over seeds (ntklab.scaling), and a width^(-1/2)
+reference line (Lee et al. 2019). The fitted exponents are also printed as a table.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from figure_common import arguments, finished_runs  # noqa: E402
+from ntklab.plots import save_figure  # noqa: E402
+from ntklab.scaling import fit_with_bootstrap  # noqa: E402
+
+QUANTITIES = ("final.kernel_change", "final.param_drift", "final.kernel_to_limit")
+
+
+def main() -> None:
+    args = arguments(__doc__, "scaling")
+    runs = finished_runs(args.table)
+    fig, axes = plt.subplots(1, len(QUANTITIES), figsize=(4.2 * len(QUANTITIES), 3.8))
+    print("| quantity | parametrization | exponent | 95% interval | runs |")
+    print("|---|---|---:|---|---:|")
+    for ax, quantity in zip(axes, QUANTITIES):
+        for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
+            color = f"C{i}"
+            ax.plot(group["model.width"], group[quantity], "o", color=color, alpha=0.5, markersize=4)
+            if group["model.width"].nunique() < 2:
+                continue
+            fit = fit_with_bootstrap(group, "model.width", quantity)
+            widths = np.geomspace(group["model.width"].min(), group["model.width"].max(), 50)
+            ax.plot(widths, fit(widths), "-", color=color, label=f"{parametrization}: {fit.label()}")
+            print(f"| {quantity} | {parametrization} | {fit.exponent:.3f} | [{fit.low:.3f}, {fit.high:.3f}] | {fit.n_points} |")
+        widths = np.geomspace(runs["model.width"].min(), runs["model.width"].max(), 50)
+        anchor = runs.loc[runs["model.width"] == runs["model.width"].min(), quantity].median()
+        ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", linewidth=1, label="width$^{-1/2}$")
+        ax.set(xscale="log", yscale="log", xlabel="width", title=quantity.split(".", 1)[1])
+        ax.legend(fontsize=7)
+    for path in save_figure(fig, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""What the figure scripts share: their command line and the selection of runs from a table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from ntklab.collect import read_table
+
+
+def arguments(doc: str, name: str, extra=None) -> argparse.Namespace:
+    """``TABLE [--out STEM]``: TABLE a results.csv/.parquet or a sweep directory; the figure goes to
+    STEM.png and STEM.pdf (default: <table's directory>/figures/<name>)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", type=Path, help="results.csv / results.parquet, or a sweep directory")
+    parser.add_argument("--out", type=Path, default=None, help="output path without suffix")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    base = args.table if args.table.is_dir() else args.table.parent
+    args.out = args.out or base / "figures" / name
+    return args
+
+
+def finished_runs(path: Path) -> pd.DataFrame:
+    """The runs of a table whose status is ok, with a ``parametrization`` column; an error if none."""
+    table = read_table(path)
+    if table.empty or "status" not in table:
+        raise SystemExit(f"no runs in {path}")
+    runs = table[table["status"] == "ok"].copy()
+    if runs.empty:
+        raise SystemExit(f"no finished (status ok) runs in {path}; statuses: {table['status'].value_counts().to_dict()}")
+    return runs
+
+
+def one_seed(runs: pd.DataFrame, seed=None) -> pd.DataFrame:
+    """The runs of one seed (the smallest unless given), one per width, sorted by width."""
+    seed = runs["seed"].min() if seed is None else seed
+    return runs[runs["seed"] == seed].sort_values("model.width").drop_duplicates("model.width")
