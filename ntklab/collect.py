@@ -8,12 +8,13 @@ gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (
 
     ok, diverged, failed   as summary.json says (a failed run keeps its ``error``)
     unfinished             no summary.json yet (running, killed, or waiting to resume): its last
-                           metrics record fills the ``final.*`` columns
+                           metrics record fills the ``final.*`` columns and ``steps_done``
     skipped                a config.yaml, summary.json or metrics.jsonl that cannot be read (cut
                            short, corrupt) is reported on stderr by path, and the run left out
 
 The table goes to ``PATH/results.csv`` (the first PATH) unless ``--out`` says otherwise, and to
-``.parquet`` beside it when pyarrow is installed.
+``.parquet`` beside it when pyarrow is installed. Its ``run_dir`` column is relative to the
+table's folder, so a sweep moves with its table; :func:`read_table` makes the paths absolute.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -72,7 +74,7 @@ def run_row(run_dir: Path) -> Dict[str, object]:
         raise ValueError(f"{config_path}: not valid YAML ({err.__class__.__name__})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: empty or not a mapping")
-    row: Dict[str, object] = {"run_dir": str(run_dir)}
+    row: Dict[str, object] = {"run_dir": str(run_dir.resolve())}
     row.update(_flatten(config))
     summary_path = run_dir / results.SUMMARY
     if summary_path.exists():
@@ -113,15 +115,19 @@ def read_table(path: Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         return collect([path])[0]
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"run_dir": str})
+    if "run_dir" in table:      # stored relative to the table (see write_table)
+        table["run_dir"] = [str((path.parent / p).resolve()) for p in table["run_dir"]]
+    return table
 
 
 def write_table(table: pd.DataFrame, out: Path) -> List[Path]:
     """``out`` as CSV, plus a .parquet beside it when pyarrow is installed; returns what was written."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if "run_dir" in table:
+        # relative to the table, so a sweep directory can be moved or copied with its table
+        table = table.assign(run_dir=[os.path.relpath(p, out.parent.resolve()) for p in table["run_dir"]])
     table.to_csv(out, index=False)
     written = [out]
     if importlib.util.find_spec("pyarrow") is None:   # optional: parquet keeps dtypes; CSV is always written
