@@ -39,6 +39,7 @@ class ModelConfig:
     sigma_b: float = 0.0
     bias: bool = True
     parametrization: str = II("parametrization")
+    alpha: Optional[float] = None       # lazy scale: train α(f − f_0) on L/α² (Chizat et al. 2019)
 
 
 @dataclass
@@ -158,5 +159,7 @@ def validate(cfg) -> None:
     _at_least("track.log_steps", track.log_steps, 1)
     _at_least("track.checkpoint_every", track.checkpoint_every, 0)
     _at_least("track.full_kernel_limit", track.full_kernel_limit, 0)
+    if cfg.model.alpha is not None and not (math.isfinite(cfg.model.alpha) and cfg.model.alpha > 0):
+        raise ConfigError("model.alpha", f"must be a finite number > 0 (or null for plain f), got {cfg.model.alpha!r}")
     if cfg.stop_after is not None:
         _at_least("stop_after", cfg.stop_after, 1)

@@ -11,6 +11,25 @@ and the parametrization fixes the four constants (DESIGN.md):
     "standard": weight_std = σ_w/√n_{l-1},  weight_mult = 1,             bias_std = σ_b,  bias_mult = 1
 
 Both give the same function at initialisation; they differ in what gradient descent moves.
+
+"mup", the maximal-update parametrization for SGD (Yang & Hu 2021, its abc-parametrization
+with a = (−1/2, 0, …, 0, 1/2), b = 1/2, c = 0: W^l = n^{-a_l} w^l, w^l ~ N(0, n^{-2b}), one
+learning rate for every layer), with n the layer's hidden width:
+
+    input  (l = 1):    weight_std = 1/√n_1,        weight_mult = σ_w √n_1/√n_0
+    hidden (1 < l ≤ L): weight_std = σ_w/√n_{l-1}, weight_mult = 1
+    readout (L + 1):   weight_std = 1/√n_L,        weight_mult = σ_w/√n_L      (effective variance σ_w²/n_L²)
+    biases of hidden layers: bias_std = 1/√n_l, bias_mult = σ_b √n_l;  readout bias as under "ntk"
+
+By the abc symmetry (a, b, c) → (a + θ, b − θ, c − 2θ) this is the same training as Yang & Hu's
+table for SGD with per-layer learning rates — input weights and biases η·n, hidden η, readout
+η/n, with the multipliers folded into the learning rate — but here every parameter shares η, so
+Σ_p ∂f/∂θ_p ∂f/∂θ_p is the kernel that drives gradient descent and every NTK method agrees.
+The readout makes f(x) = O(1/√n) at initialisation; the NTK stays O(1) and moves O(1) in training.
+
+"meanfield" (one hidden layer only): f(x) = (σ_w/n) Σ_i a_i φ(z_i), i.e. the "ntk" input layer
+and a readout with weight_std = 1, weight_mult = σ_w/n (Mei, Montanari & Nguyen 2018; Chizat &
+Bach 2018). Its NTK is O(1/n), so η_max = 2Nk/λ_max grows like n: train it at a fraction of η_max.
 :func:`layer_scales` is the single place these constants live: the network's forward pass,
 the structured empirical NTK (c_l = weight_mult², c'_l = bias_mult²) and the analytic kernel
 recursion all read them from here.
@@ -25,7 +44,7 @@ from typing import Sequence, Tuple, Union
 
 from ntklab.activations import ACTIVATION_NAMES, Activation, ActivationLike, get_activation
 
-PARAMETRIZATIONS = ("ntk", "standard")
+PARAMETRIZATIONS = ("ntk", "standard", "mup", "meanfield")
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,8 @@ class ArchSpec:
             raise ValueError(f"sigma_b must be a finite number >= 0, got {self.sigma_b!r}")
         if not isinstance(self.bias, bool):
             raise ValueError(f"bias must be True or False, got {self.bias!r}")
+        if self.parametrization == "meanfield" and self.depth != 1:
+            raise ValueError(f"parametrization 'meanfield' is defined for one hidden layer (depth=1), got depth={self.depth}")
         if self.parametrization not in PARAMETRIZATIONS:
             raise ValueError(
                 f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}, got {self.parametrization!r}")
@@ -114,7 +135,8 @@ class LayerScale:
 
     @property
     def weight_variance(self) -> float:
-        """Variance of one effective weight times fan-in: (weight_std · weight_mult)² · n_{l-1} = σ_w²."""
+        """Variance of one effective weight times fan-in: (weight_std · weight_mult)² · n_{l-1}
+        (σ_w² except for the readout of "mup", σ_w²/n_L, and of "meanfield", σ_w²/n)."""
         return (self.weight_std * self.weight_mult) ** 2 * self.fan_in
 
     @property
@@ -138,15 +160,24 @@ def layer_scales(spec: ArchSpec, in_dim: int) -> Tuple[LayerScale, ...]:
     if not _is_int(in_dim) or in_dim < 1:
         raise ValueError(f"in_dim must be an integer >= 1, got {in_dim!r}")
     dims = (int(in_dim),) + spec.widths + (spec.out_dim,)
-    sigma_b = spec.sigma_b if spec.bias else 0.0
+    sigma_w, sigma_b = spec.sigma_w, (spec.sigma_b if spec.bias else 0.0)
     scales = []
-    for fan_in, fan_out in zip(dims[:-1], dims[1:]):
-        if spec.parametrization == "ntk":
-            scales.append(LayerScale(fan_in, fan_out, 1.0, spec.sigma_w / math.sqrt(fan_in),
-                                     1.0, sigma_b, spec.bias))
-        else:  # "standard"
-            scales.append(LayerScale(fan_in, fan_out, spec.sigma_w / math.sqrt(fan_in), 1.0,
-                                     sigma_b, 1.0, spec.bias))
+    for layer, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:]), start=1):
+        readout = layer == len(dims) - 1
+        if spec.parametrization == "standard":
+            constants = (sigma_w / math.sqrt(fan_in), 1.0, sigma_b, 1.0)
+        elif spec.parametrization == "mup" and readout:
+            constants = (1.0 / math.sqrt(fan_in), sigma_w / math.sqrt(fan_in), 1.0, sigma_b)
+        elif spec.parametrization == "mup" and layer == 1:
+            constants = (1.0 / math.sqrt(fan_out), sigma_w * math.sqrt(fan_out / fan_in),
+                         1.0 / math.sqrt(fan_out), sigma_b * math.sqrt(fan_out))
+        elif spec.parametrization == "mup":
+            constants = (sigma_w / math.sqrt(fan_in), 1.0, 1.0 / math.sqrt(fan_out), sigma_b * math.sqrt(fan_out))
+        elif spec.parametrization == "meanfield" and readout:
+            constants = (1.0, sigma_w / fan_in, 1.0, sigma_b)
+        else:  # "ntk", and the input layer of "meanfield"
+            constants = (1.0, sigma_w / math.sqrt(fan_in), 1.0, sigma_b)
+        scales.append(LayerScale(fan_in, fan_out, *constants, spec.bias))
     return tuple(scales)
 
 

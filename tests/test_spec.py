@@ -15,7 +15,8 @@ from ntklab.spec import layer_scales
     (dict(sigma_w=-1.0), "sigma_w", "> 0"),
     (dict(sigma_b=-0.1), "sigma_b", ">= 0"),
     (dict(sigma_w=float("nan")), "sigma_w", "finite"),
-    (dict(parametrization="mup"), "parametrization", "ntk, standard"),
+    (dict(parametrization="mf"), "parametrization", "ntk, standard, mup, meanfield"),
+    (dict(parametrization="meanfield", depth=2), "meanfield", "depth=1"),
     (dict(out_dim=0), "out_dim", ">= 1"),
     (dict(bias="yes"), "bias", "True or False"),
 ])

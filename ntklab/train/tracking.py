@@ -80,7 +80,7 @@ class ReferenceKernels:
 
 
 def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: bool, probe_size: int,
-                      full_kernel_limit: int) -> ReferenceKernels:
+                      full_kernel_limit: int, outputs: Optional["NetworkOutputs"] = None) -> ReferenceKernels:
     """Kernels and outputs at θ_0 (see :class:`ReferenceKernels`).
 
     Args:
@@ -90,11 +90,13 @@ def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: b
         probe_size: P; the probe set is the first min(P, N) train points.
         full_kernel_limit: the linear prediction uses the full (N, N, k, k) kernel while N·k is at
             most this (it then equals the linearised network exactly), else the mean kernel.
+        outputs: what is trained (:class:`NetworkOutputs`); f_0 are its outputs at θ_0 (0 with α).
     """
+    outputs = outputs or NetworkOutputs(model, data)
     x_train, x_test = data.x_train, data.x_test
     probe = x_train[: min(probe_size, data.n_train)]
     with torch.no_grad():
-        f0_train, f0_test = model(x_train).double(), model(x_test).double()
+        f0_train, f0_test = outputs(model, x_train, "train").double(), outputs(model, x_test, "test").double()
     reference = ReferenceKernels(f0_train, f0_test, empirical_ntk(model, probe, method="structured").double(),
                                  test_row(model, x_test))
     if analytic:
@@ -111,6 +113,36 @@ def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: b
         reference.empirical_test = empirical_ntk(model, x_test, x_train, method="structured",
                                                  outputs=outputs).double()
     return reference
+
+
+class NetworkOutputs:
+    """What is trained: f(x; θ), or with ``alpha`` the lazy-scaled f_α(x) = α (f(x; θ) − f(x; θ_0))
+    of Chizat, Oyallon & Bach (2019), trained on L/α² = 1/(2Nkα²) Σ‖f_α − y‖².
+
+    f_α starts at 0 and its gradient-descent dynamics are those of Θ̂ at step size η whatever α:
+    Δf_α = α J Δθ = −η Θ̂ (f_α − y)/(Nk). Large α keeps θ within O(1/α) of θ_0 (lazy training);
+    α → 0 leaves the kernel regime. Only the train and test points are ever evaluated, so
+    f(x; θ_0) is kept for those rather than a copy of the initial network.
+    """
+
+    def __init__(self, model: MLP, data: Dataset, alpha: Optional[float] = None):
+        self.alpha = alpha
+        if alpha is not None:
+            with torch.no_grad():
+                self._f0 = {"train": model(data.x_train), "test": model(data.x_test)}
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor 1/α² on the loss whose gradient is followed (1 without α)."""
+        return 1.0 if self.alpha is None else self.alpha ** -2
+
+    def __call__(self, model: MLP, x: Tensor, split: str, rows: Optional[Tensor] = None) -> Tensor:
+        """Outputs on ``x`` = the ``split`` set ("train" or "test"), or its ``rows`` (a mini-batch)."""
+        f = model(x)
+        if self.alpha is None:
+            return f
+        f0 = self._f0[split] if rows is None else self._f0[split][rows]
+        return self.alpha * (f - f0)
 
 
 def test_row(model: MLP, x_test: Tensor) -> Tensor:
@@ -131,6 +163,7 @@ class Tracker:
     Args:
         model: the network at θ_0 (the tracker keeps a copy of θ_0).
         data: the data set on the model's device.
+        outputs: what is trained (:class:`NetworkOutputs`, default f itself).
         reference: from :func:`reference_kernels` on the same model and data.
         learning_rate: η of the gradient steps (the predictions assume full-batch GD at this η).
         log_steps: the steps at which :meth:`measure` will be called.
@@ -138,8 +171,9 @@ class Tracker:
     """
 
     def __init__(self, model: MLP, data: Dataset, reference: ReferenceKernels, learning_rate: float,
-                 log_steps: Sequence[int], quantities: Sequence[str]):
+                 log_steps: Sequence[int], quantities: Sequence[str], outputs: Optional[NetworkOutputs] = None):
         self.data = data
+        self.outputs = outputs or NetworkOutputs(model, data)
         self.reference = reference
         self.quantities = tuple(quantities)
         self.theta0 = {name: [p.detach().clone() for p in params]
@@ -166,7 +200,8 @@ class Tracker:
         """The metrics record of one log step (plain Python numbers, JSON-ready)."""
         row = self._row[int(step)]
         with torch.no_grad():
-            f_train, f_test = model(self.data.x_train).double(), model(self.data.x_test).double()
+            f_train = self.outputs(model, self.data.x_train, "train").double()
+            f_test = self.outputs(model, self.data.x_test, "test").double()
         record: Dict[str, object] = {"step": int(step),
                                      "train_loss": mse_loss(f_train, self.y_train).item(),
                                      "test_loss": mse_loss(f_test, self.y_test).item()}
@@ -193,7 +228,7 @@ class Tracker:
     def test_outputs(self, model: MLP, step: int) -> Dict[str, Optional[Tensor]]:
         """The network's test outputs now and the predictions for this step, each (M, k) float64."""
         with torch.no_grad():
-            outputs = {"network": model(self.data.x_test).double()}
+            outputs = {"network": self.outputs(model, self.data.x_test, "test").double()}
         row = self._row.get(int(step))
         for kind in ("analytic", "linear"):
             predicted = self.predictions.get(kind)

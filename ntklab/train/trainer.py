@@ -37,7 +37,7 @@ from ntklab.dynamics import mse_loss
 from ntklab.errors import ConfigError
 from ntklab.nets import MLP, build_mlp
 from ntklab.spec import ArchSpec
-from ntklab.train.tracking import ReferenceKernels, Tracker, reference_kernels, test_row
+from ntklab.train.tracking import NetworkOutputs, ReferenceKernels, Tracker, reference_kernels, test_row
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,9 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
              device, results.device_name(device), cfg.dtype)
 
     quantities = list(track.quantities)
+    outputs = NetworkOutputs(model, data, cfg.model.alpha)
     reference = reference_kernels(
-        model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit,
+        model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit, outputs=outputs,
         analytic=optim.lr_unit == "eta_max" or bool({"kernel_to_limit", "pred_gap_analytic"} & set(quantities)),
         empirical=optim.lr_unit == "eta_max_empirical" or "pred_gap_linear" in quantities)
     lr = learning_rate(optim, spec, reference)
@@ -217,7 +218,7 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
         ("analytic", "eta_max", reference.analytic_train), ("empirical", "eta_max_empirical", reference.empirical_train))
         if kernel is not None}
     log.info("learning rate %.6g (eta_max: %s)", lr, ", ".join(f"{k} {v:.6g}" for k, v in eta_max.items()) or "-")
-    tracker = Tracker(model, data, reference, lr, schedule, quantities)
+    tracker = Tracker(model, data, reference, lr, schedule, quantities, outputs)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=optim.momentum)
     batches = torch.Generator().manual_seed(cfg.seed)   # mini-batch order; part of the checkpoint
     loss_0 = mse_loss(reference.f0_train, tracker.y_train).item()
@@ -274,8 +275,9 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
                 progress.close()
                 log.info("stopped after %d steps at step %d (stop_after); run again to resume", cfg.stop_after, step)
                 return {"status": "stopped", "step": step}
-            x, y = _batch(data, optim.batch_size, batches)
-            loss = mse_loss(model(x), y)
+            rows = _batch_rows(data, optim.batch_size, batches)
+            x, y = (data.x_train, data.y_train) if rows is None else (data.x_train[rows], data.y_train[rows])
+            loss = mse_loss(outputs(model, x, "train", rows), y)
             loss_value = loss.item()
             if not math.isfinite(loss_value) or loss_value > optim.divergence_factor * loss_0:
                 status, diverged_at = "diverged", step
@@ -284,7 +286,7 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
                 log.warning("diverged at step %d: loss %.3g (initial %.3g)", step, loss_value, loss_0)
                 break
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * outputs.loss_scale).backward()
             optimizer.step()
             step += 1
             progress.update(1)
@@ -327,11 +329,11 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
     return summary
 
 
-def _batch(data: Dataset, batch_size: Optional[int], generator: torch.Generator):
+def _batch_rows(data: Dataset, batch_size: Optional[int], generator: torch.Generator) -> Optional[torch.Tensor]:
+    """The train rows of this step's mini-batch, or None for the full batch."""
     if batch_size is None or batch_size >= data.n_train:
-        return data.x_train, data.y_train
-    rows = torch.randperm(data.n_train, generator=generator)[:batch_size].to(data.x_train.device)
-    return data.x_train[rows], data.y_train[rows]
+        return None
+    return torch.randperm(data.n_train, generator=generator)[:batch_size].to(data.x_train.device)
 
 
 def _cpu(tensor):
