@@ -89,7 +89,8 @@ def test_power_law_fit_recovers_a_known_exponent():
 
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory):
-    """2 parametrizations × 2 widths × 2 seeds on the sphere, and 2 widths on the circle."""
+    """2 parametrizations × 2 widths × 2 seeds on the sphere and 2 widths on the circle; beside
+    them 2 lazy scales × 2 seeds."""
     sweep = tmp_path_factory.mktemp("sweep")
     for parametrization in ("ntk", "standard"):
         for width in (16, 64):
@@ -99,15 +100,22 @@ def small_sweep(tmp_path_factory):
     for width in (16, 64):
         run(compose_train(TINY + ["data=circle", "data.n_test=32", f"width={width}"]), sweep / f"circle-{width}")
     write_table(collect([sweep])[0], sweep / "results.csv")
-    return sweep
+    lazy = tmp_path_factory.mktemp("alpha")
+    for alpha in (1, 4):
+        for seed in (0, 1):
+            run(compose_train(TINY + ["width=32", f"model.alpha={alpha}", f"seed={seed}"]), lazy / f"{alpha}-{seed}")
+    write_table(collect([lazy])[0], lazy / "results.csv")
+    return sweep, lazy
 
 
 @pytest.mark.parametrize("script", ["fig_scaling", "fig_init_error", "fig_training_curves", "fig_outputs",
-                                    "fig_circle"])
+                                    "fig_circle", "fig_regimes"])
 def test_figure_script_draws_from_a_small_sweep(small_sweep, script, tmp_path):
+    sweep, lazy = small_sweep
     stem = tmp_path / script
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), str(small_sweep / "results.csv"),
-                           "--out", str(stem)], capture_output=True, text=True, timeout=300)
+    extra = ["--alpha", str(lazy / "results.csv")] if script == "fig_regimes" else []
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), str(sweep / "results.csv"),
+                           "--out", str(stem), *extra], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     png = stem.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000      # an empty axes alone is ~5 kB

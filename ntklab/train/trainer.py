@@ -208,6 +208,9 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
              device, results.device_name(device), cfg.dtype)
 
     quantities = list(track.quantities)
+    if cfg.model.alpha is not None and cfg.model.alpha > 10 and dtype == torch.float32:
+        log.warning("model.alpha=%g in float32: parameter steps shrink like 1/alpha and fall below float32's "
+                    "rounding of the weights at large alpha; use dtype=float64 for lazy-scale sweeps", cfg.model.alpha)
     outputs = NetworkOutputs(model, data, cfg.model.alpha)
     reference = reference_kernels(
         model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit, outputs=outputs,

@@ -1,0 +1,60 @@
+"""Figure: lazy training against feature learning (issue 7's figure).
+
+    python scripts/fig_regimes.py outputs/sweep/regimes/results.csv [--alpha outputs/sweep/alpha/results.csv] [--out docs/regimes]
+
+Left: kernel_change at the end of training against width for each parametrization in the table
+(+sweep=regimes: ntk, standard with lr ∝ 1/width, mup), log-log, with the fitted exponent and its
+bootstrap interval over seeds. Right (with --alpha): kernel_change and pred_gap_linear against the
+lazy scale α at fixed width (+sweep=alpha), with a 1/α reference line.
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from figure_common import arguments, finished_runs  # noqa: E402
+from ntklab.plots import save_figure  # noqa: E402
+from ntklab.scaling import fit_with_bootstrap  # noqa: E402
+
+
+def main() -> None:
+    args = arguments(__doc__, "regimes", lambda p: p.add_argument("--alpha", type=Path, default=None,
+                                                                   help="results table of +sweep=alpha"))
+    runs = finished_runs(args.table)
+    fig, axes = plt.subplots(1, 2 if args.alpha else 1, figsize=(10 if args.alpha else 5.2, 4), squeeze=False)
+    ax = axes[0][0]
+    for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
+        ax.plot(group["model.width"], group["final.kernel_change"], "o", color=f"C{i}", alpha=0.5, markersize=4)
+        if group["model.width"].nunique() >= 2:
+            fit = fit_with_bootstrap(group, "model.width", "final.kernel_change")
+            widths = np.geomspace(group["model.width"].min(), group["model.width"].max(), 50)
+            ax.plot(widths, fit(widths), "-", color=f"C{i}", label=f"{parametrization}: {fit.label()}")
+            print(f"kernel_change vs width, {parametrization}: exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
+    ax.set(xscale="log", yscale="log", xlabel="width", ylabel="kernel_change at the end",
+           title="kernel change against width")
+    ax.legend(fontsize=8)
+    if args.alpha:
+        ax = axes[0][1]
+        lazy = finished_runs(args.alpha).dropna(subset=["model.alpha"])
+        for i, name in enumerate(("final.kernel_change", "final.pred_gap_linear")):
+            ax.plot(lazy["model.alpha"], lazy[name], "o", color=f"C{i}", alpha=0.6, markersize=4)
+            means = lazy.groupby("model.alpha")[name].mean()
+            fit = fit_with_bootstrap(lazy[lazy["model.alpha"] >= 1], "model.alpha", name)
+            ax.plot(means.index, means.values, "-", color=f"C{i}", label=f"{name.split('.', 1)[1]} (α ≥ 1: {fit.label()})")
+            print(f"{name} vs alpha (alpha >= 1): exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
+        alphas = np.geomspace(lazy["model.alpha"].min(), lazy["model.alpha"].max(), 50)
+        anchor = lazy.loc[lazy["model.alpha"] == 1, "final.kernel_change"].mean()
+        ax.plot(alphas, anchor / alphas, "k--", linewidth=1, label="1/α")
+        width = lazy["model.width"].iloc[0]
+        ax.set(xscale="log", yscale="log", xlabel="α", title=f"lazy scale α at width {width}")
+        ax.legend(fontsize=8)
+    for path in save_figure(fig, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
