@@ -25,18 +25,35 @@ shows the command's config groups and defaults; `--cfg job` prints the composed 
 """
 
 
-def _train(cfg) -> Optional[Dict]:
+def _run_app(cfg, name: str, target: str) -> Optional[Dict]:
+    """Run ``target`` ("module:function", called with the config and Hydra's output directory);
+    a ConfigError becomes one line on stderr and exit code 2."""
+    import importlib
+
     from hydra.core.hydra_config import HydraConfig
 
     from ntklab.errors import ConfigError
-    from ntklab.train import run
 
+    module, function = target.split(":")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return run(cfg, run_dir)
+        return getattr(importlib.import_module(module), function)(cfg, run_dir)
     except ConfigError as err:
-        print(f"ntklab train: invalid config: {err}", file=sys.stderr)
+        print(f"ntklab {name}: invalid config: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+# Hydra pickles the task with a sweep's jobs (submitit), so each is a module-level function.
+def _train(cfg) -> Optional[Dict]:
+    return _run_app(cfg, "train", "ntklab.train:run")
+
+
+def _spectrum(cfg) -> Optional[Dict]:
+    return _run_app(cfg, "spectrum", "ntklab.analysis:run_spectrum")
+
+
+def _phase(cfg) -> Optional[Dict]:
+    return _run_app(cfg, "phase", "ntklab.analysis:run_phase")
 
 
 def _collect(args: List[str]) -> int:
@@ -49,6 +66,10 @@ def _collect(args: List[str]) -> int:
 # config; a command without a config (None) is a plain argparse program taking its arguments.
 COMMANDS: Dict[str, Tuple[str, Callable, Optional[str]]] = {
     "train": ("train a network by gradient descent and track it against its infinite-width NTK", _train, "train"),
+    "spectrum": ("eigenvalues of the NNGP/NTK by degree (boolean cube, sphere) and their depth sweep", _spectrum,
+                 "spectrum"),
+    "phase": ("freeze and chaos: chi_1 phase diagram, normalised NTK and condition number against depth", _phase,
+              "phase"),
     "collect": ("gather run directories (a multirun sweep) into one table: PATH/results.csv", _collect, None),
 }
 

@@ -20,6 +20,7 @@ from typing import List, Optional
 from omegaconf import II, MISSING
 
 from ntklab.errors import ConfigError, check_choice
+from ntklab.spec import ArchSpec
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -125,6 +126,21 @@ def register_configs() -> None:
     # The group options (configs/model/*.yaml, ...) merge into TrainConfig's typed fields, so they
     # are checked against ModelConfig, DataConfig, ... without a schema of their own.
     store.store(name="train_schema", node=TrainConfig)
+    store.store(name="spectrum_schema", node=SpectrumConfig)
+    store.store(name="phase_schema", node=PhaseConfig)
+
+
+def build_spec(model_cfg, out_dim: int) -> ArchSpec:
+    """The ArchSpec of the model config; ArchSpec's own validation errors become ConfigErrors."""
+    try:
+        return ArchSpec(depth=model_cfg.depth, width=model_cfg.width, activation=model_cfg.activation,
+                        sigma_w=model_cfg.sigma_w, sigma_b=model_cfg.sigma_b, bias=model_cfg.bias,
+                        parametrization=model_cfg.parametrization, out_dim=out_dim)
+    except ValueError as err:
+        # ArchSpec's messages start with the field's name ("width must be ...", "activation: ...").
+        message = str(err)
+        name = message.split(" ")[0].rstrip(":")
+        raise ConfigError(f"model.{name}", message[len(name):].lstrip(": ")) from None
 
 
 def _at_least(field_name: str, value, minimum, kind: str = "an integer") -> None:
@@ -163,3 +179,51 @@ def validate(cfg) -> None:
         raise ConfigError("model.alpha", f"must be a finite number > 0 (or null for plain f), got {cfg.model.alpha!r}")
     if cfg.stop_after is not None:
         _at_least("stop_after", cfg.stop_after, 1)
+
+
+# ----------------------------------------------------------------------------- spectrum and phase
+# Their values are validated by ntklab.analysis (validate_spectrum, validate_phase).
+
+@dataclass
+class SpectrumConfig:
+    """The composed config of ``python -m ntklab spectrum``: the kernels of ``model`` by degree."""
+
+    width: int = 1024                   # enters only the "standard" parametrization's NTK
+    depth: int = 2
+    parametrization: str = "ntk"
+    model: ModelConfig = MISSING
+    kind: str = "both"                  # nngp | ntk | both
+    domain: str = "boolean_cube"        # boolean_cube ({±1}^d) | sphere (radius √d in R^d)
+    d: int = 128                        # input dimension
+    max_degree: int = 20                # sphere: degrees 0..max_degree (the cube has all of 0..d)
+    max_depth: int = 20                 # fractional-variance sweep over depths 1..max_depth; 0: none
+    plot_degrees: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
+    plots: bool = True
+    plot_formats: List[str] = field(default_factory=lambda: ["png"])    # any of png, pdf, svg
+
+
+@dataclass
+class PhasePoint:
+    """One (σ_w², σ_b²) setting."""
+
+    sigma_w2: float = 1.0
+    sigma_b2: float = 0.0
+
+
+@dataclass
+class PhaseConfig:
+    """The composed config of ``python -m ntklab phase``: freeze and chaos of ``activation``."""
+
+    activation: str = "erf"
+    sigma_w2_range: List[float] = field(default_factory=lambda: [0.25, 4.0])
+    sigma_b2_range: List[float] = field(default_factory=lambda: [0.0, 2.0])
+    resolution: int = 41                # grid points per axis
+    max_depth: int = 100                # depths 1..max_depth for the two example settings
+    frozen: PhasePoint = field(default_factory=lambda: PhasePoint(1.0, 1.0))
+    chaotic: PhasePoint = field(default_factory=lambda: PhasePoint(3.5, 0.05))
+    correlation: float = 0.5            # x·x'/n_0 of the two inputs of the normalised kernels
+    n_inputs: int = 8                   # inputs of the condition number (the pair + random points)
+    dim: int = 10                       # their dimension n_0
+    seed: int = 0                       # of the random inputs
+    plots: bool = True
+    plot_formats: List[str] = field(default_factory=lambda: ["png"])    # any of png, pdf, svg

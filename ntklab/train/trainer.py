@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import ntklab
 from ntklab import results
-from ntklab.config import validate
+from ntklab.config import build_spec, validate
 from ntklab.data import Dataset, load_dataset
 from ntklab.dynamics import mse_loss
 from ntklab.errors import ConfigError
@@ -59,19 +59,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was asked for but this machine has no CUDA GPU", allowed=("auto", "cpu"))
     return torch.device(name)
-
-
-def build_spec(model_cfg, out_dim: int) -> ArchSpec:
-    """The ArchSpec of the model config; ArchSpec's own validation errors become ConfigErrors."""
-    try:
-        return ArchSpec(depth=model_cfg.depth, width=model_cfg.width, activation=model_cfg.activation,
-                        sigma_w=model_cfg.sigma_w, sigma_b=model_cfg.sigma_b, bias=model_cfg.bias,
-                        parametrization=model_cfg.parametrization, out_dim=out_dim)
-    except ValueError as err:
-        # ArchSpec's messages start with the field's name ("width must be ...", "activation: ...").
-        message = str(err)
-        name = message.split(" ")[0].rstrip(":")
-        raise ConfigError(f"model.{name}", message[len(name):].lstrip(": ")) from None
 
 
 def load_data(data_cfg) -> Dataset:
