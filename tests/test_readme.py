@@ -5,6 +5,7 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -28,7 +29,7 @@ def test_readme_example_runs_and_its_claim_holds():
 
 def test_readme_dynamics_example_continues_the_first():
     text = README.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text[text.index("## A short example"):], re.S)
     assert len(blocks) >= 2
     namespace = {}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -39,3 +40,15 @@ def test_readme_dynamics_example_continues_the_first():
     assert torch.allclose(fx[0], f0.double(), rtol=0, atol=1e-12)     # t = 0 is the start
     # At half of η_max every mode contracts, so the predicted loss falls at each listed time.
     assert bool((loss[1:] < loss[:-1]).all())
+
+
+def test_readme_spectra_example_runs():
+    text = README.read_text()
+    section = text[text.index("## Spectra, and freeze and chaos"):text.index("## A short example")]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    mu, fv = namespace["mu"], namespace["fv"]
+    assert mu.shape == fv.shape == (101,)
+    assert float(fv.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert (mu >= 0).all() and mu[0] > mu[1] > mu[2]     # relu's NTK: the constant mode dominates
