@@ -32,3 +32,22 @@ def gradient_descent(model, x, y, learning_rate, steps, params=None):
             for p, g in zip(params, grads):
                 p.sub_(learning_rate * g)
     return model
+
+
+def start_ntklab(*args, cwd):
+    """Start `python -m ntklab ARGS` in ``cwd`` without waiting: a Popen with text stdout/stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen([sys.executable, "-m", "ntklab", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def stop_all(processes):
+    """Kill what is still running (a test failed before waiting for it) and reap everything."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()

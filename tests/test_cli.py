@@ -1,7 +1,6 @@
 """The command line as users type it: `python -m ntklab ...` in a subprocess."""
 
 import json
-import os
 import subprocess
 import sys
 import tomllib
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from ntklab import results
+from tests.conftest import start_ntklab
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["width=32", "data.n_train=16", "data.n_test=8", "data.dim=4", "optim.steps=20", "track.log_steps=5",
@@ -19,9 +19,8 @@ SMALL = ["width=32", "data.n_train=16", "data.n_test=8", "data.dim=4", "optim.st
 
 
 def ntklab(*args, cwd, wait=True):
-    command = [sys.executable, "-m", "ntklab", *args]
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Run `python -m ntklab ARGS`: (stdout, stderr, exit code), or the running process if not ``wait``."""
+    process = start_ntklab(*args, cwd=cwd)
     return process.communicate(timeout=300) + (process.returncode,) if wait else process
 
 

@@ -4,9 +4,6 @@ depth recursion of the analytic kernels, and against the rates the mean-field th
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +13,7 @@ from ntklab.activations import from_callable, get_activation
 from ntklab.phases import (chi_1, correlation_fixed_point, correlation_map, critical_line, depth_profile,
                            gaussian_moments, kernels_by_depth, mean_field, phase_diagram, spec_from_variances,
                            sphere_pair_and_points)
+from tests.conftest import start_ntklab, stop_all
 
 
 def test_relu_chi_1_is_exactly_one_at_the_edge():
@@ -142,27 +140,17 @@ def test_spec_from_variances_and_invalid_values():
 
 # ----------------------------------------------------------------------------- the command
 
-def ntklab(*args, cwd):
-    """Start `python -m ntklab ARGS` (not waiting): a Popen with text stdout/stderr."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen([sys.executable, "-m", "ntklab", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def command_runs(tmp_path_factory):
     """The command's runs, started before this module's first test: their ~3 s of interpreter and
     torch start-up overlap the in-process tests instead of adding to them."""
     tmp = tmp_path_factory.mktemp("phase_command")
     runs = {"tmp": tmp,
-            "ok": ntklab("phase", "activation=relu", "resolution=7", "sigma_w2_range=[0.5,3.5]", "max_depth=12",
+            "ok": start_ntklab("phase", "activation=relu", "resolution=7", "sigma_w2_range=[0.5,3.5]", "max_depth=12",
                          f"hydra.run.dir={tmp / 'run'}", cwd=tmp),
-            "bad": ntklab("phase", "resolution=1", f"hydra.run.dir={tmp / 'bad'}", cwd=tmp)}
+            "bad": start_ntklab("phase", "resolution=1", f"hydra.run.dir={tmp / 'bad'}", cwd=tmp)}
     yield runs
-    for name in ("ok", "bad"):
-        if runs[name].poll() is None:
-            runs[name].kill()
-        runs[name].communicate()
+    stop_all([runs["ok"], runs["bad"]])
 
 
 def test_phase_command_writes_its_files(command_runs):

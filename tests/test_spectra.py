@@ -5,9 +5,6 @@ two working precisions); spectra on data against their definition and a wide net
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +16,7 @@ from ntklab.spectra import (analytic_spectrum, boolean_cube_eigenvalues, boolean
                             fractional_variance_by_depth, kernel_profile, kernel_spectrum, sphere_eigenvalues,
                             sphere_multiplicity)
 from ntklab.spectra import _precise_profiles
+from tests.conftest import start_ntklab, stop_all
 
 
 def cube(d):
@@ -222,27 +220,17 @@ def test_wide_network_spectrum_approaches_the_analytic_one(rng):
 
 # ----------------------------------------------------------------------------- the command
 
-def ntklab(*args, cwd):
-    """Start `python -m ntklab ARGS` (not waiting): a Popen with text stdout/stderr."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen([sys.executable, "-m", "ntklab", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def command_runs(tmp_path_factory):
     """The command's runs, started before this module's first test: their ~3 s of interpreter and
     torch start-up overlap the in-process tests instead of adding to them."""
     tmp = tmp_path_factory.mktemp("spectrum_command")
     runs = {"tmp": tmp,
-            "ok": ntklab("spectrum", "d=16", "max_depth=4", "model.sigma_b=0.2", "plot_formats=[png,pdf]",
+            "ok": start_ntklab("spectrum", "d=16", "max_depth=4", "model.sigma_b=0.2", "plot_formats=[png,pdf]",
                          f"hydra.run.dir={tmp / 'run'}", cwd=tmp),
-            "bad": ntklab("spectrum", "model.activation=tanh", f"hydra.run.dir={tmp / 'bad'}", cwd=tmp)}
+            "bad": start_ntklab("spectrum", "model.activation=tanh", f"hydra.run.dir={tmp / 'bad'}", cwd=tmp)}
     yield runs
-    for name in ("ok", "bad"):
-        if runs[name].poll() is None:
-            runs[name].kill()
-        runs[name].communicate()
+    stop_all([runs["ok"], runs["bad"]])
 
 
 def test_spectrum_command_writes_its_files(command_runs):
