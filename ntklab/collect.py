@@ -8,7 +8,8 @@ gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (
 
     ok, diverged, failed   as summary.json says (a failed run keeps its ``error``)
     unfinished             no summary.json yet (running, killed, or waiting to resume): its last
-                           metrics record fills the ``final.*`` columns and ``steps_done``
+                           metrics record fills the ``final.*`` columns and ``steps_done`` (as it
+                           does for a failed run)
     skipped                a config.yaml, summary.json or metrics.jsonl that cannot be read (cut
                            short, corrupt) is reported on stderr by path, and the run left out
 
@@ -83,8 +84,11 @@ def run_row(run_dir: Path) -> Dict[str, object]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{summary_path}: cut short or corrupt ({err.msg} at line {err.lineno})") from None
         row.update(_flatten({k: v for k, v in summary.items() if k not in _NOT_COLUMNS}))
-        return row
-    row["status"] = UNFINISHED
+        if "final" in summary:
+            return row
+    else:
+        row["status"] = UNFINISHED
+    # unfinished, or failed before a summary of its numbers: the metrics tell how far it got
     metrics_path = run_dir / results.METRICS
     if metrics_path.exists():
         records = results.read_metrics(metrics_path)       # ValueError names a corrupt line

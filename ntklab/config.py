@@ -72,7 +72,8 @@ class OptimConfig:
 
     The step size is η = lr × unit × width factor:
       unit: ``absolute`` → 1; ``eta_max`` → η_max = 2Nk/λ_max of the analytic NTK on the train
-        set; ``eta_max_empirical`` → the same with the network's empirical NTK at init.
+        set; ``eta_max_empirical`` → the same with the network's empirical NTK at init (its full
+        (N,N,k,k) form while N·k ≤ track.full_kernel_limit, else the per-output mean kernel).
       width factor: ``inverse`` → base_width / max hidden width (the lr ∝ 1/width rule that
         "standard" needs with a fixed lr); ``none`` → 1.
     """
@@ -188,7 +189,7 @@ def validate(cfg) -> None:
 class SpectrumConfig:
     """The composed config of ``python -m ntklab spectrum``: the kernels of ``model`` by degree."""
 
-    width: int = 1024                   # enters only the "standard" parametrization's NTK
+    width: int = 1024                   # enters the kernels of "standard", "mup" (NNGP) and "meanfield"
     depth: int = 2
     parametrization: str = "ntk"
     model: ModelConfig = MISSING

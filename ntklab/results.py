@@ -78,8 +78,20 @@ def write_json(path: Path, obj) -> None:
 
 
 def save_torch(path: Path, obj) -> None:
-    """Atomically ``torch.save`` ``obj`` (a checkpoint or the kernels)."""
-    _replace_atomically(Path(path), lambda tmp: torch.save(obj, tmp))
+    """Atomically and durably ``torch.save`` ``obj`` (a checkpoint or the kernels)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    _replace_atomically(Path(path), write)
+
+
+def save_config(path: Path, config: Dict) -> None:
+    """Atomically write a resolved config as YAML."""
+    from omegaconf import OmegaConf
+
+    _replace_atomically(Path(path), lambda tmp: OmegaConf.save(OmegaConf.create(config), tmp))
 
 
 class MetricsWriter:
@@ -89,6 +101,10 @@ class MetricsWriter:
         """Open ``path`` for appending after truncating it to its first ``keep_bytes`` bytes
         (the length recorded with the checkpoint being resumed; 0 starts afresh)."""
         self.path = Path(path)
+        length = self.path.stat().st_size if self.path.exists() else 0
+        if length < keep_bytes:
+            raise RuntimeError(f"{self.path} holds {length} bytes but the checkpoint recorded {keep_bytes}; "
+                               "the run directory was altered, so it cannot be resumed exactly")
         mode = "r+b" if self.path.exists() else "w+b"
         self._file = open(self.path, mode)
         self._file.truncate(keep_bytes)

@@ -27,8 +27,8 @@ table for SGD with per-layer learning rates — input weights and biases η·n, 
 Σ_p ∂f/∂θ_p ∂f/∂θ_p is the kernel that drives gradient descent and every NTK method agrees.
 The readout makes f(x) = O(1/√n) at initialisation; the NTK stays O(1) and moves O(1) in training.
 
-"meanfield" (one hidden layer only): f(x) = (σ_w/n) Σ_i a_i φ(z_i), i.e. the "ntk" input layer
-and a readout with weight_std = 1, weight_mult = σ_w/n (Mei, Montanari & Nguyen 2018; Chizat &
+"meanfield" (one hidden layer only): f(x) = (σ_w/n) Σ_i a_i φ(z_i) + (σ_b/√n) b, i.e. the "ntk"
+input layer and a readout with weight_std = bias_std = 1, weight_mult = σ_w/n, bias_mult = σ_b/√n (Mei, Montanari & Nguyen 2018; Chizat &
 Bach 2018). Its NTK is O(1/n), so η_max = 2Nk/λ_max grows like n: train it at a fraction of η_max.
 :func:`layer_scales` is the single place these constants live: the network's forward pass,
 the structured empirical NTK (c_l = weight_mult², c'_l = bias_mult²) and the analytic kernel
@@ -60,7 +60,7 @@ class ArchSpec:
         sigma_b: bias scale σ_b >= 0 (ignored when ``bias`` is False).
         bias: whether layers have biases. Under "standard" a bias is trainable and adds 1 to
             the NTK per layer even when σ_b = 0.
-        parametrization: "ntk" or "standard".
+        parametrization: "ntk", "standard", "mup" or "meanfield" (depth 1); see the module docstring.
         out_dim: number of outputs k.
     """
 
@@ -174,7 +174,9 @@ def layer_scales(spec: ArchSpec, in_dim: int) -> Tuple[LayerScale, ...]:
         elif spec.parametrization == "mup":
             constants = (sigma_w / math.sqrt(fan_in), 1.0, 1.0 / math.sqrt(fan_out), sigma_b * math.sqrt(fan_out))
         elif spec.parametrization == "meanfield" and readout:
-            constants = (1.0, sigma_w / fan_in, 1.0, sigma_b)
+            # bias multiplier σ_b/√n: its NTK term σ_b²/n is of the order of the rest of the O(1/n)
+            # kernel (with σ_b it would swamp it), so the bias trains on the same time scale
+            constants = (1.0, sigma_w / fan_in, 1.0, sigma_b / math.sqrt(fan_in))
         else:  # "ntk", and the input layer of "meanfield"
             constants = (1.0, sigma_w / math.sqrt(fan_in), 1.0, sigma_b)
         scales.append(LayerScale(fan_in, fan_out, *constants, spec.bias))

@@ -34,7 +34,11 @@ def main() -> None:
     limit = None
     for i, width in enumerate(widths):
         for j, (_, run) in enumerate(runs[runs["model.width"] == width].iterrows()):
-            kernels = torch.load(Path(run["run_dir"]) / results.KERNELS)
+            path = Path(run["run_dir"]) / results.KERNELS
+            if not path.exists():
+                print(f"skipped {run['run_dir']}: no kernels.pt (track.save_kernels was false)")
+                continue
+            kernels = torch.load(path)
             row_init, row_final = kernels["ntk_test_row_empirical_init"], kernels["ntk_test_row_empirical_final"]
             gamma = 2 * math.pi * torch.arange(row_init.numel(), dtype=torch.float64) / row_init.numel()
             label = dict(label=f"width {width}") if j == 0 else {}

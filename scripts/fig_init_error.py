@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from figure_common import arguments, finished_runs  # noqa: E402
+from figure_common import arguments, finished_runs, require  # noqa: E402
 from ntklab.plots import save_figure  # noqa: E402
 from ntklab.scaling import fit_with_bootstrap  # noqa: E402
 
@@ -23,6 +23,7 @@ QUANTITY = "initial.kernel_to_limit"
 def main() -> None:
     args = arguments(__doc__, "init_error")
     runs = finished_runs(args.table)
+    require(runs, [QUANTITY], "track kernel_to_limit (it needs the analytic kernel)")
     fig, ax = plt.subplots(figsize=(5, 4))
     for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
         ax.plot(group["model.width"], group[QUANTITY], "o", color=f"C{i}", alpha=0.5, markersize=4)

@@ -25,23 +25,29 @@ def main() -> None:
         parser.add_argument("--seed", type=int, default=None)
         parser.add_argument("--widths", type=int, nargs="*", default=None, help="default: up to 4, spread over the sweep")
     args = arguments(__doc__, "outputs", extra)
-    runs = finished_runs(args.table)
-    if "ntk" in set(runs["model.parametrization"]):
-        runs = runs[runs["model.parametrization"] == "ntk"]
-    runs = one_seed(runs, args.seed)
+    runs = one_seed(finished_runs(args.table), args.seed)
     if args.widths:
         runs = runs[runs["model.width"].isin(args.widths)]
     elif len(runs) > 4:
         runs = runs.iloc[[round(i * (len(runs) - 1) / 3) for i in range(4)]]
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.3 * len(runs), 3.4), squeeze=False)
-    for ax, (_, run) in zip(axes[0], runs.iterrows()):
+    saved_runs = []
+    for _, run in runs.iterrows():
         saved = torch.load(Path(run["run_dir"]) / results.PREDICTIONS)
+        if saved["f_pred_analytic"] is None:
+            print(f"skipped {run['run_dir']}: no analytic prediction (use optim.lr_unit=eta_max or track pred_gap_analytic)")
+        else:
+            saved_runs.append((run, saved))
+    if not saved_runs:
+        raise SystemExit("no run in the table has an analytic prediction")
+    fig, axes = plt.subplots(1, len(saved_runs), figsize=(3.3 * len(saved_runs), 3.4), squeeze=False)
+    for ax, (run, saved) in zip(axes[0], saved_runs):
         network, predicted = saved["f_final"].flatten(), saved["f_pred_analytic"].flatten()
         ax.plot(predicted, network, ".", markersize=3, alpha=0.6)
         low, high = float(min(network.min(), predicted.min())), float(max(network.max(), predicted.max()))
         ax.plot([low, high], [low, high], "k-", linewidth=0.8)
         gap = (network - predicted).pow(2).mean().sqrt().item()
-        ax.set(title=f"width {run['model.width']}: RMS gap {gap:.3g}", xlabel="NTK prediction f(x*)")
+        ax.set(title=f"{run['model.parametrization']}, width {run['model.width']}: RMS gap {gap:.3g}",
+               xlabel="NTK prediction f(x*)")
     axes[0][0].set_ylabel("network f_T(x*)")
     for path in save_figure(fig, args.out):
         print(path)

@@ -43,11 +43,16 @@ def main() -> None:
         for i, name in enumerate(("final.kernel_change", "final.pred_gap_linear")):
             ax.plot(lazy["model.alpha"], lazy[name], "o", color=f"C{i}", alpha=0.6, markersize=4)
             means = lazy.groupby("model.alpha")[name].mean()
-            fit = fit_with_bootstrap(lazy[lazy["model.alpha"] >= 1], "model.alpha", name)
-            ax.plot(means.index, means.values, "-", color=f"C{i}", label=f"{name.split('.', 1)[1]} (α ≥ 1: {fit.label()})")
-            print(f"{name} vs alpha (alpha >= 1): exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
+            label = name.split(".", 1)[1]
+            lazy_side = lazy[lazy["model.alpha"] >= 1]
+            if lazy_side["model.alpha"].nunique() >= 2:     # the fit needs two α ≥ 1
+                fit = fit_with_bootstrap(lazy_side, "model.alpha", name)
+                label += f" (α ≥ 1: {fit.label()})"
+                print(f"{name} vs alpha (alpha >= 1): exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
+            ax.plot(means.index, means.values, "-", color=f"C{i}", label=label)
         alphas = np.geomspace(lazy["model.alpha"].min(), lazy["model.alpha"].max(), 50)
-        anchor = lazy.loc[lazy["model.alpha"] == 1, "final.kernel_change"].mean()
+        nearest = lazy.loc[(np.log(lazy["model.alpha"])).abs().idxmin(), "model.alpha"]    # the α closest to 1
+        anchor = lazy.loc[lazy["model.alpha"] == nearest, "final.kernel_change"].mean() * nearest
         ax.plot(alphas, anchor / alphas, "k--", linewidth=1, label="1/α")
         width = lazy["model.width"].iloc[0]
         ax.set(xscale="log", yscale="log", xlabel="α", title=f"lazy scale α at width {width}")

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from figure_common import arguments, finished_runs  # noqa: E402
+from figure_common import arguments, finished_runs, require  # noqa: E402
 from ntklab.plots import save_figure  # noqa: E402
 from ntklab.scaling import fit_with_bootstrap  # noqa: E402
 
@@ -24,10 +24,16 @@ QUANTITIES = ("final.kernel_change", "final.param_drift", "final.kernel_to_limit
 def main() -> None:
     args = arguments(__doc__, "scaling")
     runs = finished_runs(args.table)
-    fig, axes = plt.subplots(1, len(QUANTITIES), figsize=(4.2 * len(QUANTITIES), 3.8))
+    quantities = [q for q in QUANTITIES if q in runs and runs[q].notna().any()]
+    skipped = sorted(set(QUANTITIES) - set(quantities))
+    if skipped:
+        print(f"not in the table (not tracked in these runs): {', '.join(skipped)}")
+    require(runs, quantities[:1] or QUANTITIES[:1], "track kernel_change, param_drift or kernel_to_limit")
+    fig, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 3.8), squeeze=False)
+    axes = axes[0]
     print("| quantity | parametrization | exponent | 95% interval | runs |")
     print("|---|---|---:|---|---:|")
-    for ax, quantity in zip(axes, QUANTITIES):
+    for ax, quantity in zip(axes, quantities):
         for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
             color = f"C{i}"
             ax.plot(group["model.width"], group[quantity], "o", color=color, alpha=0.5, markersize=4)

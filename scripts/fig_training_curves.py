@@ -21,9 +21,8 @@ from ntklab.plots import save_figure  # noqa: E402
 
 def main() -> None:
     args = arguments(__doc__, "training_curves", lambda p: p.add_argument("--seed", type=int, default=None))
-    runs = finished_runs(args.table)
-    parametrization = "ntk" if "ntk" in set(runs["model.parametrization"]) else runs["model.parametrization"].iloc[0]
-    runs = one_seed(runs[runs["model.parametrization"] == parametrization], args.seed)
+    runs = one_seed(finished_runs(args.table), args.seed)
+    parametrization = runs["model.parametrization"].iloc[0]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     colors = plt.cm.viridis([i / max(len(runs) - 1, 1) for i in range(len(runs))])
     for color, (_, run) in zip(colors, runs.iterrows()):
@@ -31,7 +30,8 @@ def main() -> None:
         steps = [r["step"] for r in records]
         for ax, split in zip(axes, ("train", "test")):
             ax.plot(steps, [r[f"{split}_loss"] for r in records], "-", color=color, label=f"width {run['model.width']}")
-            ax.plot(steps, [r[f"pred_{split}_loss_analytic"] for r in records], "--", color=color, linewidth=1)
+            if f"pred_{split}_loss_analytic" in records[-1]:     # absent when no analytic kernel was computed
+                ax.plot(steps, [r[f"pred_{split}_loss_analytic"] for r in records], "--", color=color, linewidth=1)
     for ax, split in zip(axes, ("train", "test")):
         ax.set(xscale="log", yscale="log", xlabel="step", title=f"{split} loss: network (solid), NTK prediction (dashed)")
     axes[0].set_ylabel("loss")

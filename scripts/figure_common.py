@@ -35,7 +35,29 @@ def finished_runs(path: Path) -> pd.DataFrame:
     return runs
 
 
+def require(runs: pd.DataFrame, columns, why: str) -> None:
+    """Exit with a message naming the columns a figure needs and the table lacks."""
+    missing = [c for c in columns if c not in runs or runs[c].isna().all()]
+    if missing:
+        raise SystemExit(f"the table has no values for {', '.join(missing)}: {why}")
+
+
+def one_parametrization(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of one parametrization: ntk when present, else the first in the table."""
+    names = list(dict.fromkeys(runs["model.parametrization"]))
+    return runs[runs["model.parametrization"] == ("ntk" if "ntk" in names else names[0])]
+
+
 def one_seed(runs: pd.DataFrame, seed=None) -> pd.DataFrame:
-    """The runs of one seed (the smallest unless given), one per width, sorted by width."""
+    """The runs of one parametrization and one seed (the smallest unless given), sorted by width;
+    exits if a width still has several runs (the table varies something else: depth, α, data ...)."""
+    runs = one_parametrization(runs)
     seed = runs["seed"].min() if seed is None else seed
-    return runs[runs["seed"] == seed].sort_values("model.width").drop_duplicates("model.width")
+    runs = runs[runs["seed"] == seed].sort_values("model.width")
+    if runs["model.width"].duplicated().any():
+        config = [c for c in runs.columns if "." in c and c.split(".")[0] in ("model", "data", "optim")
+                  or c in ("depth", "dtype")]
+        varying = [c for c in config if runs[c].astype(str).nunique() > 1 and c != "model.width"]
+        raise SystemExit(f"several runs per width for seed {seed}; they differ in {', '.join(varying) or 'unknown columns'}"
+                         " — pass a table of one sweep over width")
+    return runs

@@ -25,8 +25,18 @@ def test_mup_constants_are_yang_and_hu_abc():
     assert effective_std == pytest.approx([sigma_w / d ** 0.5, sigma_w / n ** 0.5, sigma_w / n ** 0.5, sigma_w / n])
     lr_factor = [s.weight_mult ** 2 for s in scales]        # ∂/∂W = mult · ∂/∂w, ΔW = mult · Δw
     assert lr_factor == pytest.approx([sigma_w ** 2 * n / d, 1.0, 1.0, sigma_w ** 2 / n])
-    (first, readout) = layer_scales(ArchSpec(depth=1, width=n, parametrization="meanfield"), in_dim=d)
+    (first, readout) = layer_scales(ArchSpec(depth=1, width=n, sigma_b=0.5, parametrization="meanfield"), in_dim=d)
     assert readout.weight_std * readout.weight_mult == pytest.approx(1.0 / n)
+    assert readout.bias_std * readout.bias_mult == pytest.approx(0.5 / n ** 0.5)
+
+
+def test_meanfield_ntk_shrinks_like_one_over_width(rng):
+    """f = (1/n) Σ a_i φ(z_i) + (σ_b/√n) b: every NTK term is O(1/n), the bias's included, so
+    n·Θ has a width-independent limit (exactly, for the analytic kernel)."""
+    x = random_inputs(8, 5, rng)
+    scaled = [n * analytic_kernels(ArchSpec(depth=1, width=n, activation="erf", sigma_b=0.5,
+                                            parametrization="meanfield"), x).ntk for n in (64, 4096)]
+    torch.testing.assert_close(scaled[0], scaled[1], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("parametrization, depth", [("mup", 2), ("mup", 0), ("meanfield", 1)])

@@ -53,7 +53,13 @@ def test_collect_keeps_every_status_and_skips_corrupt_files(tmp_path, monkeypatc
     summary = (sweep / "truncated" / results.SUMMARY).read_text()
     (sweep / "truncated" / results.SUMMARY).write_text(summary[: len(summary) // 2])
     from ntklab.train import tracking
-    monkeypatch.setattr(tracking.Tracker, "measure", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    measure = tracking.Tracker.measure
+
+    def fails_after_step_0(self, model, step):
+        if step > 0:
+            raise RuntimeError("boom")
+        return measure(self, model, step)
+    monkeypatch.setattr(tracking.Tracker, "measure", fails_after_step_0)
     with pytest.raises(RuntimeError):
         run(compose_train(TINY + ["width=16"]), sweep / "failed")
     report = io.StringIO()
@@ -63,7 +69,7 @@ def test_collect_keeps_every_status_and_skips_corrupt_files(tmp_path, monkeypatc
     assert [p.name for p, _ in skipped] == ["truncated"]
     assert str(sweep / "truncated" / results.SUMMARY) in report.getvalue()
     failed = table[table["status"] == "failed"].iloc[0]
-    assert "boom" in failed["error"]
+    assert "boom" in failed["error"] and failed["final.step"] == 0     # it failed measuring step 1
     unfinished = table[table["status"] == "unfinished"].iloc[0]
     # stopped at step 5: its last log step (schedule 0, 1, 2, 4, 9, ...) is what the table knows
     assert unfinished["steps_done"] == 4 and unfinished["final.step"] == 4
@@ -89,32 +95,33 @@ def test_power_law_fit_recovers_a_known_exponent():
 
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory):
-    """2 parametrizations × 2 widths × 2 seeds on the sphere and 2 widths on the circle; beside
-    them 2 lazy scales × 2 seeds."""
+    """Three tables: 2 parametrizations × 2 widths × 2 seeds on the sphere; 2 widths on the
+    circle; 2 lazy scales × 2 seeds."""
     sweep = tmp_path_factory.mktemp("sweep")
     for parametrization in ("ntk", "standard"):
         for width in (16, 64):
             for seed in (0, 1):
                 run(compose_train(TINY + [f"parametrization={parametrization}", f"width={width}", f"seed={seed}"]),
                     sweep / f"{parametrization}-{width}-{seed}")
+    circle = tmp_path_factory.mktemp("circle")
     for width in (16, 64):
-        run(compose_train(TINY + ["data=circle", "data.n_test=32", f"width={width}"]), sweep / f"circle-{width}")
-    write_table(collect([sweep])[0], sweep / "results.csv")
+        run(compose_train(TINY + ["data=circle", "data.n_test=32", f"width={width}"]), circle / f"{width}")
     lazy = tmp_path_factory.mktemp("alpha")
     for alpha in (1, 4):
         for seed in (0, 1):
             run(compose_train(TINY + ["width=32", f"model.alpha={alpha}", f"seed={seed}"]), lazy / f"{alpha}-{seed}")
-    write_table(collect([lazy])[0], lazy / "results.csv")
-    return sweep, lazy
+    for folder in (sweep, circle, lazy):
+        write_table(collect([folder])[0], folder / "results.csv")
+    return {"sweep": sweep, "circle": circle, "alpha": lazy}
 
 
 @pytest.mark.parametrize("script", ["fig_scaling", "fig_init_error", "fig_training_curves", "fig_outputs",
                                     "fig_circle", "fig_regimes"])
 def test_figure_script_draws_from_a_small_sweep(small_sweep, script, tmp_path):
-    sweep, lazy = small_sweep
+    table = small_sweep["circle" if script == "fig_circle" else "sweep"] / "results.csv"
     stem = tmp_path / script
-    extra = ["--alpha", str(lazy / "results.csv")] if script == "fig_regimes" else []
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), str(sweep / "results.csv"),
+    extra = ["--alpha", str(small_sweep["alpha"] / "results.csv")] if script == "fig_regimes" else []
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), str(table),
                            "--out", str(stem), *extra], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     png = stem.with_suffix(".png").read_bytes()

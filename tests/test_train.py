@@ -197,6 +197,8 @@ def test_interrupted_and_resumed_run_has_identical_metrics(tmp_path, optim):
     assert (parts / results.METRICS).read_bytes() == (whole / results.METRICS).read_bytes()
     assert resumed["final"] == reference["final"]
     assert resumed["timing"]["steps_s"] > 0
+    # three invocations each set up the reference kernels: their setup times add up
+    assert resumed["timing"]["setup_s"] > reference["timing"]["setup_s"]
 
 
 def test_resume_from_a_periodic_checkpoint_after_a_crash(tmp_path):
@@ -227,6 +229,9 @@ def test_divergence_ends_the_run_with_status_diverged(tmp_path):
     loss = last["train_loss"]
     assert loss is None or loss > 1e6 * metrics(tmp_path)[0]["train_loss"]
     json.loads((tmp_path / results.SUMMARY).read_text())      # strict JSON even with inf/NaN losses
+    # the summary's final record is the last full measurement, not the short divergence line
+    assert summary["final"] == [r for r in metrics(tmp_path) if not r.get("diverged")][-1]
+    assert "kernel_change" in summary["final"] and summary["diverged_loss"] == loss
 
 
 def test_eta_max_is_the_edge_of_stability(tmp_path):
@@ -259,6 +264,10 @@ def test_a_crash_is_recorded_as_failed(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / results.SUMMARY).read_text())
     assert summary["status"] == "failed" and "simulated failure" in summary["error"]
     assert math.isfinite(metrics(tmp_path)[0]["train_loss"])
+    # a retry that is stopped before the end no longer claims the old failure
+    monkeypatch.setattr(tracking.Tracker, "measure", original)
+    assert run(compose_train(SMALL + ["stop_after=5"]), tmp_path)["status"] == "stopped"
+    assert not (tmp_path / results.SUMMARY).exists()
 
 
 @pytest.mark.cuda

@@ -42,7 +42,7 @@ from ntklab.train.tracking import NetworkOutputs, ReferenceKernels, Tracker, ref
 log = logging.getLogger(__name__)
 
 # Config fields that do not change what a run computes, so a resumed run may differ in them.
-_NOT_COMPARED = ("stop_after", "track.progress")
+_NOT_COMPARED = ("stop_after", "track.progress", "track.plots", "track.save_kernels", "track.checkpoint_every")
 
 
 def log_schedule(steps: int, count: int) -> List[int]:
@@ -124,7 +124,7 @@ def _check_same_config(run_dir: Path, config: Dict) -> None:
     """A run directory holds one run: resuming with a different config is an error."""
     path = run_dir / results.CONFIG
     if not path.exists():
-        OmegaConf.save(OmegaConf.create(config), path)
+        results.save_config(path, config)
         return
     before = _comparable(OmegaConf.to_container(OmegaConf.load(path)))
     now = _comparable(config)
@@ -167,6 +167,8 @@ def run(cfg, run_dir: Path) -> Dict:
     data = load_data(cfg.data)
     spec = build_spec(cfg.model, data.out_dim)
     _check_same_config(run_dir, config)
+    if finished is not None:      # a failed attempt's summary: this invocation retries, so it no longer holds
+        (run_dir / results.SUMMARY).unlink()
     clock = _Clock(device)
     try:
         return _train(cfg, config, run_dir, device, dtype, data, spec, clock)
@@ -217,7 +219,11 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
     step, metrics_bytes = 0, 0
     checkpoint_path = run_dir / results.CHECKPOINT
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        except Exception as err:
+            raise RuntimeError(f"{checkpoint_path} cannot be read ({type(err).__name__}: {err}); delete it "
+                               "(and metrics.jsonl) to start this run again from step 0") from err
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         batches.set_state(state["batch_generator"].cpu())
@@ -226,7 +232,9 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         step, metrics_bytes = state["step"], state["metrics_bytes"]
+        setup_now = clock.timing.setup      # this invocation's setup adds to the earlier ones
         clock.timing = _Timing(**state["timing"])
+        clock.timing.setup += setup_now
         log.info("resuming from the checkpoint at step %d", step)
     writer = results.MetricsWriter(run_dir / results.METRICS, keep_bytes=metrics_bytes)
 
@@ -290,13 +298,19 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
         writer.close()
 
     records = results.read_metrics(run_dir / results.METRICS)
-    last_record = records[-1] if records else last_record
+    # a divergence ends the file with a short {"step", "train_loss", "diverged"} line; the summary's
+    # final record is the last complete measurement before it
+    measured = [r for r in records if not r.get("diverged")]
+    diverged_loss = last_record["train_loss"] if status == "diverged" else None
+    last_record = measured[-1] if measured else last_record
     if track.save_kernels:
         _save_kernels(run_dir, model, tracker, reference)
     _save_predictions(run_dir, model, tracker, reference, data, step)
     summary = {
         "status": status, "steps": steps, "steps_done": step, "diverged_at_step": diverged_at,
-        "initial": records[0] if records else None, "final": last_record, "max": _maxima(records), "fitted": _fitted(records),
+        "diverged_loss": diverged_loss,
+        "initial": records[0] if records else None, "final": last_record, "max": _maxima(measured),
+        "fitted": _fitted(measured),
         "learning_rate": lr, "eta_max": eta_max,
         "lr_over_eta_max": lr / eta_max["analytic"] if "analytic" in eta_max else None,
         "n_params": n_params, "n_train": data.n_train, "n_test": data.n_test, "in_dim": data.in_dim,
