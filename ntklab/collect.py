@@ -38,20 +38,6 @@ UNFINISHED = "unfinished"
 _NOT_COLUMNS = ("config", "traceback", "plots", "versions")
 
 
-def _flatten(tree: Dict, prefix: str = "") -> Dict[str, object]:
-    """{"a": {"b": 1}, "c": [1, 2]} → {"a.b": 1, "c": "[1, 2]"}: one scalar per column."""
-    out: Dict[str, object] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            out[name] = json.dumps(value)
-        else:
-            out[name] = value
-    return out
-
-
 def find_runs(paths: Iterable[Path]) -> List[Path]:
     """Run directories under ``paths`` (themselves included), sorted; Hydra's .hydra copies excluded."""
     found = set()
@@ -76,14 +62,14 @@ def run_row(run_dir: Path) -> Dict[str, object]:
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: empty or not a mapping")
     row: Dict[str, object] = {"run_dir": str(run_dir.resolve())}
-    row.update(_flatten(config))
+    row.update(results.flatten(config))
     summary_path = run_dir / results.SUMMARY
     if summary_path.exists():
         try:
             summary = json.loads(summary_path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{summary_path}: cut short or corrupt ({err.msg} at line {err.lineno})") from None
-        row.update(_flatten({k: v for k, v in summary.items() if k not in _NOT_COLUMNS}))
+        row.update(results.flatten({k: v for k, v in summary.items() if k not in _NOT_COLUMNS}))
         if "final" in summary:
             return row
     else:
@@ -94,7 +80,7 @@ def run_row(run_dir: Path) -> Dict[str, object]:
         records = results.read_metrics(metrics_path)       # ValueError names a corrupt line
         if records:
             row["steps_done"] = records[-1].get("step")
-            row.update(_flatten({"initial": records[0], "final": records[-1]}))
+            row.update(results.flatten({"initial": records[0], "final": records[-1]}))
     return row
 
 

@@ -48,6 +48,20 @@ def device_name(device) -> str:
     return f"{model or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def flatten(tree: Dict, prefix: str = "") -> Dict[str, object]:
+    """{"a": {"b": 1}, "c": [1, 2]} → {"a.b": 1, "c": "[1, 2]"}: one scalar per dotted key."""
+    out: Dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
 def json_ready(value):
     """``value`` with non-finite floats replaced by None, recursively (strict JSON has no NaN)."""
     if isinstance(value, float):

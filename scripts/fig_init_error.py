@@ -11,11 +11,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from figure_common import arguments, finished_runs, require  # noqa: E402
+from figure_common import (arguments, finished_runs, plot_half_power_reference, plot_width_fits,  # noqa: E402
+                           require)
 from ntklab.plots import save_figure  # noqa: E402
-from ntklab.scaling import fit_with_bootstrap  # noqa: E402
 
 QUANTITY = "initial.kernel_to_limit"
 
@@ -25,16 +24,9 @@ def main() -> None:
     runs = finished_runs(args.table)
     require(runs, [QUANTITY], "track kernel_to_limit (it needs the analytic kernel)")
     fig, ax = plt.subplots(figsize=(5, 4))
-    for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
-        ax.plot(group["model.width"], group[QUANTITY], "o", color=f"C{i}", alpha=0.5, markersize=4)
-        if group["model.width"].nunique() >= 2:
-            fit = fit_with_bootstrap(group, "model.width", QUANTITY)
-            widths = np.geomspace(group["model.width"].min(), group["model.width"].max(), 50)
-            ax.plot(widths, fit(widths), "-", color=f"C{i}", label=f"{parametrization}: {fit.label()}")
-            print(f"{parametrization}: exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}] over {fit.n_points} runs")
-    widths = np.geomspace(runs["model.width"].min(), runs["model.width"].max(), 50)
-    anchor = runs.loc[runs["model.width"] == runs["model.width"].min(), QUANTITY].median()
-    ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", linewidth=1, label="width$^{-1/2}$")
+    for parametrization, fit in plot_width_fits(ax, runs, QUANTITY):
+        print(f"{parametrization}: exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}] over {fit.n_points} runs")
+    plot_half_power_reference(ax, runs, QUANTITY)
     ax.set(xscale="log", yscale="log", xlabel="width", ylabel="‖Θ̂₀ − Θ‖ / ‖Θ‖ (probe set)",
            title="empirical NTK at initialisation")
     ax.legend(fontsize=8)

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from figure_common import arguments, finished_runs  # noqa: E402
+from figure_common import arguments, finished_runs, plot_width_fits  # noqa: E402
 from ntklab.plots import save_figure  # noqa: E402
 from ntklab.scaling import fit_with_bootstrap  # noqa: E402
 
@@ -27,13 +27,8 @@ def main() -> None:
     runs = finished_runs(args.table)
     fig, axes = plt.subplots(1, 2 if args.alpha else 1, figsize=(10 if args.alpha else 5.2, 4), squeeze=False)
     ax = axes[0][0]
-    for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
-        ax.plot(group["model.width"], group["final.kernel_change"], "o", color=f"C{i}", alpha=0.5, markersize=4)
-        if group["model.width"].nunique() >= 2:
-            fit = fit_with_bootstrap(group, "model.width", "final.kernel_change")
-            widths = np.geomspace(group["model.width"].min(), group["model.width"].max(), 50)
-            ax.plot(widths, fit(widths), "-", color=f"C{i}", label=f"{parametrization}: {fit.label()}")
-            print(f"kernel_change vs width, {parametrization}: exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
+    for parametrization, fit in plot_width_fits(ax, runs, "final.kernel_change"):
+        print(f"kernel_change vs width, {parametrization}: exponent {fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
     ax.set(xscale="log", yscale="log", xlabel="width", ylabel="kernel_change at the end",
            title="kernel change against width")
     ax.legend(fontsize=8)

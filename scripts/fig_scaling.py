@@ -12,11 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from figure_common import arguments, finished_runs, require  # noqa: E402
+from figure_common import (arguments, finished_runs, plot_half_power_reference, plot_width_fits,  # noqa: E402
+                           require)
 from ntklab.plots import save_figure  # noqa: E402
-from ntklab.scaling import fit_with_bootstrap  # noqa: E402
 
 QUANTITIES = ("final.kernel_change", "final.param_drift", "final.kernel_to_limit")
 
@@ -34,18 +33,9 @@ def main() -> None:
     print("| quantity | parametrization | exponent | 95% interval | runs |")
     print("|---|---|---:|---|---:|")
     for ax, quantity in zip(axes, quantities):
-        for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
-            color = f"C{i}"
-            ax.plot(group["model.width"], group[quantity], "o", color=color, alpha=0.5, markersize=4)
-            if group["model.width"].nunique() < 2:
-                continue
-            fit = fit_with_bootstrap(group, "model.width", quantity)
-            widths = np.geomspace(group["model.width"].min(), group["model.width"].max(), 50)
-            ax.plot(widths, fit(widths), "-", color=color, label=f"{parametrization}: {fit.label()}")
+        for parametrization, fit in plot_width_fits(ax, runs, quantity):
             print(f"| {quantity} | {parametrization} | {fit.exponent:.3f} | [{fit.low:.3f}, {fit.high:.3f}] | {fit.n_points} |")
-        widths = np.geomspace(runs["model.width"].min(), runs["model.width"].max(), 50)
-        anchor = runs.loc[runs["model.width"] == runs["model.width"].min(), quantity].median()
-        ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", linewidth=1, label="width$^{-1/2}$")
+        plot_half_power_reference(ax, runs, quantity)
         ax.set(xscale="log", yscale="log", xlabel="width", title=quantity.split(".", 1)[1])
         ax.legend(fontsize=7)
     for path in save_figure(fig, args.out):

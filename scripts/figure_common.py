@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ntklab.collect import read_table
+from ntklab.scaling import fit_with_bootstrap
 
 
 def arguments(doc: str, name: str, extra=None) -> argparse.Namespace:
@@ -61,3 +63,26 @@ def one_seed(runs: pd.DataFrame, seed=None) -> pd.DataFrame:
         raise SystemExit(f"several runs per width for seed {seed}; they differ in {', '.join(varying) or 'unknown columns'}"
                          " — pass a table of one sweep over width")
     return runs
+
+
+def plot_width_fits(ax, runs: pd.DataFrame, quantity: str) -> list:
+    """Every run's ``quantity`` against width as a point, one colour per parametrization, and each
+    parametrization's fitted power law (with its bootstrap interval in the legend) where it has at
+    least two widths. Returns [(parametrization, PowerLaw), ...] for the fits drawn."""
+    fits = []
+    for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
+        ax.plot(group["model.width"], group[quantity], "o", color=f"C{i}", alpha=0.5, markersize=4)
+        if group["model.width"].nunique() < 2:
+            continue
+        fit = fit_with_bootstrap(group, "model.width", quantity)
+        widths = np.geomspace(group["model.width"].min(), group["model.width"].max(), 50)
+        ax.plot(widths, fit(widths), "-", color=f"C{i}", label=f"{parametrization}: {fit.label()}")
+        fits.append((parametrization, fit))
+    return fits
+
+
+def plot_half_power_reference(ax, runs: pd.DataFrame, quantity: str) -> None:
+    """The width^(-1/2) line through the median of ``quantity`` at the smallest width."""
+    widths = np.geomspace(runs["model.width"].min(), runs["model.width"].max(), 50)
+    anchor = runs.loc[runs["model.width"] == runs["model.width"].min(), quantity].median()
+    ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", linewidth=1, label="width$^{-1/2}$")

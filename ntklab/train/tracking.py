@@ -194,7 +194,6 @@ class Tracker:
                 "train": outputs.train, "test": outputs.test,   # (T, N, k), (T, M, k)
                 "train_loss": mse_loss(outputs.train, self.y_train),
                 "test_loss": mse_loss(outputs.test, self.y_test)}
-        self.last_probe_ntk: Optional[Tensor] = None
 
     def measure(self, model: MLP, step: int) -> Dict[str, object]:
         """The metrics record of one log step (plain Python numbers, JSON-ready)."""
@@ -214,7 +213,7 @@ class Tracker:
         if "param_drift" in self.quantities:
             record.update(self._param_drift(model))
         if "kernel_change" in self.quantities or "kernel_to_limit" in self.quantities:
-            probe_ntk = self.last_probe_ntk = self.probe_ntk(model)
+            probe_ntk = self.probe_ntk(model)
             if "kernel_change" in self.quantities:
                 record["kernel_change"] = _relative_distance(probe_ntk, self.reference.probe_ntk_init)
             if "kernel_to_limit" in self.quantities and self.reference.analytic_probe is not None:

@@ -129,20 +129,10 @@ def _check_same_config(run_dir: Path, config: Dict) -> None:
     before = _comparable(OmegaConf.to_container(OmegaConf.load(path)))
     now = _comparable(config)
     if before != now:
-        changed = sorted(key for key in set(_flatten(before)) | set(_flatten(now))
-                         if _flatten(before).get(key) != _flatten(now).get(key))
+        before, now = results.flatten(before), results.flatten(now)
+        changed = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
         raise ConfigError("hydra.run.dir", f"{run_dir} holds a run with a different config "
                           f"(differs in {', '.join(changed)}); choose a new run directory")
-
-
-def _flatten(tree: Dict, prefix: str = "") -> Dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def run(cfg, run_dir: Path) -> Dict:
