@@ -44,15 +44,19 @@ class Activation:
 
 
 def safe_correlation(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
-    """Return (sqrt(q1 q2), ρ = cov / sqrt(q1 q2) clipped to [-1, 1]); ρ = 0 where a variance is 0."""
+    """Return (sqrt(q1 q2), ρ = cov / sqrt(q1 q2) clipped to [-1, 1]); ρ = 0 where a variance is 0.
+
+    A zero variance (the input x = 0 of a net without biases) makes u = 0 almost surely, so ρ is
+    undefined there. Terms multiplied by ``norm`` vanish whatever ρ, but E[φ'(u)φ'(v)] does not:
+    it is φ'(0)·E[φ'(v)], which a dual must handle itself (see :func:`_leaky_relu_dual`); the
+    ρ = 0 returned here only keeps the arithmetic finite.
+    """
     norm = torch.sqrt(q1 * q2)
-    # A zero-norm input (x = 0 with no bias) has zero covariance too; any ρ gives the same
-    # kernel there because every term is multiplied by `norm`, so divide by a clamped norm.
     rho = (cov / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp_(-1.0, 1.0)
     return norm, rho
 
 
-def _leaky_relu_dual(slope: float) -> Dual:
+def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
     r"""Dual of φ(x) = max(x, a x) (a = ``slope``): relu at a = 0, abs at a = −1.
 
     Writing φ(x) = (1+a)/2 · x + (1−a)/2 · |x| and θ = arccos ρ (Cho & Saul 2009, arc-cosine
@@ -61,7 +65,13 @@ def _leaky_relu_dual(slope: float) -> Dual:
         E[φ(u)φ(v)]   = ((1+a)/2)² cov + ((1−a)/2)² · (2/π) √(q1 q2) (sin θ + (π/2 − θ) cos θ)
         E[φ'(u)φ'(v)] = a + (1−a)² (π − θ) / (2π)
 
-    For a = 0 the first line is √(q1 q2)/(2π) (sin θ + (π − θ) cos θ), the relu formula of DESIGN.md.
+    For a = 0 the first line is √(q1 q2)/(2π) (sin θ + (π − θ) cos θ), the relu formula of docs/design.md.
+
+    Where a variance is 0 (q1 = 0: u = 0 almost surely, as for the input x = 0 of a net without
+    biases) E[φ(u)φ(v)] = φ(0)E[φ(v)] = 0, and E[φ'(u)φ'(v)] = φ'(0) E[φ'(v)] with
+    E[φ'(v)] = (1 + a)/2 for q2 > 0 and φ'(0) for q2 = 0. φ'(0) is ``derivative_at_zero``, the
+    value the finite net's derivative takes (torch's relu and sign give 0 there, the leaky relu
+    ``where(x > 0, 1, a)`` gives a), so the limit agrees with every finite net and with quadrature.
     """
     even = ((1.0 + slope) / 2.0) ** 2
     odd = ((1.0 - slope) / 2.0) ** 2
@@ -73,6 +83,11 @@ def _leaky_relu_dual(slope: float) -> Dual:
         abs_abs = (2.0 / math.pi) * norm * (sin_theta + (math.pi / 2.0 - theta) * rho)
         e_phi = even * cov + odd * abs_abs
         e_dphi = slope + (1.0 - slope) ** 2 * (math.pi - theta) / (2.0 * math.pi)
+        zero1, zero2 = q1 == 0, q2 == 0
+        if bool(zero1.any()) or bool(zero2.any()):
+            mean_derivative = lambda zero: torch.where(zero, derivative_at_zero, (1.0 + slope) / 2.0)
+            degenerate = mean_derivative(zero1) * mean_derivative(zero2)
+            e_dphi = torch.where(zero1 | zero2, degenerate, e_dphi)
         return e_phi, e_dphi
 
     return dual
@@ -96,9 +111,15 @@ def _identity_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor
 
 
 def _sin_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
-    r"""Dual of φ = sin:  E[sin u sin v] = e^{−(q1+q2)/2} sinh(cov),  E[cos u cos v] = e^{−(q1+q2)/2} cosh(cov)."""
-    damping = torch.exp(-(q1 + q2) / 2.0)
-    return damping * torch.sinh(cov), damping * torch.cosh(cov)
+    r"""Dual of φ = sin:  E[sin u sin v] = e^{−(q1+q2)/2} sinh(cov),  E[cos u cos v] = e^{−(q1+q2)/2} cosh(cov).
+
+    Written as (e^{cov − m} ∓ e^{−cov − m})/2 with m = (q1 + q2)/2: since |cov| ≤ √(q1 q2) ≤ m both
+    exponents are ≤ 0, so nothing overflows (e^{−m}·sinh(cov) overflows to inf·0 = NaN once cov
+    passes ~710, e.g. for inputs with |x|²/d ≈ 900).
+    """
+    mean_variance = (q1 + q2) / 2.0
+    plus, minus = torch.exp(cov - mean_variance), torch.exp(-cov - mean_variance)
+    return (plus - minus) / 2.0, (plus + minus) / 2.0
 
 
 def _relu_derivative(x: Tensor) -> Tensor:
@@ -114,7 +135,7 @@ def leaky_relu(slope: float = 0.01) -> Activation:
         name="leaky_relu" if slope == 0.01 else f"leaky_relu({slope:g})",
         fn=lambda x: torch.where(x > 0, x, slope * x),
         derivative=lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope)),
-        dual=_leaky_relu_dual(slope),
+        dual=_leaky_relu_dual(slope, derivative_at_zero=slope),
     )
 
 
@@ -164,9 +185,9 @@ def _silu_derivative(x: Tensor) -> Tensor:
 
 
 _REGISTRY: "dict[str, Callable[[], Activation]]" = {
-    "relu": lambda: Activation("relu", torch.relu, _relu_derivative, _leaky_relu_dual(0.0)),
+    "relu": lambda: Activation("relu", torch.relu, _relu_derivative, _leaky_relu_dual(0.0, derivative_at_zero=0.0)),
     "leaky_relu": lambda: leaky_relu(0.01),
-    "abs": lambda: Activation("abs", torch.abs, torch.sign, _leaky_relu_dual(-1.0)),
+    "abs": lambda: Activation("abs", torch.abs, torch.sign, _leaky_relu_dual(-1.0, derivative_at_zero=0.0)),
     "erf": lambda: Activation(
         "erf", torch.erf, lambda x: (2.0 / math.sqrt(math.pi)) * torch.exp(-x * x), _erf_dual),
     "identity": lambda: Activation("identity", lambda x: x, torch.ones_like, _identity_dual),

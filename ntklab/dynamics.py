@@ -1,6 +1,6 @@
 """What the kernel says gradient descent will do: predictions at any time, ensembles, linearised nets.
 
-Conventions (DESIGN.md, same as neural-tangents' ``predict``): N training points, k outputs,
+Conventions (docs/design.md, same as neural-tangents' ``predict``): N training points, k outputs,
 loss L = 1/(2Nk) Σ_i ‖f(x_i) − y_i‖², learning rate η, Θ the per-output train×train kernel.
 With c = η/(Nk) the linearised function-space dynamics are
 
@@ -76,13 +76,8 @@ class _Spectrum:
     def __init__(self, kernel: Tensor, learning_rate: float, out_dim: int, ridge: float, discrete: bool):
         if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
             raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-        if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
-            raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
         n = kernel.shape[0]
-        if ridge:
-            # The ridge is a fraction of the mean diagonal entry, as neural-tangents' diag_reg.
-            kernel = kernel + ridge * kernel.diagonal().mean() * torch.eye(n, dtype=kernel.dtype,
-                                                                          device=kernel.device)
+        kernel = _add_ridge(kernel, ridge)
         eigenvalues, self.vectors = torch.linalg.eigh(kernel)
         top = eigenvalues[-1].clamp_min(0.0)
         # Eigenvalues within rounding of zero (or negative from rounding) are null directions:
@@ -90,17 +85,29 @@ class _Spectrum:
         cutoff = n * torch.finfo(kernel.dtype).eps * top
         self.null = eigenvalues <= cutoff
         self.eigenvalues = torch.where(self.null, torch.zeros_like(eigenvalues), eigenvalues)
-        smallest = eigenvalues[~self.null].min() if (~self.null).any() else top
+        smallest = eigenvalues[0]
+        # λ_max/λ_min over every eigenvalue, the null ones included (inf when λ_min ≤ 0): the number
+        # that says how far the kernel is from invertible, not that of its well-resolved part.
         condition = (top / smallest).item() if smallest > 0 else math.inf
         if self.null.any() or condition > ILL_CONDITIONED:
-            consequence = (f"{int(self.null.sum())} of {n} eigenvalues are at rounding level and those "
-                           "directions are left unfitted at t = inf (a pseudo-inverse)" if self.null.any()
-                           else "predictions at large t amplify rounding errors in the kernel")
-            warnings.warn(f"the train kernel is ill-conditioned (condition number {condition:.3g}): "
-                          f"{consequence}. A ridge > 0 regularises it.", RuntimeWarning, stacklevel=3)
+            if self.null.any():
+                consequence = (f"{int(self.null.sum())} of {n} eigenvalues are within rounding (N·eps·λ_max = "
+                               f"{cutoff.item():.3g}) of 0, the smallest {smallest.item():.3g}; those directions are "
+                               "left unfitted at t = inf (a pseudo-inverse)")
+            else:
+                consequence = "predictions at large t amplify rounding errors in the kernel"
+            warnings.warn(f"the train kernel is ill-conditioned (condition number λ_max/λ_min = {condition:.3g}, "
+                          f"λ_max = {top.item():.3g}): {consequence}. A ridge > 0 regularises it.",
+                          RuntimeWarning, stacklevel=3)
         self.condition_number = condition
         self.rate = learning_rate / (n * out_dim)          # c = η/(Nk)
         self.discrete = discrete
+        unstable = int((self.rate * self.eigenvalues >= 2).sum())
+        if discrete and unstable:
+            warnings.warn(f"learning rate {learning_rate:.6g} is at or above η_max = 2Nk/λ_max = "
+                          f"{2.0 / (self.rate / learning_rate * top.item()):.6g}: the discrete dynamics diverge along "
+                          f"{unstable} of {n} eigendirections, where predictions grow like |1 − ηλ/(Nk)|^t and "
+                          "overflow to ±inf at large t", RuntimeWarning, stacklevel=3)
 
     def factors(self, times: Tensor) -> Tuple[Tensor, Tensor]:
         """d (T, N) and g (T, N) at the given times (float64, inf allowed)."""
@@ -176,7 +183,9 @@ class MSEPredictor:
         Args:
             t: a number or a 1-D tensor of times (steps when discrete; ``inf`` allowed).
             fx_train_0: the outputs at t = 0 on the train set, (N, k) like y_train; 0 means zero.
-            fx_test_0: outputs at t = 0 on the test points (N*, k) or 0; needed with k_test_train.
+            fx_test_0: outputs at t = 0 on the test points (N*, k), or 0.0 for nets whose outputs start
+                at zero; required with k_test_train (a finite net's f_0(x*) is O(1) and would
+                otherwise be dropped silently).
             k_test_train: Θ(x*, X), shape (N*, N).
         Returns:
             :class:`Prediction`; with a tensor t each output gains a leading time axis (T, ...).
@@ -189,6 +198,9 @@ class MSEPredictor:
         train = self.y + _apply(vectors, decay, projected)                     # (T, N, k)
         test = None
         if k_test_train is not None:
+            if fx_test_0 is None:
+                raise ValueError("k_test_train was given without fx_test_0: pass the test outputs at t = 0 "
+                                 "(N*, k), or 0.0 if the outputs start at zero")
             k_test = _check_kernel(k_test_train, "k_test_train", rows=None, cols=vectors.shape[0])
             test_0 = self._initial(fx_test_0, k_test.shape[0], "fx_test_0")
             test = test_0 - _apply(k_test @ vectors, gain, projected)              # (T, N*, k)
@@ -275,6 +287,16 @@ class EnsemblePredictor:
 
     kind="ntk": every layer trained (Θ = the NTK); kind="nngp": only the readout trained (Θ = K),
     whose t = ∞ limit is the NNGP posterior K(x*,X) K⁻¹ y, K** − K(x*,X) K⁻¹ K(X,x*).
+
+    ``ridge`` (as neural-tangents' ``diag_reg``, a fraction r of the train kernel's mean diagonal):
+      kind="nngp": the NNGP train kernel becomes K + r·mean(diag K)·I in every term, the covariance
+        of the initial train outputs included. It is then observation noise of that variance, and at
+        t = ∞ mean and covariance are exactly :func:`gp_inference`'s with the same ridge; at finite t
+        it is the readout's gradient flow on the regularised kernel.
+      kind="ntk": the ridge is added to the NTK that drives training (Θ + r·mean(diag Θ)·I, which
+        slows the fast directions and damps the slow ones as in ridge regression), while the initial
+        outputs keep the unregularised NNGP K as their covariance: the ridge changes the dynamics,
+        not the prior over networks.
     """
 
     def __init__(self, kernels_train_train: Kernels, kernels_test_train: Kernels, nngp_test_test,
@@ -288,6 +310,8 @@ class EnsemblePredictor:
         self.y, self._vector_targets = _as_targets(y_train, n, "y_train")
         self._settings = (learning_rate, self.y.shape[1], ridge, discrete)
         self._spectra: Dict[str, _Spectrum] = {}
+        # the covariance of the initial train outputs, by kind (see the class docstring for the ridge)
+        self._prior_train = {"ntk": self._train["nngp"], "nngp": _add_ridge(self._train["nngp"], ridge)}
 
     def __call__(self, t: TimeLike, kind: str = "ntk") -> Tuple[Tensor, Tensor]:
         """(mean (N*, k), cov (N*, N*)) at time(s) t; a tensor t adds a leading time axis."""
@@ -302,7 +326,8 @@ class EnsemblePredictor:
         mean = response @ self.y
         k_cross = self._test["nngp"]
         cross = response @ k_cross.T                                            # A_t K(x*, X)ᵀ
-        cov = self._test_test + response @ self._train["nngp"] @ response.transpose(1, 2) - cross - cross.transpose(1, 2)
+        cov = (self._test_test + response @ self._prior_train[kind] @ response.transpose(1, 2)
+               - cross - cross.transpose(1, 2))
         if self._vector_targets:
             mean = mean.squeeze(-1)
         return (mean[0], cov[0]) if scalar else (mean, cov)
@@ -405,6 +430,17 @@ def _check_kernel(kernel, name: str, rows: Optional[int] = -1, cols: Optional[in
     return kernel
 
 
+def _add_ridge(kernel: Tensor, ridge: float) -> Tensor:
+    """K + ridge · mean(diag K) · I: the ridge is a fraction of the mean diagonal entry, as
+    neural-tangents' ``diag_reg``, so it means the same at every kernel scale."""
+    if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if not ridge:
+        return kernel
+    return kernel + ridge * kernel.diagonal().mean() * torch.eye(kernel.shape[0], dtype=kernel.dtype,
+                                                                 device=kernel.device)
+
+
 def _apply(matrix: Tensor, factors: Tensor, projected: Tensor) -> Tensor:
     """matrix (M, N) @ (factors_t ⊙ projected) for every t → (T, M, k), as one matrix product.
 
@@ -428,11 +464,12 @@ def _flatten_outputs(kernel: Tensor) -> Tensor:
 def _as_targets(values, n: int, name: str) -> Tuple[Tensor, bool]:
     """(n, k) float64 targets; also says whether they came as a vector (n,)."""
     values = torch.as_tensor(values).to(torch.float64)
+    given = tuple(values.shape)          # reported as passed, before a vector becomes a column
     vector = values.dim() == 1
     if vector:
         values = values.unsqueeze(1)
     if values.dim() != 2 or values.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) or ({n}, k), got {tuple(values.shape)}")
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, k), got {given}")
     if not bool(torch.isfinite(values).all()):
         raise ValueError(f"{name} has NaN or infinite entries")
     return values, vector

@@ -20,8 +20,12 @@ def _rel_max(a, b):
 @pytest.mark.parametrize("activation", CLOSED_FORMS)
 @pytest.mark.parametrize("parametrization", ["ntk", "standard"])
 def test_closed_form_equals_quadrature(activation, parametrization, rng):
-    # Two independent routes through the same recursion. 1e-8 (the issue's bound) holds with
-    # margin at the default degree: measured ~1e-15 (relu/abs), ~3e-9 (erf NTK), 1e-13 (sin).
+    # Two independent routes through the same recursion. The only error above float64 rounding is
+    # the quadrature's truncation at the default degree 20: kinks fall on its piece boundaries, so
+    # relu, abs, leaky_relu and identity agree to ~1e-15 (sin 3e-15), while erf's NTK is off by
+    # 2e-10 on these inputs and by up to 6e-9 over 20 other input draws. 1e-8 sits above that
+    # truncation and far below what a wrong formula gives (a missing term or constant changes
+    # entries by percents).
     x = random_inputs(10, 5, rng)
     spec = ArchSpec(depth=3, width=(16, 32, 8), activation=activation, sigma_w=1.5, sigma_b=0.1,
                     parametrization=parametrization)
@@ -174,3 +178,61 @@ def test_zero_input_without_bias_is_finite():
     x = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
     k = analytic_kernels(ArchSpec(depth=2, width=4, sigma_b=0.0), x)
     assert torch.isfinite(k.ntk).all() and k.ntk[0, 0] == 0 and k.ntk[0, 1] == 0
+
+
+def test_sin_kernel_stays_finite_at_large_variances():
+    """E[sin u sin v] = e^{−(q1+q2)/2} sinh(cov) overflows as inf·0 once cov passes ~710; the dual must not."""
+    import mpmath
+
+    act = get_activation("sin")
+    for q1, q2, rho in [(900.0, 900.0, 1.0), (900.0, 1100.0, 0.999), (800.0, 1000.0, -0.95), (2e4, 3e4, 0.5)]:
+        cov = rho * math.sqrt(q1 * q2)
+        e_phi, e_dphi = act.dual(*(torch.tensor(a, dtype=torch.float64) for a in (q1, q2, cov)))
+        with mpmath.workprec(200):          # the textbook formula, in arithmetic that cannot overflow
+            m = -(mpmath.mpf(q1) + q2) / 2
+            expected = (mpmath.exp(m) * mpmath.sinh(cov), mpmath.exp(m) * mpmath.cosh(cov))
+        for ours, reference in zip((e_phi, e_dphi), expected):
+            # both are one or two exponentials of float64 arguments of size ~1e3-1e4, whose rounding
+            # (~1e-13 absolute in the exponent) is the whole error
+            assert math.isfinite(ours.item())
+            assert ours.item() == pytest.approx(float(reference), rel=1e-11, abs=1e-300)
+    # and through a whole net: |x|²/d = 900 gave NaN before
+    x = 30.0 * torch.nn.functional.normalize(random_inputs(6, 4, torch.Generator().manual_seed(3)), dim=1) * 2.0
+    kernels = analytic_kernels(ArchSpec(depth=1, width=8, activation="sin", sigma_w=1.2), x)
+    assert torch.isfinite(kernels.nngp).all() and torch.isfinite(kernels.ntk).all()
+    # diagonal: σ_w² E[sin² u] = σ_w² (1 − e^{−2q})/2 = 1.44/2 to float64 at q = 1.44 · 900
+    assert kernels.nngp.diagonal().allclose(torch.full((6,), 1.44 * 0.5, dtype=torch.float64), rtol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["relu", "abs", "leaky_relu"])
+@pytest.mark.parametrize("parametrization, bias", [("standard", True), ("ntk", False), ("standard", False)])
+def test_zero_input_without_bias_agrees_with_finite_nets_and_quadrature(activation, parametrization, bias):
+    """x = 0 with σ_b = 0: every pre-activation is 0, so u = 0 almost surely and E[φ'(u)φ'(v)] = φ'(0)E[φ'(v)].
+
+    Under "standard" the biases stay trainable (they add 1 each to the NTK), so for relu only the
+    readout bias is seen through φ'(0) = 0: Θ(0, ·) = 1 exactly, in every finite net. The closed forms
+    once took ρ = 0 there and gave 1.676.
+    """
+    from ntklab import build_mlp, empirical_ntk
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.cat([torch.zeros(1, 5, dtype=torch.float64), random_inputs(3, 5, gen)])
+    spec = ArchSpec(depth=2, width=64, activation=activation, sigma_w=1.3, sigma_b=0.0, bias=bias,
+                    parametrization=parametrization)
+    closed = analytic_kernels(spec, x, method="closed_form")
+    quadrature = analytic_kernels(spec, x, method="quadrature")
+    # quadrature evaluates φ'(0) itself. Its error elsewhere (the other input's variance enters the
+    # leaky relu's E[φ'(v)]) is ~1e-11 at the default degree for these piecewise-linear φ, so 1e-9.
+    assert torch.allclose(closed.ntk[0], quadrature.ntk[0], rtol=1e-9, atol=1e-12)
+    assert torch.allclose(closed.nngp[0], quadrature.nngp[0], rtol=1e-9, atol=1e-12)
+    # For relu and abs (φ'(0) = 0) the zero input's entry is deterministic in a finite net too: no
+    # hidden unit passes a gradient, so a single net of any width gives it exactly, not up to O(1/√n).
+    # The leaky relu passes slope 0.01 of it: its random part is slope² = 1e-4 times an O(1/√64)
+    # fluctuation of a Gram sum, measured < 2e-5 relative; 1e-3 keeps a wide margin.
+    tolerance = 1e-12 if activation in ("relu", "abs") else 1e-3
+    for seed in (0, 1):
+        net = build_mlp(spec, 5, seed=seed, dtype=torch.float64)
+        empirical = empirical_ntk(net, x[:1])[0, 0]
+        assert torch.allclose(empirical, closed.ntk[0, 0], rtol=tolerance, atol=1e-14)
+    if activation == "relu" and parametrization == "standard" and bias:     # only the readout bias counts
+        assert closed.ntk[0, 0].item() == pytest.approx(1.0, abs=1e-14)
