@@ -38,6 +38,10 @@ class Activation:
     fn: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor], Tensor]
     dual: Optional[Dual] = None
+    precise_dual: Optional[Callable] = None
+    """The same closed form in mpmath: (q1, q2, cov) mpf numbers → (E[φ(u)φ(v)], E[φ'(u)φ'(v)]) at the
+    working precision of the caller's ``mpmath.workprec``; used by the boolean-cube spectra, whose
+    finite differences cancel ~d digits. None where ``dual`` is None."""
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.fn(x)
@@ -122,6 +126,45 @@ def _sin_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
     return (plus - minus) / 2.0, (plus + minus) / 2.0
 
 
+def _precise_leaky_relu_dual(slope: float, derivative_at_zero: float) -> Callable:
+    """:func:`_leaky_relu_dual` in mpmath (same formulas, same zero-variance convention)."""
+    def dual(q1, q2, cov):
+        import mpmath
+
+        a = mpmath.mpf(slope)
+        if q1 == 0 or q2 == 0:
+            mean_derivative = lambda q: mpmath.mpf(derivative_at_zero) if q == 0 else (1 + a) / 2
+            return mpmath.mpf(0), mean_derivative(q1) * mean_derivative(q2)
+        norm = mpmath.sqrt(q1 * q2)
+        rho = min(max(cov / norm, mpmath.mpf(-1)), mpmath.mpf(1))
+        theta = mpmath.acos(rho)
+        abs_abs = 2 / mpmath.pi * norm * (mpmath.sqrt(1 - rho * rho) + (mpmath.pi / 2 - theta) * rho)
+        return (((1 + a) / 2) ** 2 * cov + ((1 - a) / 2) ** 2 * abs_abs,
+                a + (1 - a) ** 2 * (mpmath.pi - theta) / (2 * mpmath.pi))
+
+    return dual
+
+
+def _precise_erf_dual(q1, q2, cov):
+    import mpmath
+
+    a = (1 + 2 * q1) * (1 + 2 * q2)
+    return 2 / mpmath.pi * mpmath.asin(2 * cov / mpmath.sqrt(a)), 4 / mpmath.pi / mpmath.sqrt(a - 4 * cov * cov)
+
+
+def _precise_identity_dual(q1, q2, cov):
+    import mpmath
+
+    return cov, mpmath.mpf(1)
+
+
+def _precise_sin_dual(q1, q2, cov):
+    import mpmath
+
+    damping = mpmath.exp(-(q1 + q2) / 2)
+    return damping * mpmath.sinh(cov), damping * mpmath.cosh(cov)
+
+
 def _relu_derivative(x: Tensor) -> Tensor:
     return (x > 0).to(x.dtype)
 
@@ -136,6 +179,7 @@ def leaky_relu(slope: float = 0.01) -> Activation:
         fn=lambda x: torch.where(x > 0, x, slope * x),
         derivative=lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope)),
         dual=_leaky_relu_dual(slope, derivative_at_zero=slope),
+        precise_dual=_precise_leaky_relu_dual(slope, derivative_at_zero=slope),
     )
 
 
@@ -185,13 +229,15 @@ def _silu_derivative(x: Tensor) -> Tensor:
 
 
 _REGISTRY: "dict[str, Callable[[], Activation]]" = {
-    "relu": lambda: Activation("relu", torch.relu, _relu_derivative, _leaky_relu_dual(0.0, derivative_at_zero=0.0)),
+    "relu": lambda: Activation("relu", torch.relu, _relu_derivative, _leaky_relu_dual(0.0, derivative_at_zero=0.0),
+                               _precise_leaky_relu_dual(0.0, derivative_at_zero=0.0)),
     "leaky_relu": lambda: leaky_relu(0.01),
-    "abs": lambda: Activation("abs", torch.abs, torch.sign, _leaky_relu_dual(-1.0, derivative_at_zero=0.0)),
+    "abs": lambda: Activation("abs", torch.abs, torch.sign, _leaky_relu_dual(-1.0, derivative_at_zero=0.0),
+                              _precise_leaky_relu_dual(-1.0, derivative_at_zero=0.0)),
     "erf": lambda: Activation(
-        "erf", torch.erf, lambda x: (2.0 / math.sqrt(math.pi)) * torch.exp(-x * x), _erf_dual),
-    "identity": lambda: Activation("identity", lambda x: x, torch.ones_like, _identity_dual),
-    "sin": lambda: Activation("sin", torch.sin, torch.cos, _sin_dual),
+        "erf", torch.erf, lambda x: (2.0 / math.sqrt(math.pi)) * torch.exp(-x * x), _erf_dual, _precise_erf_dual),
+    "identity": lambda: Activation("identity", lambda x: x, torch.ones_like, _identity_dual, _precise_identity_dual),
+    "sin": lambda: Activation("sin", torch.sin, torch.cos, _sin_dual, _precise_sin_dual),
     "tanh": lambda: Activation("tanh", torch.tanh, lambda x: 1.0 - torch.tanh(x) ** 2),
     "sigmoid": lambda: Activation("sigmoid", torch.sigmoid, _sigmoid_derivative),
     "softplus": lambda: Activation("softplus", torch.nn.functional.softplus, torch.sigmoid),

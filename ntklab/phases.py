@@ -38,8 +38,10 @@ import torch
 from torch import Tensor
 
 from ntklab.activations import Activation, ActivationLike, Dual, get_activation
-from ntklab.inputs import check_inputs
+from ntklab.tensor_checks import check_inputs
 from ntklab.kernels import Kernels, quadrature_dual
+from ntklab.kernels.analytic import input_state, mlp_kernels_by_depth
+from ntklab.layers.core import KernelOptions
 from ntklab.spec import ArchSpec, layer_scales
 
 DIVERGED = 1e100
@@ -316,9 +318,9 @@ def kernels_by_depth(spec: ArchSpec, x, max_depth: int) -> List[Kernels]:
     """The analytic kernels of ``spec`` at depths 1..max_depth on the rows of x (N, d): one pass.
 
     :func:`ntklab.analytic_kernels` per depth would cost O(max_depth²) layers, minutes at depth 100
-    for an activation integrated by quadrature. This runs the same recursion (its module docstring,
-    with the constants of :func:`ntklab.spec.layer_scales`) through the hidden layers once, applying
-    each depth's readout to the state after its last hidden layer; tests check every depth against
+    for an activation integrated by quadrature. This runs the same layer rules once through the
+    hidden layers (:func:`ntklab.kernels.analytic.mlp_kernels_by_depth`), applying each depth's
+    readout to the state after its last hidden layer; tests check every depth against
     :func:`ntklab.analytic_kernels`. Returns max_depth :class:`ntklab.Kernels` of (N, N) float64.
     """
     if not isinstance(max_depth, int) or isinstance(max_depth, bool) or max_depth < 1:
@@ -326,26 +328,14 @@ def kernels_by_depth(spec: ArchSpec, x, max_depth: int) -> List[Kernels]:
     if isinstance(spec.width, tuple):
         raise ValueError("kernels by depth need one width for every layer, not a tuple of widths")
     x, _ = check_inputs(x, dtype=torch.float64)
-    n_0 = x.shape[1]
-    hidden = layer_scales(replace(spec, depth=max_depth), n_0)[:-1]
-    dual = _dual(spec.act)
-
-    def layer(e_phi, e_dphi, ntk_in, scale) -> Kernels:
-        return Kernels(scale.weight_variance * e_phi + scale.bias_variance,
-                       scale.weight_variance * e_dphi * ntk_in + scale.weight_ntk_factor * scale.fan_in * e_phi
-                       + scale.bias_ntk_factor)
-
-    # the first layer reads the input kernel x·x'/n_0 (no input NTK), like a layer with E[φφ] = x·x'/n_0
-    input_dot = x @ x.T / n_0
-    state = layer(input_dot, torch.zeros_like(input_dot), torch.zeros_like(input_dot), hidden[0])
     out = []
-    for depth in range(1, max_depth + 1):
-        q = state.nngp.diagonal()
-        e_phi, e_dphi = dual(q[:, None], q[None, :], state.nngp)
-        readout = layer_scales(replace(spec, depth=depth), n_0)[-1]
-        out.append(layer(e_phi, e_dphi, state.ntk, readout))
-        if depth < max_depth:
-            state = layer(e_phi, e_dphi, state.ntk, hidden[depth])
+    state = input_state(x, x, False, KernelOptions())
+    for _, final in mlp_kernels_by_depth(spec, x.shape[1], range(1, max_depth + 1), state):
+        nngp, ntk = final.block.nngp, final.block.ntk
+        # as in analytic_kernels: the diagonal from the self pairs, whose ρ = 1 exactly
+        nngp.diagonal().copy_(final.diag1.nngp)
+        ntk.diagonal().copy_(final.diag1.ntk)
+        out.append(Kernels(nngp, ntk))
     return out
 
 

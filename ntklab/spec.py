@@ -5,7 +5,7 @@ A fully connected net with ``depth`` hidden layers of widths n_1..n_L, input dim
 
     z^l = weight_mult_l · W^l a^{l-1} + bias_mult_l · b^l,   W^l ~ N(0, weight_std_l²),  b^l ~ N(0, bias_std_l²)
 
-and the parametrization fixes the four constants (DESIGN.md):
+and the parametrization fixes the four constants (docs/design.md):
 
     "ntk":      weight_std = 1,             weight_mult = σ_w/√n_{l-1},  bias_std = 1,    bias_mult = σ_b
     "standard": weight_std = σ_w/√n_{l-1},  weight_mult = 1,             bias_std = σ_b,  bias_mult = 1
@@ -155,32 +155,53 @@ class LayerScale:
         return self.bias_mult ** 2 if self.has_bias else 0.0
 
 
+ROLES = ("input", "hidden", "readout")
+"""A parametrized layer's role: the first of a net ("input"), the last ("readout"), or any other."""
+
+
+def parameter_scale(parametrization: str, role: str, fan_in: int, fan_out: int, sigma_w: float, sigma_b: float,
+                    bias: bool) -> LayerScale:
+    """The constants of one parametrized layer (dense or conv): the one table of the module docstring.
+
+    Args:
+        parametrization: one of :data:`PARAMETRIZATIONS`.
+        role: one of :data:`ROLES`; a net with a single parametrized layer gives it "readout".
+        fan_in: inputs per output unit (n_{l-1} for dense, C_in·k_h·k_w for conv).
+        fan_out: output units (features or channels): the hidden width n of "mup"'s input layer.
+    """
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}, got {parametrization!r}")
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    sigma_b = sigma_b if bias else 0.0
+    if parametrization == "standard":
+        constants = (sigma_w / math.sqrt(fan_in), 1.0, sigma_b, 1.0)
+    elif parametrization == "mup" and role == "readout":
+        constants = (1.0 / math.sqrt(fan_in), sigma_w / math.sqrt(fan_in), 1.0, sigma_b)
+    elif parametrization == "mup" and role == "input":
+        constants = (1.0 / math.sqrt(fan_out), sigma_w * math.sqrt(fan_out / fan_in),
+                     1.0 / math.sqrt(fan_out), sigma_b * math.sqrt(fan_out))
+    elif parametrization == "mup":
+        constants = (sigma_w / math.sqrt(fan_in), 1.0, 1.0 / math.sqrt(fan_out), sigma_b * math.sqrt(fan_out))
+    elif parametrization == "meanfield" and role == "readout":
+        # bias multiplier σ_b/√n: its NTK term σ_b²/n is of the order of the rest of the O(1/n)
+        # kernel (with σ_b it would swamp it), so the bias trains on the same time scale
+        constants = (1.0, sigma_w / fan_in, 1.0, sigma_b / math.sqrt(fan_in))
+    else:  # "ntk", and the input layer of "meanfield"
+        constants = (1.0, sigma_w / math.sqrt(fan_in), 1.0, sigma_b)
+    return LayerScale(int(fan_in), int(fan_out), *constants, bool(bias))
+
+
 def layer_scales(spec: ArchSpec, in_dim: int) -> Tuple[LayerScale, ...]:
     """The L+1 dense layers of ``spec`` on inputs of dimension ``in_dim``, input layer first."""
     if not _is_int(in_dim) or in_dim < 1:
         raise ValueError(f"in_dim must be an integer >= 1, got {in_dim!r}")
     dims = (int(in_dim),) + spec.widths + (spec.out_dim,)
-    sigma_w, sigma_b = spec.sigma_w, (spec.sigma_b if spec.bias else 0.0)
-    scales = []
-    for layer, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:]), start=1):
-        readout = layer == len(dims) - 1
-        if spec.parametrization == "standard":
-            constants = (sigma_w / math.sqrt(fan_in), 1.0, sigma_b, 1.0)
-        elif spec.parametrization == "mup" and readout:
-            constants = (1.0 / math.sqrt(fan_in), sigma_w / math.sqrt(fan_in), 1.0, sigma_b)
-        elif spec.parametrization == "mup" and layer == 1:
-            constants = (1.0 / math.sqrt(fan_out), sigma_w * math.sqrt(fan_out / fan_in),
-                         1.0 / math.sqrt(fan_out), sigma_b * math.sqrt(fan_out))
-        elif spec.parametrization == "mup":
-            constants = (sigma_w / math.sqrt(fan_in), 1.0, 1.0 / math.sqrt(fan_out), sigma_b * math.sqrt(fan_out))
-        elif spec.parametrization == "meanfield" and readout:
-            # bias multiplier σ_b/√n: its NTK term σ_b²/n is of the order of the rest of the O(1/n)
-            # kernel (with σ_b it would swamp it), so the bias trains on the same time scale
-            constants = (1.0, sigma_w / fan_in, 1.0, sigma_b / math.sqrt(fan_in))
-        else:  # "ntk", and the input layer of "meanfield"
-            constants = (1.0, sigma_w / math.sqrt(fan_in), 1.0, sigma_b)
-        scales.append(LayerScale(fan_in, fan_out, *constants, spec.bias))
-    return tuple(scales)
+    last = len(dims) - 1
+    return tuple(parameter_scale(spec.parametrization,
+                                 "readout" if layer == last else ("input" if layer == 1 else "hidden"),
+                                 fan_in, fan_out, spec.sigma_w, spec.sigma_b, spec.bias)
+                 for layer, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:]), start=1))
 
 
 def _is_int(value: object) -> bool:
@@ -192,4 +213,5 @@ def _is_real(value: object) -> bool:
             and math.isfinite(float(value)))
 
 
-__all__ = ["ArchSpec", "LayerScale", "layer_scales", "PARAMETRIZATIONS", "ACTIVATION_NAMES"]
+__all__ = ["ArchSpec", "LayerScale", "layer_scales", "parameter_scale", "PARAMETRIZATIONS", "ROLES",
+           "ACTIVATION_NAMES"]

@@ -1,6 +1,6 @@
 """Spectra of the infinite-width kernels: by degree on the boolean cube and the sphere, and on data.
 
-Dot-product kernels. When every input has x·x/n_0 = 1 (DESIGN.md's first layer reads
+Dot-product kernels. When every input has x·x/n_0 = 1 (docs/design.md: the first layer reads
 Σ^0 = σ_w² x·x'/n_0 + σ_b²), every layer's NNGP and NTK between x and x' is one function
 
     K(x, x') = Φ(t),   t = x·x'/d   (d = n_0),
@@ -26,7 +26,7 @@ weights 2^{-d} C(d−k, b) C(k, a) sum to 1, each μ_k is off by at most the rou
 |error| ≤ 2^{-P} Φ(1) ≈ 2^{-(d+117)} Φ(1) by default, far below the μ_k of the cube's kernels (relu's
 smallest at d = 1000 is ~1e-304 ≈ 2^{-1009} Φ(1)). Values within that bound of 0 are returned
 as 0. High precision needs the activation's dual in closed form (relu, abs, leaky_relu, erf,
-identity, sin; see :func:`_precise_dual`): other activations raise ValueError, because their
+identity, sin; ``Activation.precise_dual``): other activations raise ValueError, because their
 quadrature is accurate to ~1e-10 only, which the differences would amplify beyond use.
 
 Sphere (spherical harmonics; Smola et al. 2001, Bach 2017 §D). For x uniform on the sphere of
@@ -147,12 +147,8 @@ def _cube_by_depth(spec: ArchSpec, d: int, depths: Sequence[int], kinds: Sequenc
 
 def boolean_cube_supported(activation) -> bool:
     """Whether :func:`boolean_cube_eigenvalues` can compute ``activation``'s spectra (a closed-form dual
-    with a high-precision twin: relu, abs, leaky_relu, erf, identity, sin)."""
-    try:
-        _precise_dual(get_activation(activation))
-    except ValueError:
-        return False
-    return True
+    with a high-precision twin, ``Activation.precise_dual``: relu, abs, leaky_relu, erf, identity, sin)."""
+    return get_activation(activation).precise_dual is not None
 
 
 def _cube_transform(phi, d: int, bits: int, log: bool) -> List[float]:
@@ -392,7 +388,7 @@ class Spectrum:
     eigenvectors: Tensor
 
     def eta_max(self, out_dim: int = 1) -> float:
-        """η_max = 2Nk/λ_max (DESIGN.md; :func:`ntklab.dynamics.max_learning_rate`)."""
+        """η_max = 2Nk/λ_max (docs/design.md; :func:`ntklab.dynamics.max_learning_rate`)."""
         return 2.0 * self.eigenvalues.numel() * out_dim / self.eigenvalues[0].item()
 
 
@@ -438,109 +434,30 @@ def empirical_spectrum(model: nn.Module, x, kind: str = "ntk", top: int = 5) -> 
 def _precise_profiles(spec: ArchSpec, d: int, depths: Sequence[int], working_bits: int):
     """{depth: (Σ, Θ)} of ``spec`` at each of ``depths``, each two lists of mpf: Φ at t_m = 1 − 2m/d, m = 0..d.
 
-    The recursion of :mod:`ntklab.kernels.analytic` with the constants of
-    :func:`ntklab.spec.layer_scales` (as exact binary values), at ``working_bits`` bits, for inputs
-    with x·x/d = 1; tests check it against :func:`kernel_profile` to float64 rounding. The hidden
-    layers of a depth-l net are the first l layers of the deepest one (same constants), so one pass
-    through them serves every depth; only the readout (whose constants may depend on the depth,
-    as under "mup") is applied once per depth.
+    The layer rules of :mod:`ntklab.layers` (the one recursion of :func:`ntklab.analytic_kernels`) on numpy
+    object arrays of mpmath numbers at ``working_bits`` bits, with the activation's high-precision dual
+    (``Activation.precise_dual``), for inputs with x·x/d = 1: the self pair's kernel starts at 1 and the
+    pair's at t. Tests check it against :func:`kernel_profile` to float64 rounding. One pass through the
+    hidden layers serves every depth (:func:`ntklab.kernels.analytic.mlp_kernels_by_depth`).
     """
     import mpmath
 
-    deepest = max(depths)
-    hidden = layer_scales(_with_depth(spec, deepest), d)[:-1]
-    readouts = {depth: layer_scales(_with_depth(spec, depth), d) for depth in depths}
-    for depth, scales in readouts.items():
-        if scales[:-1] != hidden[:depth]:     # a guard: layer_scales could one day depend on the depth
-            raise ValueError(f"the hidden layers of depth {depth} differ from those of depth {deepest}")
-    dual = _precise_dual(spec.act)
+    from ntklab.kernels.analytic import mlp_kernels_by_depth
+    from ntklab.layers.core import KernelOptions, KernelState, Part
+
+    if spec.act.precise_dual is None:
+        raise ValueError(f"activation {spec.act.name!r} has no closed-form dual with a high-precision twin; "
+                         "boolean-cube spectra support relu, abs, leaky_relu, erf, identity and sin")
     out = {}
     with mpmath.workprec(working_bits):
-        mpf = mpmath.mpf
-        t = [mpf(d - 2 * m) / d for m in range(d + 1)]
-
-        def constants(scale):
-            return (mpf(scale.weight_variance), mpf(scale.bias_variance),
-                    mpf(scale.weight_ntk_factor) * scale.fan_in, mpf(scale.bias_ntk_factor))
-
-        def first(scale):
-            """(Σ, Θ, q) of the first layer's output: the input kernel is t (and 1 on the diagonal)."""
-            w_var, b_var, w_ntk, b_ntk = constants(scale)
-            return [w_var * s + b_var for s in t], [w_ntk * s + b_ntk for s in t], w_var + b_var
-
-        def after(expectations, ntk, scale):
-            """(Σ, Θ, q) of a layer's output from E[φφ'], E[φ'φ'] of its input and the input NTK."""
-            (pairs, e_phi_q) = expectations
-            w_var, b_var, w_ntk, b_ntk = constants(scale)
-            return ([w_var * e_phi + b_var for e_phi, _ in pairs],
-                    [w_var * e_dphi * theta + w_ntk * e_phi + b_ntk for (e_phi, e_dphi), theta in zip(pairs, ntk)],
-                    w_var * e_phi_q + b_var)
-
-        if 0 in readouts:
-            out[0] = first(readouts[0][0])[:2]
-        if deepest == 0:
-            return out
-        nngp, ntk, q = first(hidden[0])                    # pre-activations of hidden layer 1
-        for layer in range(1, deepest + 1):
-            expectations = ([dual(q, cov) for cov in nngp], dual(q, q)[0])
-            if layer in readouts:
-                out[layer] = after(expectations, ntk, readouts[layer][-1])[:2]
-            if layer < deepest:
-                nngp, ntk, q = after(expectations, ntk, hidden[layer])
+        objects = lambda values, shape: np.array(values, dtype=object).reshape(shape)
+        t = [mpmath.mpf(d - 2 * m) / d for m in range(d + 1)]
+        self_pair = lambda: Part(objects([mpmath.mpf(1)], (1,)), objects([mpmath.mpf(0)], (1,)))
+        state = KernelState(Part(objects(t, (1, d + 1)), objects([mpmath.mpf(0)] * (d + 1), (1, d + 1))),
+                            self_pair(), self_pair(), (), False, KernelOptions(precise=True))
+        for depth, final in mlp_kernels_by_depth(spec, d, depths, state):
+            out[depth] = (list(final.block.nngp[0]), list(final.block.ntk[0]))
     return out
-
-
-def _precise_dual(act: Activation) -> Callable:
-    """The closed-form dual of ``act`` in mpmath for equal variances: (q, cov) → (E[φ(u)φ(v)], E[φ'(u)φ'(v)]).
-
-    The formulas are those of :mod:`ntklab.activations`; the family is picked by name (the
-    leaky slope is read off the float64 dual: E[φ'(u)φ'(v)] at ρ = −1 is the slope) and checked
-    against ``act.dual`` at a few points, so a mismatch raises instead of returning wrong spectra.
-    """
-    import mpmath
-
-    name = act.name
-    if act.dual is None or not (name in ("relu", "abs", "erf", "identity", "sin") or name.startswith("leaky_relu")):
-        raise ValueError(
-            f"activation {name!r} has no closed-form dual with a high-precision twin; boolean-cube spectra "
-            "support relu, abs, leaky_relu, erf, identity and sin")
-    if name in ("relu", "abs") or name.startswith("leaky_relu"):
-        one = torch.ones((), dtype=torch.float64)
-        slope = act.dual(one, one, -one)[1].item()
-
-        def dual(q, cov):
-            if q == 0:
-                rho = mpmath.mpf(0)
-            else:
-                rho = min(max(cov / q, mpmath.mpf(-1)), mpmath.mpf(1))
-            theta = mpmath.acos(rho)
-            sin_theta = mpmath.sqrt(1 - rho * rho)
-            abs_abs = 2 / mpmath.pi * q * (sin_theta + (mpmath.pi / 2 - theta) * rho)
-            e_phi = ((1 + mpmath.mpf(slope)) / 2) ** 2 * cov + ((1 - mpmath.mpf(slope)) / 2) ** 2 * abs_abs
-            e_dphi = slope + (1 - mpmath.mpf(slope)) ** 2 * (mpmath.pi - theta) / (2 * mpmath.pi)
-            return e_phi, e_dphi
-    elif name == "erf":
-        def dual(q, cov):
-            a = 1 + 2 * q
-            return (2 / mpmath.pi * mpmath.asin(2 * cov / a),
-                    4 / mpmath.pi / mpmath.sqrt(a * a - 4 * cov * cov))
-    elif name == "identity":
-        def dual(q, cov):
-            return cov, mpmath.mpf(1)
-    else:  # sin
-        def dual(q, cov):
-            damping = mpmath.exp(-q)
-            return damping * mpmath.sinh(cov), damping * mpmath.cosh(cov)
-
-    for q, rho in ((0.7, -0.9), (0.7, 0.35), (2.3, -0.2), (2.3, 0.97)):
-        reference = act.dual(*(torch.tensor(v, dtype=torch.float64) for v in (q, q, rho * q)))
-        with mpmath.workprec(80):
-            ours = dual(mpmath.mpf(q), mpmath.mpf(q) * mpmath.mpf(rho))
-        for mine, theirs in zip(ours, reference):
-            if abs(float(mine) - theirs.item()) > 1e-12 * max(1.0, abs(theirs.item())):
-                raise ValueError(f"activation {name!r}: its dual does not match the high-precision formula "
-                                 f"for its name (at q={q}, rho={rho}: {theirs.item()!r} vs {float(mine)!r})")
-    return dual
 
 
 # ----------------------------------------------------------------------------- checks

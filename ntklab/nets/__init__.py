@@ -1,5 +1,6 @@
-"""Finite networks built from an :class:`~ntklab.spec.ArchSpec`."""
+"""Finite networks: any :mod:`ntklab.layers` composition (:func:`build_net`) and the MLP of an ArchSpec."""
 
-from ntklab.nets.mlp import MLP, Dense, build_mlp
+from ntklab.layers.net import LayerModule, Net, build_net
+from ntklab.nets.mlp import MLP, build_mlp, mlp_layers
 
-__all__ = ["MLP", "Dense", "build_mlp"]
+__all__ = ["Net", "LayerModule", "build_net", "MLP", "build_mlp", "mlp_layers"]

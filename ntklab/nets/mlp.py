@@ -1,89 +1,60 @@
-"""Finite fully connected networks in the parametrizations of :mod:`ntklab.spec`.
+"""The fully connected net of an :class:`~ntklab.spec.ArchSpec`, as a composition of layers.
 
-Hidden layers l = 1..L and the readout L+1 compute (DESIGN.md)
+An ArchSpec is the short way to describe an MLP; :func:`mlp_layers` lowers it to
+
+    serial(dense(n_1), activation(φ), ..., dense(n_L), activation(φ), dense(k))
+
+so the finite net (:class:`MLP`), its analytic kernels and its structured empirical NTK come from
+the same :mod:`ntklab.layers` as any other architecture. Hidden layers l = 1..L and the readout
+compute (docs/design.md)
 
     z^l = weight_mult_l · W^l a^{l-1} + bias_mult_l · b^l,   a^0 = x,  a^l = φ(z^l),  f(x) = z^{L+1},
 
-with W, b drawn at the scales of :func:`ntklab.spec.layer_scales`. The trainable tensors are the
-raw W, b, so gradient descent and any empirical NTK see the parametrization as intended.
+with the constants of :func:`ntklab.spec.parameter_scale` for each layer's role.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ntklab.spec import ArchSpec, LayerScale, layer_scales
-
-
-class Dense(nn.Module):
-    """z = weight_mult · a Wᵀ + bias_mult · b for a batch a of shape (N, fan_in) → (N, fan_out)."""
-
-    def __init__(self, scale: LayerScale, weight: Tensor, bias: Optional[Tensor]):
-        super().__init__()
-        self.scale = scale
-        self.weight = nn.Parameter(weight)                 # (fan_out, fan_in)
-        self.bias = None if bias is None else nn.Parameter(bias)   # (fan_out,)
-
-    @property
-    def weight_mult(self) -> float:
-        return self.scale.weight_mult
-
-    @property
-    def bias_mult(self) -> float:
-        return self.scale.bias_mult
-
-    def forward(self, a: Tensor) -> Tensor:
-        z = nn.functional.linear(a, self.weight) * self.weight_mult
-        if self.bias is not None:
-            z = z + self.bias_mult * self.bias
-        return z
-
-    def extra_repr(self) -> str:
-        s = self.scale
-        return (f"fan_in={s.fan_in}, fan_out={s.fan_out}, weight_std={s.weight_std:.4g}, "
-                f"weight_mult={s.weight_mult:.4g}, bias={s.has_bias}")
+from ntklab import layers as nl
+from ntklab.layers.net import LayerModule, Net
+from ntklab.spec import ArchSpec
 
 
-class MLP(nn.Module):
+def mlp_layers(spec: ArchSpec) -> nl.Serial:
+    """The layers of ``spec``: L dense layers each followed by the activation, then the readout."""
+    layers = []
+    for width in spec.widths:
+        layers += [nl.dense(width, spec.sigma_w, spec.sigma_b, spec.bias, spec.parametrization), nl.activation(spec.act)]
+    layers.append(nl.dense(spec.out_dim, spec.sigma_w, spec.sigma_b, spec.bias, spec.parametrization))
+    return nl.serial(*layers)
+
+
+class MLP(Net):
     """The network of an :class:`~ntklab.spec.ArchSpec`: x (N, in_dim) → f(x) (N, out_dim).
 
     Attributes:
         spec: the architecture; ``activation``: its resolved Activation;
-        layers: ``nn.ModuleList`` of L+1 :class:`Dense` layers, input layer first.
+        layers: the L+1 dense :class:`~ntklab.layers.LayerModule` s, input layer first.
     """
 
     def __init__(self, spec: ArchSpec, in_dim: int, seed: int = 0, *, device=None,
                  dtype: torch.dtype = torch.float32):
-        super().__init__()
         if not isinstance(spec, ArchSpec):
             raise ValueError(f"spec must be an ntklab.ArchSpec, got {type(spec).__name__}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        if not isinstance(in_dim, int) or isinstance(in_dim, bool) or in_dim < 1:
+            raise ValueError(f"in_dim must be an integer >= 1, got {in_dim!r}")
+        super().__init__(mlp_layers(spec), (in_dim,), seed, device=device, dtype=dtype)
         self.spec = spec
-        self.in_dim = int(in_dim)
         self.activation = spec.act
-        # Draw in float64 on the CPU from one generator, then cast: the same seed gives the same
-        # network (up to rounding) on every device and dtype.
-        generator = torch.Generator().manual_seed(seed)
-        layers = []
-        for scale in layer_scales(spec, in_dim):
-            weight = torch.randn(scale.fan_out, scale.fan_in, generator=generator,
-                                 dtype=torch.float64) * scale.weight_std
-            bias = None
-            if scale.has_bias:
-                bias = torch.randn(scale.fan_out, generator=generator, dtype=torch.float64) * scale.bias_std
-            to = dict(device=device, dtype=dtype)
-            layers.append(Dense(scale, weight.to(**to), None if bias is None else bias.to(**to)))
-        self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = x
-        for layer in self.layers[:-1]:
-            h = self.activation.fn(layer(h))
-        return self.layers[-1](h)
+    @property
+    def layers(self) -> List[LayerModule]:
+        return self.parametrized_modules()
 
     def hidden(self, x: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
         """Layer inputs and pre-activations of one forward pass.

@@ -5,13 +5,16 @@
 
 Three ways to get Θ̂, equal up to rounding:
 
-* ``structured`` (ntklab MLPs only; DESIGN.md): with a^{l-1}(x) the input of layer l and
-  δ^l_i(x) = ∂f_i/∂z^l from one backward pass,
+* ``structured`` (ntklab nets: :func:`ntklab.build_net`, :func:`ntklab.build_mlp`; docs/design.md):
+  each parametrized layer's share from its input a(x) and δ(x) = ∂f/∂(its output), by the layer's own
+  Gram rule (:meth:`ntklab.layers.Layer.ntk_gram`); a dense layer's is
 
-      Θ̂(x, x')_{ij} = Σ_l [c_l · a^{l-1}(x)·a^{l-1}(x') + c'_l] · δ^l_i(x)·δ^l_j(x'),
+      [c · a(x)·a(x') + c'] · δ_i(x)·δ_j(x'),      c = weight_mult², c' = bias_mult²,
 
-  c_l = weight_mult², c'_l = bias_mult²; the readout's δ is the identity. Cost: one forward and
-  backward pass plus Gram matrices, O(N·P + N²·Σ n_l) — the Jacobian is never formed.
+  a conv layer's sums the same over pairs of positions. δ for every layer and output comes from one
+  batched backward pass (autograd from the k outputs to the recorded layer outputs); the Jacobian
+  is never formed. Cost: a forward and k backward passes plus Gram matrices, O(N·P + N²·Σ n_l) for
+  an MLP. A net holding a layer without a Gram rule falls back to ``jacobian`` under ``auto``.
 * ``jacobian``: ``torch.func.jacrev`` Jacobians J (N, k, P), contracted J1 J2ᵀ; any ``nn.Module``.
 * ``ntvp``: NTK-vector products Θ̂ v = J1 (J2ᵀ v) by ``torch.func.vjp`` then ``jvp``, applied to
   the basis vectors of the outputs on x2; any ``nn.Module``, never stores J.
@@ -30,8 +33,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from ntklab.inputs import check_inputs
-from ntklab.nets.mlp import MLP
+from ntklab.tensor_checks import check_inputs
+from ntklab.layers.dense import Dense
+from ntklab.layers.net import LayerModule, Net
 
 NTK_METHODS = ("auto", "structured", "jacobian", "ntvp")
 NNGP_METHODS = ("auto", "outputs", "readout")
@@ -46,8 +50,8 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
 
     Args:
         model: maps (N, d) to (N, k) or (N,); inputs are cast to its parameters' dtype and device.
-        method: "structured" (ntklab MLPs), "jacobian", "ntvp", or "auto" (structured where it applies,
-            else jacobian).
+        method: "structured" (ntklab nets whose layers all have a Gram rule), "jacobian", "ntvp", or
+            "auto" (structured where it applies, else jacobian).
         outputs: "mean" → (N1, N2), "trace" → (N1, N2), "full" → (N1, N2, k, k); see module docstring.
         memory_budget: bytes of working memory per chunk; inputs are split into row chunks to stay
             within it (the returned kernel itself is not counted).
@@ -59,10 +63,13 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
         raise ValueError(f"method must be one of {', '.join(NTK_METHODS)}, got {method!r}")
     _check_outputs(outputs)
     if method == "auto":
-        method = "structured" if isinstance(model, MLP) else "jacobian"
-    if method == "structured" and not isinstance(model, MLP):
-        raise ValueError(f"method='structured' needs an ntklab MLP (build_mlp), got {type(model).__name__}; "
-                         "use method='jacobian' or 'ntvp' for other modules")
+        method = "structured" if _has_structured_rule(model) else "jacobian"
+    if method == "structured" and not isinstance(model, Net):
+        raise ValueError(f"method='structured' needs an ntklab net (build_net, build_mlp), got "
+                         f"{type(model).__name__}; use method='jacobian' or 'ntvp' for other modules")
+    if method == "structured" and not _has_structured_rule(model):
+        missing = [leaf.describe() for leaf in model.root.leaves() if not leaf.layer.has_structured_ntk]
+        raise ValueError(f"method='structured': {', '.join(missing)} has no structured NTK rule; use method='jacobian'")
     params = _trainable(model)
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters; its NTK is zero")
@@ -72,7 +79,8 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
     n_params = sum(p.numel() for p in params.values())
     with torch.no_grad():
         if method == "structured":
-            row_bytes = itemsize * sum(s.fan_in + k * s.fan_out for s in (l.scale for l in model.layers))
+            row_bytes = itemsize * sum(_numel(m.node.in_shape) + k * _numel(m.node.out_shape)
+                                       for m in model.parametrized_modules())
             features: Callable = lambda x: _structured_features(model, x)
             block: Callable = lambda f1, f2: _structured_block(model, f1, f2, k, outputs)
         elif method == "jacobian":
@@ -94,8 +102,8 @@ def empirical_nngp(model: nn.Module, x1, x2=None, method: str = "auto", *,
 
     Methods:
         "outputs": Σ̂(x, x')_{ij} = f_i(x) f_j(x'), the outputs' inner product (any module).
-        "readout": for ntklab MLPs, the expectation of f_i(x) f_j(x') over the readout layer's
-            initialisation given the net's last hidden features a^L,
+        "readout": for ntklab nets that end with a dense layer, the expectation of f_i(x) f_j(x') over
+            the readout layer's initialisation given its input features a^L,
             Σ̂(x, x') = (σ_w² / n_L) a^L(x)·a^L(x') + σ_b²  (times δ_ij).
             Unbiased for the NNGP like "outputs", but its error falls like width^(-1/2) instead of
             staying O(1), so Monte Carlo averages converge to the limit.
@@ -108,13 +116,12 @@ def empirical_nngp(model: nn.Module, x1, x2=None, method: str = "auto", *,
     x1, x2 = _model_inputs(model, x1, x2)
     with torch.no_grad():
         if method == "readout":
-            if not isinstance(model, MLP):
-                raise ValueError("method='readout' needs an ntklab MLP; use method='outputs'")
-            readout = model.layers[-1].scale
-            a1 = model.hidden(x1)[0][-1]
-            a2 = a1 if x2 is None else model.hidden(x2)[0][-1]
-            kernel = (readout.weight_variance / readout.fan_in) * (a1 @ a2.T) + readout.bias_variance
-            return _identity_in_outputs(kernel, readout.fan_out, outputs)
+            readout = _readout_module(model)
+            a1 = _layer_input(model, readout, x1)
+            a2 = a1 if x2 is None else _layer_input(model, readout, x2)
+            scale = readout.scale
+            kernel = (scale.weight_variance / scale.fan_in) * (a1 @ a2.T) + scale.bias_variance
+            return _identity_in_outputs(kernel, scale.fan_out, outputs)
         f1 = model(x1).reshape(x1.shape[0], -1)                                 # (N1, k)
         f2 = f1 if x2 is None else model(x2).reshape(x2.shape[0], -1)
         if outputs == "full":
@@ -138,12 +145,13 @@ def _model_inputs(model: nn.Module, x1, x2) -> Tuple[Tensor, Optional[Tensor]]:
     reference = next(model.parameters(), None)
     dtype = None if reference is None else reference.dtype
     device = None if reference is None else reference.device
-    return check_inputs(x1, x2, in_dim=getattr(model, "in_dim", None), dtype=dtype, device=device)
+    return check_inputs(x1, x2, in_dim=getattr(model, "in_dim", None), in_shape=getattr(model, "in_shape", None),
+                        dtype=dtype, device=device)
 
 
 def _output_dim(model: nn.Module, x: Tensor) -> int:
-    if isinstance(model, MLP):
-        return model.spec.out_dim
+    if isinstance(model, Net):
+        return model.out_dim
     with torch.no_grad():
         out = model(x[:1])
     if out.dim() > 2 or out.shape[0] != 1:
@@ -203,43 +211,72 @@ def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[T
     return out
 
 
-def _structured_features(model: MLP, x: Tensor) -> List[Tuple[Tensor, Optional[Tensor]]]:
-    """Per layer l: (a^{l-1} (N, n_{l-1}), δ^l (N, k, n_l)); δ is None for the readout (identity)."""
-    inputs, preactivations = model.hidden(x)
-    layers = model.layers
-    deltas: List[Optional[Tensor]] = [None] * len(layers)
-    delta: Optional[Tensor] = None
-    for l in range(len(layers) - 2, -1, -1):
-        upstream = layers[l + 1]
-        if delta is None:       # δ^{L+1} = I_k: δ^L_i = mult · W^{L+1}_i ⊙ φ'(z^L)
-            back = (upstream.weight * upstream.weight_mult).unsqueeze(0)            # (1, k, n_l)
-        else:
-            back = torch.matmul(delta, upstream.weight) * upstream.weight_mult       # (N, k, n_l)
-        delta = back * model.activation.derivative(preactivations[l]).unsqueeze(1)  # (N, k, n_l)
-        deltas[l] = delta
-    return list(zip(inputs, deltas))
+def _has_structured_rule(model: nn.Module) -> bool:
+    return isinstance(model, Net) and all(leaf.layer.has_structured_ntk for leaf in model.root.leaves())
 
 
-def _structured_block(model: MLP, feats1, feats2, k: int, outputs: str) -> Tensor:
-    """Σ_l (c_l a1·a2 + c'_l) ⊙ (δ1·δ2) for one block, in the requested output mode."""
+def _numel(shape) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
+
+
+def _readout_module(model: nn.Module) -> LayerModule:
+    """The net's last layer when it is dense (the layer "readout" takes the expectation over)."""
+    if not isinstance(model, Net):
+        raise ValueError(f"method='readout' needs an ntklab net, got {type(model).__name__}; use method='outputs'")
+    last = list(model.root.leaves())[-1]
+    if not isinstance(last.layer, Dense):
+        raise ValueError(f"method='readout' needs a net that ends with a dense layer, this one ends with "
+                         f"{last.describe()}; use method='outputs'")
+    return model.parametrized_modules()[-1]
+
+
+def _layer_input(model: Net, module: LayerModule, x: Tensor) -> Tensor:
+    """The input ``module`` receives in a forward pass of ``model`` on x."""
+    seen = []
+    handle = module.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[-1].flatten(1)
+
+
+def _structured_features(model: Net, x: Tensor) -> List[Tuple[LayerModule, Tensor, Tensor]]:
+    """Per parametrized layer: (module, its input a (N, *in_shape), δ = ∂f/∂(its output) (N, k, *out_shape))."""
+    modules = model.parametrized_modules()
+    records: Dict[LayerModule, Tuple[Tensor, Tensor]] = {}
+    handles = [m.register_forward_hook(lambda mod, args, out: records.__setitem__(mod, (args[0].detach(), out)))
+               for m in modules]
+    try:
+        with torch.enable_grad():
+            f = model(x).reshape(x.shape[0], -1)                                        # (N, k)
+            n, k = f.shape
+            outputs = [records[m][1] for m in modules]
+            basis = torch.eye(k, dtype=f.dtype, device=f.device).unsqueeze(1).expand(k, n, k)   # e_i at every point
+            try:
+                deltas = torch.autograd.grad(f, outputs, grad_outputs=basis, is_grads_batched=True)
+            except RuntimeError:      # an op without a batching rule: one backward pass per output
+                per_output = [torch.autograd.grad(f, outputs, grad_outputs=basis[i], retain_graph=i < k - 1)
+                              for i in range(k)]
+                deltas = [torch.stack(parts) for parts in zip(*per_output)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(m, records[m][0], d.detach().transpose(0, 1)) for m, d in zip(modules, deltas)]   # δ: (N, k, ...)
+
+
+def _structured_block(model: Net, feats1, feats2, k: int, outputs: str) -> Tensor:
+    """Σ over parametrized layers of their Gram rules, in the requested output mode."""
+    full = outputs == "full"
     total = None
-    for layer, (a1, d1), (a2, d2) in zip(model.layers, feats1, feats2):
-        scale = layer.scale
-        gram = torch.mm(a1, a2.T).mul_(scale.weight_ntk_factor)                    # (b1, b2)
-        if scale.bias_ntk_factor:
-            gram.add_(scale.bias_ntk_factor)
-        if d1 is None:           # readout: δ·δ' = δ_ij
-            term = _identity_in_outputs(gram, k, outputs)
-        elif outputs == "full":
-            b1, b2 = d1.shape[0], d2.shape[0]
-            delta_gram = torch.mm(d1.reshape(b1 * k, -1), d2.reshape(b2 * k, -1).T)
-            term = gram[:, :, None, None] * delta_gram.reshape(b1, k, b2, k).permute(0, 2, 1, 3)
-        else:
-            delta_gram = torch.mm(d1.reshape(d1.shape[0], -1), d2.reshape(d2.shape[0], -1).T)
-            term = gram.mul_(delta_gram)
-            if outputs == "mean" and k > 1:
-                term = term.div_(k)
+    for (module, a1, d1), (_, a2, d2) in zip(feats1, feats2):
+        term = module.layer.ntk_gram(module, a1, d1, a2, d2, full)
         total = term if total is None else total.add_(term)
+    if outputs == "mean" and k > 1:
+        total = total.div_(k)
     return total
 
 

@@ -11,20 +11,24 @@ the relative error of the average falls like width^(-1/2) / √M.
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 
-from ntklab.inputs import check_inputs
+from ntklab.tensor_checks import check_inputs
 from ntklab.kernels.analytic import Kernels
-from ntklab.nets.mlp import build_mlp
+from ntklab.layers.core import Layer
+from ntklab.nets import build_mlp, build_net
 from ntklab.ntk.empirical import DEFAULT_MEMORY_BUDGET, empirical_nngp, empirical_ntk
 from ntklab.spec import ArchSpec
 
 
-def monte_carlo_kernels(spec: ArchSpec, x1, x2=None, *, n_samples: int = 16, seed: int = 0,
+def monte_carlo_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, n_samples: int = 16, seed: int = 0,
                         device=None, dtype: torch.dtype = torch.float64, ntk_method: str = "structured",
                         nngp_method: str = "readout",
                         memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Kernels:
-    """Average empirical NNGP and NTK (per output, "mean" mode) of ``n_samples`` nets of ``spec``.
+    """Average empirical NNGP and NTK (per output, "mean" mode) of ``n_samples`` nets of ``arch``
+    (an :mod:`ntklab.layers` composition or an ArchSpec), on vectors (N, d) or images (N, C, H, W).
 
     The nets are built in ``dtype`` on ``device``; the averages are returned in float64 with
     shape (N1, N2). ``nngp_method`` "readout" (default) or "outputs", see
@@ -35,7 +39,10 @@ def monte_carlo_kernels(spec: ArchSpec, x1, x2=None, *, n_samples: int = 16, see
     x1, x2 = check_inputs(x1, x2, dtype=dtype, device=device)
     nngp = ntk = None
     for m in range(n_samples):
-        net = build_mlp(spec, x1.shape[1], seed=seed + m, device=x1.device, dtype=dtype)
+        if isinstance(arch, ArchSpec):
+            net = build_mlp(arch, x1.shape[1], seed=seed + m, device=x1.device, dtype=dtype)
+        else:
+            net = build_net(arch, x1.shape[1:], seed=seed + m, device=x1.device, dtype=dtype)
         sample_nngp = empirical_nngp(net, x1, x2, method=nngp_method).to(torch.float64)
         sample_ntk = empirical_ntk(net, x1, x2, method=ntk_method,
                                    memory_budget=memory_budget).to(torch.float64)

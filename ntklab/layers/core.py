@@ -1,0 +1,354 @@
+"""What every layer shares: shapes, binding an architecture to an input, and the kernel state.
+
+An architecture is a tree of :class:`Layer` descriptions (``serial`` and ``residual`` hold
+children). Nothing in a description depends on the input: :func:`bind` walks the tree once for
+a given input shape and returns a tree of :class:`Node` s, each knowing its input and output
+shapes, its role ("input", "hidden", "readout" for parametrized layers, which fixes its
+parametrization constants through :func:`ntklab.spec.parameter_scale`) and whether the kernel
+rule needs the full spatial covariance of its input. The same bound tree serves the finite
+network (:mod:`ntklab.layers.net`) and the analytic kernels (:func:`propagate`).
+
+Kernel state. For image inputs (C, H, W) the NNGP and NTK of a pair of inputs are covariances
+over pairs of positions: a (H, W, H, W) array per pair when something downstream mixes
+positions (pooling), or only its spatial diagonal (H, W) when nothing does (conv, activation and
+layer norm map the diagonal to the diagonal; flatten reads only the diagonal), which costs
+O(H·W) per pair instead of O((H·W)²). Vectors have one number per pair.
+
+A :class:`KernelState` holds up to three :class:`Part` s that travel through the layers together:
+
+    block  the pairs (x1_i, x2_j) of a block, leading axes (b1, b2)
+    diag1  the pairs (x1_i, x1_i), leading axis (b1,)     — their spatial diagonal gives Var u
+    diag2  the pairs (x2_j, x2_j), leading axis (b2,)     — and Var v, for activations and layer norm
+
+so every layer sees the variances of its own input without a second pass. Arrays are float64
+torch tensors, or numpy object arrays of mpmath numbers for the high-precision recursion of
+:mod:`ntklab.spectra` (vector nets only); the rules use broadcasting arithmetic that works on both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ntklab.spec import LayerScale, parameter_scale
+
+Shape = Tuple[int, ...]
+"""A single input's shape: (d,) for vectors, (C, H, W) for images."""
+
+
+class Layer:
+    """A layer description. Subclasses override what applies to them.
+
+    ``parametrized`` layers own weights; they implement :meth:`init`, :meth:`ntk_gram` and
+    their parametrization constants come from :meth:`scale`.
+    """
+
+    name = "layer"
+    parametrized = False
+    needs_variances = False          # the kernel rule reads Var u, Var v of its input (activations, layer norm)
+
+    # -- shapes
+    def output_shape(self, in_shape: Shape) -> Shape:
+        return in_shape
+
+    def children(self) -> Sequence["Layer"]:
+        return ()
+
+    def full_input_needed(self, full_output_needed: bool) -> bool:
+        """Whether the kernel rule needs its input's covariance between different positions,
+        given whether its output's is needed downstream (pointwise layers pass it through)."""
+        return full_output_needed
+
+    def scale(self, in_shape: Shape, out_shape: Shape, role: str) -> Optional[LayerScale]:
+        return None
+
+    # -- finite network
+    def init(self, node: "Node", generator: torch.Generator) -> dict:
+        """Initial parameters, float64 on the CPU, drawn in a fixed order from ``generator``."""
+        return {}
+
+    def forward(self, module, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- infinite width
+    def kernel(self, node: "Node", state: "KernelState") -> "KernelState":
+        """The kernel rule applied to every part of the state (pair layout is transparent to it)."""
+        def apply(part: "Part", q1, q2) -> "Part":
+            return self.rule(node, part, q1, q2, state)
+        return state.map(apply, with_variances=self.needs_variances)
+
+    def rule(self, node: "Node", part: "Part", q1, q2, state: "KernelState") -> "Part":
+        raise ValueError(f"{node.describe()} has no infinite-width rule; analytic kernels cannot be computed "
+                         "for a net that contains it (its empirical kernels can)")
+
+    # -- structured empirical NTK
+    def ntk_gram(self, module, a1: Tensor, d1: Tensor, a2: Tensor, d2: Tensor, full: bool) -> Tensor:
+        """Σ_p ∂f_i(x)/∂θ_p ∂f_j(x')/∂θ_p over this layer's parameters, from its inputs a (b, *in_shape)
+        and δ = ∂f/∂(its output) (b, k, *out_shape): (b1, b2, k, k) if ``full``, else the sum over i = j
+        (b1, b2)."""
+        raise NotImplementedError
+
+    has_structured_ntk = True
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass
+class Node:
+    """A layer bound to an input shape (see module docstring)."""
+
+    layer: Layer
+    in_shape: Shape
+    out_shape: Shape
+    path: str                                  # position in the tree, e.g. "2" or "3.branch.0", for messages
+    scale: Optional[LayerScale] = None         # parametrized layers only
+    children: List["Node"] = field(default_factory=list)
+    full_in: bool = False                      # its kernel rule receives the full spatial covariance
+    full_out: bool = False                     # its output's full covariance is needed downstream
+
+    def describe(self) -> str:
+        return f"layer {self.path} ({self.layer.describe()})"
+
+    def leaves(self) -> Iterator["Node"]:
+        if not self.children:
+            yield self
+        for child in self.children:
+            yield from child.leaves()
+
+    def parametrized(self) -> List["Node"]:
+        return [leaf for leaf in self.leaves() if leaf.layer.parametrized]
+
+
+def bind(arch: Layer, in_shape: Shape) -> Node:
+    """Bind ``arch`` to inputs of shape ``in_shape``: shapes, roles and scales of every layer.
+
+    Raises ValueError naming the layer whose input does not fit it.
+    """
+    if not isinstance(arch, Layer):
+        raise ValueError(f"an architecture must be an ntklab.layers Layer (e.g. nl.serial(...)), got "
+                         f"{type(arch).__name__}")
+    in_shape = tuple(int(n) for n in in_shape)
+    if len(in_shape) not in (1, 3) or min(in_shape) < 1:
+        raise ValueError(f"inputs must be vectors (d,) or images (C, H, W) with positive sizes, got shape {in_shape}")
+    count = [0]
+    root = _bind(arch, in_shape, "0" if not arch.children() else "", count)
+    total = count[0]
+    if total == 0:
+        raise ValueError("the architecture has no dense or conv layer: it has nothing to train")
+    order = [0]
+
+    def assign_roles(node: Node) -> None:
+        if node.layer.parametrized:
+            index = order[0]
+            order[0] += 1
+            role = "readout" if index == total - 1 else ("input" if index == 0 else "hidden")
+            node.scale = node.layer.scale(node.in_shape, node.out_shape, role)
+        for child in node.children:
+            assign_roles(child)
+
+    assign_roles(root)
+    _annotate_spatial(root, full_output_needed=False)
+    return root
+
+
+def _bind(layer: Layer, in_shape: Shape, path: str, count: List[int]) -> Node:
+    if not isinstance(layer, Layer):
+        raise ValueError(f"layer {path or 0}: expected an ntklab.layers Layer, got {type(layer).__name__}")
+    from ntklab.layers.combinators import Residual, Serial
+
+    if isinstance(layer, Serial):
+        children, shape = [], in_shape
+        for i, child in enumerate(layer.layers):
+            node = _bind(child, shape, f"{path}.{i}" if path else str(i), count)
+            children.append(node)
+            shape = node.out_shape
+        return Node(layer, in_shape, shape, path or "net", children=children)
+    if isinstance(layer, Residual):
+        branch = _bind(layer.branch, in_shape, f"{path}.branch" if path else "branch", count)
+        if branch.out_shape != in_shape:
+            raise ValueError(f"layer {path} (residual): the branch maps {in_shape} to {branch.out_shape}; "
+                             "x + branch(x) needs the same shape (stride-1 'same' convs, as many channels out as in)")
+        return Node(layer, in_shape, in_shape, path, children=[branch])
+    try:
+        out_shape = layer.output_shape(in_shape)
+    except ValueError as err:
+        raise ValueError(f"layer {path} ({layer.describe()}): {err}") from None
+    if layer.parametrized:
+        count[0] += 1
+    return Node(layer, in_shape, tuple(out_shape), path)
+
+
+def _annotate_spatial(node: Node, full_output_needed: bool) -> bool:
+    """Set full_in/full_out on every node, output to input; returns node.full_in."""
+    from ntklab.layers.combinators import Residual, Serial
+
+    node.full_out = full_output_needed
+    if isinstance(node.layer, Serial):
+        need = full_output_needed
+        for child in reversed(node.children):
+            need = _annotate_spatial(child, need)
+        node.full_in = need
+    elif isinstance(node.layer, Residual):
+        node.full_in = _annotate_spatial(node.children[0], full_output_needed) or full_output_needed
+    else:
+        node.full_in = node.layer.full_input_needed(full_output_needed)
+    if len(node.in_shape) == 1:
+        node.full_in = False
+    return node.full_in
+
+
+# ----------------------------------------------------------------------------- kernel state
+
+@dataclass
+class Part:
+    """NNGP and NTK of a set of input pairs: leading pair axes, then the spatial axes (if any)."""
+
+    nngp: Any
+    ntk: Any
+
+    def clone(self) -> "Part":
+        copy = (lambda a: a.clone()) if isinstance(self.nngp, Tensor) else (lambda a: a.copy())
+        return Part(copy(self.nngp), copy(self.ntk))
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How activations' Gaussian expectations are computed: ``method`` "auto" | "closed_form" |
+    "quadrature", ``quadrature_degree``; ``precise`` selects the mpmath duals (object arrays)."""
+
+    method: str = "auto"
+    quadrature_degree: int = 20
+    precise: bool = False
+
+
+@dataclass
+class KernelState:
+    """The parts of module docstring, their spatial layout and the options of the rules.
+
+    spatial: () for vectors, else (H, W); full: the spatial axes are (H, W, H, W) rather than (H, W).
+    """
+
+    block: Optional[Part]
+    diag1: Part
+    diag2: Optional[Part]
+    spatial: Tuple[int, ...]
+    full: bool
+    options: KernelOptions
+
+    def parts(self):
+        return [(name, getattr(self, name)) for name in ("block", "diag1", "diag2") if getattr(self, name) is not None]
+
+    def map(self, fn: Callable[[Part, Any, Any], Part], with_variances: bool = False,
+            spatial: Optional[Tuple[int, ...]] = None, full: Optional[bool] = None) -> "KernelState":
+        """Apply ``fn(part, q1, q2)`` to every part. With ``with_variances``, q1 and q2 are the
+        variances Var u, Var v at each position, shaped to broadcast against the part's arrays."""
+        new = {}
+        for name, part in self.parts():
+            q1 = q2 = None
+            if with_variances:
+                q1, q2 = self.variances(name)
+            new[name] = fn(part, q1, q2)
+        return KernelState(new.get("block"), new["diag1"], new.get("diag2"),
+                           self.spatial if spatial is None else spatial, self.full if full is None else full,
+                           self.options)
+
+    def variances(self, name: str):
+        """(q1, q2) of part ``name``, broadcastable against its arrays (see :meth:`map`)."""
+        if name == "block":
+            q1 = _position_variances(self.diag1.nngp, self.spatial, self.full)
+            q2 = _position_variances((self.diag2 or self.diag1).nngp, self.spatial, self.full)
+            spatial_axes = len(self.spatial)
+            if self.full:     # (b1, 1, H, W, 1, 1) and (1, b2, 1, 1, H, W)
+                return (_reshape(q1, (q1.shape[0], 1) + q1.shape[1:] + (1,) * spatial_axes),
+                        _reshape(q2, (1, q2.shape[0]) + (1,) * spatial_axes + q2.shape[1:]))
+            return _reshape(q1, (q1.shape[0], 1) + q1.shape[1:]), _reshape(q2, (1, q2.shape[0]) + q2.shape[1:])
+        part = getattr(self, name)
+        q = _position_variances(part.nngp, self.spatial, self.full)
+        if self.full:         # (n, H, W, 1, 1) and (n, 1, 1, H, W)
+            return (_reshape(q, q.shape + (1,) * len(self.spatial)),
+                    _reshape(q, (q.shape[0],) + (1,) * len(self.spatial) + q.shape[1:]))
+        return q, q
+
+    def clone(self) -> "KernelState":
+        return KernelState(*(None if p is None else p.clone() for p in (self.block, self.diag1, self.diag2)),
+                           self.spatial, self.full, self.options)
+
+    def to_diagonal(self) -> "KernelState":
+        """Drop the covariances between different positions: (…, H, W, H, W) → (…, H, W)."""
+        if not self.full:
+            return self
+        return self.map(lambda part, q1, q2: Part(spatial_diagonal(part.nngp), spatial_diagonal(part.ntk)),
+                        full=False)
+
+
+def spatial_diagonal(kernel: Tensor) -> Tensor:
+    """(…, H, W, H, W) → (…, H, W): the entries at equal positions."""
+    h, w = kernel.shape[-2:]
+    flat = kernel.reshape(kernel.shape[:-4] + (h * w, h * w))
+    return flat.diagonal(dim1=-2, dim2=-1).reshape(kernel.shape[:-4] + (h, w))
+
+
+def _position_variances(nngp, spatial, full):
+    """Var at each position of the pairs (x, x) of a diagonal part: (n,) or (n, H, W)."""
+    return spatial_diagonal(nngp) if full else nngp
+
+
+def _reshape(array, shape):
+    return array.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- padding and windows
+
+PADDINGS = ("same", "valid")
+
+
+def window_padding(size: int, window: int, stride: int, padding: str) -> Tuple[int, int, int]:
+    """(left, right, output size) of a window sliding over ``size`` positions.
+
+    "valid": no padding, output ⌊(size − window)/stride⌋ + 1. "same" (TensorFlow's and
+    neural-tangents'): output ⌈size/stride⌉, total padding max((out − 1)·stride + window − size, 0),
+    its smaller half on the left.
+    """
+    if padding == "valid":
+        if window > size:
+            raise ValueError(f"a window of {window} does not fit {size} positions with padding 'valid'")
+        return 0, 0, (size - window) // stride + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_pair(value, name: str) -> Tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an integer or a pair of integers, got {value!r}")
+        return check_int(value[0], name), check_int(value[1], name)
+    value = check_int(value, name)
+    return value, value
+
+
+def check_real(value, name: str, minimum: float, strict: bool) -> float:
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def is_tensor(array) -> bool:
+    return isinstance(array, Tensor)
+
+
+__all__ = ["Layer", "Node", "bind", "Part", "KernelState", "KernelOptions", "Shape", "spatial_diagonal",
+           "window_padding", "PADDINGS"]

@@ -1,0 +1,282 @@
+"""Fully connected and convolutional layers: the two kinds that own weights.
+
+Both compute z = weight_mult · (W ⋆ a) + bias_mult · b with W, b drawn at weight_std, bias_std
+(constants of :func:`ntklab.spec.parameter_scale`, by parametrization and role), and share one
+kernel rule, the conv one averaging over the window's aligned offsets first:
+
+    Σ_out = σ_w²_eff · E_in + σ_b²_eff
+    Θ_out = σ_w²_eff · Θ_in + c · fan_in · E_in + c'
+
+with E_in the input's NNGP (x·x'/n_0, or Σ_c x_{c,s} x'_{c,s'}/C for the first layer; E[φ(u)φ(v)]
+after an activation), Θ_in its NTK (0 for the first layer), σ_w²_eff = (weight_std·weight_mult)²·fan_in,
+σ_b²_eff = (bias_std·bias_mult)², c = weight_mult², c' = bias_mult². Under "ntk" this is
+Θ = Σ + σ_w² Θ_in; under "standard" c·fan_in = fan_in and c' = 1 (the kernel grows with width).
+For conv (neural-tangents' convention), E_in and Θ_in at the output positions (s, s') are the
+means over the k_h·k_w offsets o of the input's at (stride·s + o, stride·s' + o), zero outside the
+input ("same" padding).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ntklab.layers.core import (PADDINGS, Layer, Node, Part, Shape, check_int, check_pair, check_real, is_tensor,
+                                window_padding)
+from ntklab.spec import PARAMETRIZATIONS, LayerScale, parameter_scale
+
+
+class _Parametrized(Layer):
+    parametrized = True
+
+    def __init__(self, sigma_w: float, sigma_b: float, bias: bool, parametrization: str, allowed=PARAMETRIZATIONS):
+        self.sigma_w = check_real(sigma_w, f"{self.name}: sigma_w", 0.0, strict=True)
+        self.sigma_b = check_real(sigma_b, f"{self.name}: sigma_b", 0.0, strict=False)
+        if not isinstance(bias, bool):
+            raise ValueError(f"{self.name}: bias must be True or False, got {bias!r}")
+        if parametrization not in allowed:
+            raise ValueError(f"{self.name}: parametrization must be one of {', '.join(allowed)}, got {parametrization!r}")
+        self.bias = bias
+        self.parametrization = parametrization
+
+    def _scale(self, fan_in: int, fan_out: int, role: str) -> LayerScale:
+        return parameter_scale(self.parametrization, role, fan_in, fan_out, self.sigma_w, self.sigma_b, self.bias)
+
+    def _draw(self, node: Node, weight_shape, generator: torch.Generator) -> dict:
+        scale = node.scale
+        params = {"weight": torch.randn(*weight_shape, generator=generator, dtype=torch.float64) * scale.weight_std}
+        if scale.has_bias:
+            params["bias"] = torch.randn(weight_shape[0], generator=generator, dtype=torch.float64) * scale.bias_std
+        return params
+
+    @staticmethod
+    def _affine_rule(scale: LayerScale, nngp, ntk) -> Part:
+        """The rule of the module docstring on (already offset-averaged) E_in and Θ_in."""
+        ntk_weight = scale.weight_ntk_factor * scale.fan_in
+        if is_tensor(ntk):
+            # ntk is the state's own array (never shared), so in place; nngp may be a recorded variance: not
+            ntk = ntk.mul_(scale.weight_variance).add_(nngp, alpha=ntk_weight).add_(scale.bias_ntk_factor)
+        else:
+            ntk = ntk * scale.weight_variance + nngp * ntk_weight + scale.bias_ntk_factor
+        return Part(scale.weight_variance * nngp + scale.bias_variance, ntk)
+
+    def _extra(self) -> str:
+        text = f"sigma_w={self.sigma_w:g}, sigma_b={self.sigma_b:g}"
+        if not self.bias:
+            text += ", bias=False"
+        if self.parametrization != "ntk":
+            text += f", {self.parametrization}"
+        return text
+
+
+class Dense(_Parametrized):
+    """z = weight_mult · a Wᵀ + bias_mult · b: (N, fan_in) → (N, out_dim). Vectors only."""
+
+    name = "dense"
+
+    def __init__(self, out_dim: int, sigma_w: float = 1.0, sigma_b: float = 0.0, bias: bool = True,
+                 parametrization: str = "ntk"):
+        self.out_dim = check_int(out_dim, "dense: out_dim")
+        super().__init__(sigma_w, sigma_b, bias, parametrization)
+
+    def describe(self) -> str:
+        return f"dense({self.out_dim}, {self._extra()})"
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 1:
+            raise ValueError(f"dense takes vectors, got inputs of shape {in_shape}; put flatten() or "
+                             "global_avg_pool() before it")
+        return (self.out_dim,)
+
+    def scale(self, in_shape: Shape, out_shape: Shape, role: str) -> LayerScale:
+        return self._scale(in_shape[0], self.out_dim, role)
+
+    def init(self, node: Node, generator: torch.Generator) -> dict:
+        return self._draw(node, (self.out_dim, node.in_shape[0]), generator)
+
+    def forward(self, module, a: Tensor) -> Tensor:
+        scale = module.node.scale
+        z = F.linear(a, module.weight) * scale.weight_mult
+        if module.bias is not None:
+            z = z + scale.bias_mult * module.bias
+        return z
+
+    def rule(self, node: Node, part: Part, q1, q2, state) -> Part:
+        return self._affine_rule(node.scale, part.nngp, part.ntk)
+
+    def ntk_gram(self, module, a1, d1, a2, d2, full: bool) -> Tensor:
+        """(c a·a' + c') (δ·δ'): a (b, fan_in), δ (b, k, out_dim)."""
+        scale = module.node.scale
+        gram = torch.mm(a1, a2.T).mul_(scale.weight_ntk_factor)                   # (b1, b2)
+        if scale.bias_ntk_factor:
+            gram.add_(scale.bias_ntk_factor)
+        return _times_delta_gram(gram, d1, d2, full)
+
+
+class Conv(_Parametrized):
+    """2-D convolution (cross-correlation, as torch's conv2d): (N, C_in, H, W) → (N, C_out, H', W')."""
+
+    name = "conv"
+
+    def __init__(self, out_channels: int, kernel_size, stride=1, padding: str = "same", sigma_w: float = 1.0,
+                 sigma_b: float = 0.0, bias: bool = True, parametrization: str = "ntk"):
+        self.out_channels = check_int(out_channels, "conv: out_channels (channels)")
+        self.kernel_size = check_pair(kernel_size, "conv: kernel_size")
+        self.stride = check_pair(stride, "conv: stride")
+        if padding not in PADDINGS:
+            raise ValueError(f"conv: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+        self.padding = padding
+        super().__init__(sigma_w, sigma_b, bias, parametrization, allowed=("ntk", "standard", "mup"))
+
+    def describe(self) -> str:
+        kh, kw = self.kernel_size
+        stride = "" if self.stride == (1, 1) else f", stride={self.stride[0] if self.stride[0] == self.stride[1] else self.stride}"
+        return f"conv({self.out_channels}, {kh}x{kw}{stride}, {self.padding}, {self._extra()})"
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 3:
+            raise ValueError(f"conv takes images (C, H, W), got inputs of shape {in_shape}")
+        _, (_, _, out_h), (_, _, out_w) = self._geometry(in_shape)
+        return (self.out_channels, out_h, out_w)
+
+    def _geometry(self, in_shape: Shape):
+        c, h, w = in_shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        try:
+            rows, cols = window_padding(h, kh, sh, self.padding), window_padding(w, kw, sw, self.padding)
+        except ValueError:
+            raise ValueError(f"the {kh}x{kw} kernel is larger than the {h}x{w} input with padding 'valid'") from None
+        return c, rows, cols
+
+    def scale(self, in_shape: Shape, out_shape: Shape, role: str) -> LayerScale:
+        kh, kw = self.kernel_size
+        return self._scale(in_shape[0] * kh * kw, self.out_channels, role)
+
+    def init(self, node: Node, generator: torch.Generator) -> dict:
+        return self._draw(node, (self.out_channels, node.in_shape[0]) + self.kernel_size, generator)
+
+    def _pad(self, node: Node) -> Tuple[int, int, int, int]:
+        _, (top, bottom, _), (left, right, _) = self._geometry(node.in_shape)
+        return left, right, top, bottom
+
+    def forward(self, module, x: Tensor) -> Tensor:
+        scale = module.node.scale
+        z = F.conv2d(F.pad(x, self._pad(module.node)), module.weight, stride=self.stride) * scale.weight_mult
+        if module.bias is not None:
+            z = z + scale.bias_mult * module.bias[:, None, None]
+        return z
+
+    def rule(self, node: Node, part: Part, q1, q2, state) -> Part:
+        pad = self._pad(node)
+        average = _offset_average_full if state.full else _offset_average_diagonal
+        return self._affine_rule(node.scale, average(part.nngp, self.kernel_size, self.stride, pad),
+                                 average(part.ntk, self.kernel_size, self.stride, pad))
+
+    def ntk_gram(self, module, a1, d1, a2, d2, full: bool) -> Tensor:
+        """c Σ_{s,s'} (patch_s(x)·patch_s'(x')) (δ_s(x)·δ_s'(x')) + c' (Σ_s δ_s(x))·(Σ_s' δ_s'(x')).
+
+        Two exact routes, whichever costs fewer operations for the block: the sum over position
+        pairs as written (cost b1·b2·S²·(F + k·C_out), S output positions, F = C_in·k_h·k_w), or
+        the layer's per-input weight gradients G = Σ_s δ_s ⊗ patch_s (k, C_out, F) formed in one
+        product from the same δ and patches and then contracted (b1·b2·k·C_out·F): the second
+        wins unless the output is only a few positions wide.
+        """
+        scale = module.node.scale
+        pad = self._pad(module.node)
+        p1, p2 = (F.unfold(F.pad(a, pad), self.kernel_size, stride=self.stride) for a in (a1, a2))   # (b, F, S)
+        e1, e2 = (d.flatten(3) for d in (d1, d2))                                               # (b, k, C, S)
+        b1, b2 = p1.shape[0], p2.shape[0]
+        k, channels, positions = e1.shape[1:]
+        features = p1.shape[1]
+        pairs_cost = positions * positions * (features + k * channels)
+        gradient_cost = k * channels * features * (k if full else 1) + (b1 + b2) * k * channels * features * positions / (b1 * b2)
+        if (_PREFER or ("gradients" if gradient_cost < pairs_cost else "pairs")) == "gradients":
+            g1 = torch.einsum("bkcs,bfs->bkcf", e1, p1).flatten(2)                              # (b1, k, C·F)
+            g2 = torch.einsum("bkcs,bfs->bkcf", e2, p2).flatten(2)
+            weights = _delta_gram(g1, g2, full).mul_(scale.weight_ntk_factor)
+        else:
+            patch_gram = torch.einsum("afs,bft->abst", p1, p2)                                 # (b1, b2, S, S)
+            if full:
+                delta = torch.einsum("aics,bjct->abijst", e1, e2)
+                weights = torch.einsum("abst,abijst->abij", patch_gram, delta)
+            else:
+                delta = torch.einsum("akcs,bkct->abst", e1, e2)
+                weights = (patch_gram * delta).sum((-2, -1))
+            weights = weights.mul_(scale.weight_ntk_factor)
+        if scale.bias_ntk_factor:
+            weights = weights.add_(_delta_gram(e1.sum(-1), e2.sum(-1), full), alpha=scale.bias_ntk_factor)
+        return weights
+
+
+_PREFER: Optional[str] = None
+"""Force one route of :meth:`Conv.ntk_gram` ("pairs" or "gradients"); None picks the cheaper. For tests."""
+
+
+def _delta_gram(d1: Tensor, d2: Tensor, full: bool) -> Tensor:
+    """δ1 (b1, k, n), δ2 (b2, k, n) → Σ_n δ1_i δ2_j (b1, b2, k, k), or its trace over i = j (b1, b2)."""
+    b1, k = d1.shape[:2]
+    b2 = d2.shape[0]
+    if full:
+        return torch.mm(d1.reshape(b1 * k, -1), d2.reshape(b2 * k, -1).T).reshape(b1, k, b2, k).permute(0, 2, 1, 3)
+    return torch.mm(d1.reshape(b1, -1), d2.reshape(b2, -1).T)
+
+
+def _times_delta_gram(gram: Tensor, d1: Tensor, d2: Tensor, full: bool) -> Tensor:
+    """gram (b1, b2) ⊙ (δ·δ'), in the output layout of :meth:`Layer.ntk_gram`."""
+    if full:
+        return gram[:, :, None, None] * _delta_gram(d1, d2, True)
+    return gram.mul_(_delta_gram(d1, d2, False))
+
+
+def _offset_average_diagonal(kernel: Tensor, window, stride, pad) -> Tensor:
+    """(…, H, W) → (…, H', W'): mean over the window's offsets of zero-padded entries."""
+    lead, (h, w) = kernel.shape[:-2], kernel.shape[-2:]
+    padded = F.pad(kernel.reshape(-1, 1, h, w), pad)
+    out = F.avg_pool2d(padded, window, stride)
+    return out.reshape(lead + out.shape[-2:])
+
+
+def _offset_average_full(kernel: Tensor, window, stride, pad) -> Tensor:
+    """(…, H, W, H, W) → (…, H', W', H', W'): K'(s1, s2) = mean_o K(stride·s1 + o, stride·s2 + o), zero padded.
+
+    Separable: the offsets along rows first (k_h strided slices), then along columns (k_w), so the
+    cost is (k_h + k_w) passes over the output, not k_h·k_w.
+    """
+    (kh, kw), (sh, sw) = window, stride
+    left, right, top, bottom = pad
+    lead = kernel.shape[:-4]
+    h, w = kernel.shape[-2:]
+    padded = F.pad(kernel.reshape((-1, h, w, h, w)), (left, right, top, bottom, left, right, top, bottom))
+    hp, wp = padded.shape[1], padded.shape[2]
+    out_h, out_w = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    rows = None
+    for dh in range(kh):
+        taken = slice(dh, dh + sh * (out_h - 1) + 1, sh)
+        piece = padded[:, taken, :, taken, :]
+        rows = piece.clone() if rows is None else rows.add_(piece)
+    out = None
+    for dw in range(kw):
+        taken = slice(dw, dw + sw * (out_w - 1) + 1, sw)
+        piece = rows[:, :, taken, :, taken]
+        out = piece.clone() if out is None else out.add_(piece)
+    out = out.div_(kh * kw)
+    return out.reshape(lead + out.shape[1:])
+
+
+def dense(out_dim: int, sigma_w: float = 1.0, sigma_b: float = 0.0, bias: bool = True,
+          parametrization: str = "ntk") -> Dense:
+    """A fully connected layer with ``out_dim`` outputs (see :class:`Dense`)."""
+    return Dense(out_dim, sigma_w, sigma_b, bias, parametrization)
+
+
+def conv(out_channels: int, kernel_size, stride=1, padding: str = "same", sigma_w: float = 1.0,
+         sigma_b: float = 0.0, bias: bool = True, parametrization: str = "ntk") -> Conv:
+    """A 2-D convolution with ``out_channels`` channels and a ``kernel_size`` window (see :class:`Conv`).
+
+    ``padding`` "same" (TensorFlow's: output ⌈size/stride⌉, zeros) or "valid"; ``parametrization``
+    "ntk", "standard" or "mup" (μP treats channels as the width).
+    """
+    return Conv(out_channels, kernel_size, stride, padding, sigma_w, sigma_b, bias, parametrization)
