@@ -49,11 +49,11 @@ def _train(cfg) -> Optional[Dict]:
 
 
 def _spectrum(cfg) -> Optional[Dict]:
-    return _run_app(cfg, "spectrum", "ntklab.analysis:run_spectrum")
+    return _run_app(cfg, "spectrum", "ntklab.commands.spectrum:run")
 
 
 def _phase(cfg) -> Optional[Dict]:
-    return _run_app(cfg, "phase", "ntklab.analysis:run_phase")
+    return _run_app(cfg, "phase", "ntklab.commands.phase:run")
 
 
 def _collect(args: List[str]) -> int:

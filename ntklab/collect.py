@@ -6,12 +6,13 @@ gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (
 ``initial.kernel_to_limit``, ``max.pred_gap_analytic``, ``fitted.kernel_change_step_exponent``,
 ``timing.per_step_s``, ``eta_max.analytic``, ...). Nothing is dropped silently:
 
-    ok, diverged, failed   as summary.json says (a failed run keeps its ``error``)
+    ok, diverged, failed   as summary.json says (``results.STATUSES``; a failed run keeps its ``error``)
     unfinished             no summary.json yet (running, killed, or waiting to resume): its last
                            metrics record fills the ``final.*`` columns and ``steps_done`` (as it
                            does for a failed run)
     skipped                a config.yaml, summary.json or metrics.jsonl that cannot be read (cut
-                           short, corrupt) is reported on stderr by path, and the run left out
+                           short, corrupt, a status none of the above) is reported on stderr by
+                           path, and the run left out
 
 The table goes to ``PATH/results.csv`` (the first PATH) unless ``--out`` says otherwise, and to
 ``.parquet`` beside it when pyarrow is installed. Its ``run_dir`` column is relative to the
@@ -69,6 +70,9 @@ def run_row(run_dir: Path) -> Dict[str, object]:
             summary = json.loads(summary_path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{summary_path}: cut short or corrupt ({err.msg} at line {err.lineno})") from None
+        if summary.get("status") not in results.STATUSES:
+            raise ValueError(f"{summary_path}: status {summary.get('status')!r} is not one of "
+                             f"{', '.join(results.STATUSES)}")
         row.update(results.flatten({k: v for k, v in summary.items() if k not in _NOT_COLUMNS}))
         if "final" in summary:
             return row

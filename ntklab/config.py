@@ -20,13 +20,15 @@ from typing import List, Optional
 from omegaconf import II, MISSING
 
 from ntklab.errors import ConfigError, check_choice
+from ntklab.quantities import OPTIONAL
 from ntklab.spec import ArchSpec
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 LR_UNITS = ("absolute", "eta_max", "eta_max_empirical")
 LR_WIDTH_SCALINGS = ("none", "inverse")
-QUANTITIES = ("param_drift", "kernel_change", "kernel_to_limit", "pred_gap_analytic", "pred_gap_linear")
+QUANTITIES = OPTIONAL                   # the choices of track.quantities (ntklab.quantities)
+PLOT_FORMATS = ("png", "pdf", "svg")    # of the spectrum and phase figures
 
 
 @dataclass
@@ -183,7 +185,15 @@ def validate(cfg) -> None:
 
 
 # ----------------------------------------------------------------------------- spectrum and phase
-# Their values are validated by ntklab.analysis (validate_spectrum, validate_phase).
+# Their values are validated by the commands (ntklab.commands.spectrum.validate, ntklab.commands.phase.validate).
+
+def check_plot_formats(formats) -> None:
+    """``plot_formats`` of the spectrum and phase configs: one or more of :data:`PLOT_FORMATS`."""
+    if not formats:
+        raise ConfigError("plot_formats", "must name at least one format", allowed=PLOT_FORMATS)
+    for name in formats:
+        check_choice("plot_formats", name, PLOT_FORMATS)
+
 
 @dataclass
 class SpectrumConfig:

@@ -2,7 +2,7 @@
 
 Mean-field maps (Poole et al. 2016, eqs. 3-5; Schoenholz et al. 2017, §2), for the pre-activation
 variance q of one input and the correlation c of two, in a deep net of weight variance σ_w² and
-bias variance σ_b² (DESIGN.md's recursion, Σ^l = σ_w² E[φ(u)φ(v)] + σ_b², read on the diagonal):
+bias variance σ_b² (the recursion of docs/design.md, Σ^l = σ_w² E[φ(u)φ(v)] + σ_b², read on the diagonal):
 
     length map        q ↦ σ_w² E[φ(√q z)²] + σ_b²,   z ~ N(0, 1),   fixed point q*
     correlation map   c ↦ (σ_w² E[φ(u)φ(v)] + σ_b²) / q*,   (u, v) ~ N(0, q* [[1, c], [c, 1]])
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,7 +42,7 @@ from ntklab.tensor_checks import check_inputs
 from ntklab.kernels import Kernels, quadrature_dual
 from ntklab.kernels.analytic import input_state, mlp_kernels_by_depth
 from ntklab.layers.core import KernelOptions
-from ntklab.spec import ArchSpec, layer_scales
+from ntklab.spec import ArchSpec
 
 DIVERGED = 1e100
 """A length-map iterate above this is taken as diverging (q* = inf)."""
@@ -112,7 +112,7 @@ def mean_field(activation: ActivationLike, sigma_w2, sigma_b2, *, q0=None, warmu
     Args:
         sigma_w2, sigma_b2: weight and bias variances, floats or tensors that broadcast.
         q0: the first layer's variance q^1; default σ_w² + σ_b², that of inputs with x·x/n_0 = 1
-            (Σ^0 = σ_w² x·x/n_0 + σ_b², DESIGN.md).
+            (Σ^0 = σ_w² x·x/n_0 + σ_b², docs/design.md).
 
     Method: ``warmup`` iterations of M from q0 (the depth recursion itself), then a bracket of
     M(q) − q: [q_l, U] with U grown 16-fold until M(U) < U when the iterates rise, [0, q_l] when they fall

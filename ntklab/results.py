@@ -15,12 +15,13 @@ Non-finite numbers (a diverged loss) are written as JSON ``null``, so every file
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import platform
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -30,7 +31,24 @@ SUMMARY = "summary.json"
 KERNELS = "kernels.pt"
 PREDICTIONS = "predictions.pt"
 CHECKPOINT = "checkpoint.pt"
-STATUSES = ("ok", "diverged", "failed")
+# summary.json's status; a run directory whose status is FINISHED is not run again
+OK, DIVERGED, FAILED = "ok", "diverged", "failed"
+STATUSES = (OK, DIVERGED, FAILED)
+FINISHED = (OK, DIVERGED)
+STOPPED = "stopped"     # returned by an invocation that ended at stop_after; never written (no summary yet)
+
+
+def environment(device="cpu", dtype: Optional[str] = None) -> Dict:
+    """What a result was computed with, for every command's summary and the benchmarks:
+    ``{"device", "device_name", ["dtype",] "versions": {"ntklab", "torch", "python"}}``."""
+    import ntklab
+
+    record = {"device": str(torch.device(device)), "device_name": device_name(device)}
+    if dtype is not None:
+        record["dtype"] = dtype
+    record["versions"] = {"ntklab": ntklab.__version__, "torch": torch.__version__,
+                          "python": platform.python_version()}
+    return record
 
 
 def device_name(device) -> str:
@@ -98,6 +116,16 @@ def save_torch(path: Path, obj) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+    _replace_atomically(Path(path), write)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Atomically write a table as CSV; floats as ``repr`` (every digit, so they read back exactly)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows([[repr(v) if isinstance(v, float) else v for v in row] for row in rows])
     _replace_atomically(Path(path), write)
 
 

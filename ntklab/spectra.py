@@ -54,16 +54,16 @@ import itertools
 import math
 import operator
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ntklab.activations import Activation, get_activation
+from ntklab.activations import get_activation
 from ntklab.kernels import Kernels, analytic_kernels
 from ntklab.ntk import empirical_nngp, empirical_ntk
-from ntklab.spec import ArchSpec, layer_scales
+from ntklab.spec import ArchSpec
 
 KINDS = ("nngp", "ntk")
 DOMAINS = ("boolean_cube", "sphere")

@@ -37,7 +37,7 @@ import torch
 
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
 from ntklab.dynamics import max_learning_rate, mse_predictor
-from ntklab.results import device_name
+from ntklab.results import environment
 
 DEPTH = 3
 IN_DIM = 32
@@ -206,8 +206,8 @@ def main() -> None:
         method, width, n = args.case[0], int(args.case[1]), int(args.case[2])
         print(json.dumps(run_case(method, width, n, args.device, dtype, args.repeats)))
         return
-    name = device_name(args.device)
-    print(f"torch {torch.__version__}, device {args.device} ({name}), "
+    env = environment(args.device, args.dtype)
+    print(f"torch {env['versions']['torch']}, device {env['device']} ({env['device_name']}), "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores")
     if not args.skip_empirical:
         rate = matmul_gflops(args.device, dtype)

@@ -25,7 +25,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from ntklab.config import register_configs
-from ntklab.results import device_name
+from ntklab.results import environment
 from ntklab.train import run
 
 
@@ -46,8 +46,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args()
-    name = device_name(args.device)
-    print(f"device: {args.device} ({name}), torch {torch.__version__}, {args.dtype}, {args.steps} steps, default log schedule\n")
+    env = environment(args.device, args.dtype)
+    print(f"device: {env['device']} ({env['device_name']}), torch {env['versions']['torch']}, {env['dtype']}, "
+          f"{args.steps} steps, default log schedule\n")
     print("| width | parameters | s/step | tracking s | tracking % | setup s | with setup % | wall s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for width in args.widths:

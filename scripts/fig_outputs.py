@@ -5,6 +5,8 @@
 One panel per width (one seed, ntk parametrization where present): every test output f_T(x*) of
 the network against the analytic NTK's prediction for the same step and initial outputs (from
 predictions.pt), with the diagonal and the RMS gap. The points close in on the diagonal as width grows.
+The panels' numbers are saved with the figure as STEM.json: {"panels": [{"width", "parametrization",
+"seed", "run_dir", "rms_gap", "n_points"}, ...]}.
 """
 
 from pathlib import Path
@@ -15,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from figure_common import arguments, finished_runs, one_seed  # noqa: E402
+from figure_common import arguments, finished_runs, one_seed, save_numbers  # noqa: E402
 from ntklab import results  # noqa: E402
 from ntklab.plots import save_figure  # noqa: E402
 
@@ -40,17 +42,21 @@ def main() -> None:
     if not saved_runs:
         raise SystemExit("no run in the table has an analytic prediction")
     fig, axes = plt.subplots(1, len(saved_runs), figsize=(3.3 * len(saved_runs), 3.4), squeeze=False)
+    panels = []
     for ax, (run, saved) in zip(axes[0], saved_runs):
         network, predicted = saved["f_final"].flatten(), saved["f_pred_analytic"].flatten()
         ax.plot(predicted, network, ".", markersize=3, alpha=0.6)
         low, high = float(min(network.min(), predicted.min())), float(max(network.max(), predicted.max()))
         ax.plot([low, high], [low, high], "k-", linewidth=0.8)
         gap = (network - predicted).pow(2).mean().sqrt().item()
+        panels.append({"width": int(run["model.width"]), "parametrization": run["model.parametrization"],
+                       "seed": int(run["seed"]), "run_dir": run["run_dir"], "rms_gap": gap, "n_points": network.numel()})
         ax.set(title=f"{run['model.parametrization']}, width {run['model.width']}: RMS gap {gap:.3g}",
                xlabel="NTK prediction f(x*)")
     axes[0][0].set_ylabel("network f_T(x*)")
     for path in save_figure(fig, args.out):
         print(path)
+    print(save_numbers(args.out, {"panels": panels}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""What the figure scripts share: their command line and the selection of runs from a table."""
+"""What the figure scripts share: their command line, the selection of runs from a table, and the
+numbers file each writes next to its figure.
+
+Every script saves STEM.png and STEM.pdf and, with :func:`save_numbers`, STEM.json: the numbers the
+figure shows (fitted exponents with their intervals, the plotted curves or gaps), so they can be
+read, compared and tested without reading pixels.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ntklab import results
 from ntklab.collect import read_table
-from ntklab.scaling import fit_with_bootstrap
+from ntklab.scaling import PowerLaw, fit_with_bootstrap
 
 
 def arguments(doc: str, name: str, extra=None) -> argparse.Namespace:
@@ -31,7 +38,7 @@ def finished_runs(path: Path) -> pd.DataFrame:
     table = read_table(path)
     if table.empty or "status" not in table:
         raise SystemExit(f"no runs in {path}")
-    runs = table[table["status"] == "ok"].copy()
+    runs = table[table["status"] == results.OK].copy()
     if runs.empty:
         raise SystemExit(f"no finished (status ok) runs in {path}; statuses: {table['status'].value_counts().to_dict()}")
     return runs
@@ -86,3 +93,19 @@ def plot_half_power_reference(ax, runs: pd.DataFrame, quantity: str) -> None:
     widths = np.geomspace(runs["model.width"].min(), runs["model.width"].max(), 50)
     anchor = runs.loc[runs["model.width"] == runs["model.width"].min(), quantity].median()
     ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", linewidth=1, label="width$^{-1/2}$")
+
+
+def fit_numbers(fit: PowerLaw) -> dict:
+    """A fitted power law as plain numbers: y ≈ prefactor · x^exponent, the exponent's bootstrap
+    interval [low, high] (null with one seed) and how many runs and seeds it rests on."""
+    return {"exponent": fit.exponent, "prefactor": fit.prefactor, "low": fit.low, "high": fit.high,
+            "n_points": fit.n_points, "n_groups": fit.n_groups}
+
+
+def save_numbers(stem: Path, numbers: dict) -> Path:
+    """Write ``numbers`` as STEM.json (strict JSON: NaN becomes null) and return its path."""
+    stem = Path(stem)
+    path = stem.with_name(f"{stem.name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results.write_json(path, numbers)
+    return path

@@ -11,17 +11,11 @@ import pytest
 import torch
 
 from ntklab import results
-from tests.conftest import start_ntklab
+from tests.helpers import ntklab
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["width=32", "data.n_train=16", "data.n_test=8", "data.dim=4", "optim.steps=20", "track.log_steps=5",
          "track.probe_size=8"]
-
-
-def ntklab(*args, cwd, wait=True):
-    """Run `python -m ntklab ARGS`: (stdout, stderr, exit code), or the running process if not ``wait``."""
-    process = start_ntklab(*args, cwd=cwd)
-    return process.communicate(timeout=300) + (process.returncode,) if wait else process
 
 
 def test_help_lists_the_subcommands(tmp_path):

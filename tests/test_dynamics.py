@@ -11,7 +11,7 @@ import torch
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
 from ntklab.dynamics import (ensemble_predictor, gp_inference, linearize, max_learning_rate, mse_loss,
                              mse_predictor)
-from tests.conftest import gradient_descent, random_inputs
+from tests.helpers import gradient_descent, random_inputs
 
 
 @pytest.fixture

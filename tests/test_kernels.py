@@ -8,7 +8,7 @@ import torch
 from ntklab import ArchSpec, analytic_kernels
 from ntklab.activations import get_activation, leaky_relu
 from ntklab.kernels import quadrature_dual
-from tests.conftest import random_inputs
+from tests.helpers import random_inputs
 
 CLOSED_FORMS = ["relu", "erf", "abs", "leaky_relu", "sin", "identity"]
 

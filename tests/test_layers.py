@@ -16,7 +16,6 @@ import torch
 
 from ntklab import ArchSpec, analytic_kernels, build_mlp, build_net, empirical_nngp, empirical_ntk
 from ntklab import layers as nl
-from ntklab.activations import get_activation
 from ntklab.kernels import quadrature_dual
 from ntklab.spec import layer_scales
 

@@ -13,7 +13,7 @@ from ntklab.activations import from_callable, get_activation
 from ntklab.phases import (chi_1, correlation_fixed_point, correlation_map, critical_line, depth_profile,
                            gaussian_moments, kernels_by_depth, mean_field, phase_diagram, spec_from_variances,
                            sphere_pair_and_points)
-from tests.conftest import start_ntklab, stop_all
+from tests.helpers import compose_config, start_ntklab, stop_all
 
 
 def test_relu_chi_1_is_exactly_one_at_the_edge():
@@ -179,22 +179,17 @@ def test_phase_command_writes_its_files(command_runs):
 
 
 def test_phase_config_values_are_checked():
-    from hydra import compose, initialize_config_module
-
-    from ntklab.analysis import validate_phase
-    from ntklab.config import register_configs
+    from ntklab.commands.phase import validate
     from ntklab.errors import ConfigError
 
-    register_configs()
     cases = {"activation=tanh": None, "activation=foo": "activation", "sigma_w2_range=[0,1]": "sigma_w2_range",
              "sigma_w2_range=[2,1]": "sigma_w2_range", "sigma_b2_range=[-1,1]": "sigma_b2_range",
              "max_depth=0": "max_depth", "frozen.sigma_b2=-1": "frozen.sigma_b2", "chaotic.sigma_w2=0": "chaotic.sigma_w2",
              "correlation=1": "correlation", "n_inputs=1": "n_inputs"}
-    with initialize_config_module(config_module="ntklab.configs", version_base="1.3"):
-        for override, field in cases.items():
-            cfg = compose("phase", overrides=[override])
-            if field is None:
-                validate_phase(cfg)
-                continue
-            with pytest.raises(ConfigError, match=f"^{field}:"):
-                validate_phase(cfg)
+    for override, field in cases.items():
+        cfg = compose_config("phase", [override])
+        if field is None:
+            validate(cfg)
+            continue
+        with pytest.raises(ConfigError, match=f"^{field}:"):
+            validate(cfg)

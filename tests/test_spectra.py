@@ -16,7 +16,7 @@ from ntklab.spectra import (analytic_spectrum, boolean_cube_eigenvalues, boolean
                             fractional_variance_by_depth, kernel_profile, kernel_spectrum, sphere_eigenvalues,
                             sphere_multiplicity)
 from ntklab.spectra import _precise_profiles
-from tests.conftest import start_ntklab, stop_all
+from tests.helpers import compose_config, start_ntklab, stop_all
 
 
 def cube(d):
@@ -261,25 +261,20 @@ def test_spectrum_command_writes_its_files(command_runs):
 
 
 def test_spectrum_config_values_are_checked():
-    from hydra import compose, initialize_config_module
-
-    from ntklab.analysis import validate_spectrum
-    from ntklab.config import register_configs
+    from ntklab.commands.spectrum import validate
     from ntklab.errors import ConfigError
 
-    register_configs()
     cases = {"kind=both": None, "kind=foo": "kind", "domain=torus": "domain", "d=0": "d", "max_depth=-1": "max_depth",
              "plot_degrees=[200]": "plot_degrees", "model.sigma_w=-1": "model.sigma_w",
              "domain=sphere,d=1": "d", "domain=sphere,max_degree=5,plot_degrees=[6]": "plot_degrees",
              "plot_formats=[gif]": "plot_formats"}
-    with initialize_config_module(config_module="ntklab.configs", version_base="1.3"):
-        for overrides, field in cases.items():
-            cfg = compose("spectrum", overrides=overrides.split(","))
-            if field is None:
-                validate_spectrum(cfg)
-                continue
-            with pytest.raises(ConfigError, match=f"^{field}:"):
-                validate_spectrum(cfg)
-        cfg = compose("spectrum", overrides=["parametrization=meanfield", "depth=1"])
-        with pytest.raises(ConfigError, match="^max_depth:.*max_depth=0"):
-            validate_spectrum(cfg)
+    for overrides, field in cases.items():
+        cfg = compose_config("spectrum", overrides.split(","))
+        if field is None:
+            validate(cfg)
+            continue
+        with pytest.raises(ConfigError, match=f"^{field}:"):
+            validate(cfg)
+    cfg = compose_config("spectrum", ["parametrization=meanfield", "depth=1"])
+    with pytest.raises(ConfigError, match="^max_depth:.*max_depth=0"):
+        validate(cfg)

@@ -1,8 +1,10 @@
-"""Sweeps: a real launcher sweep, collect over every kind of run directory, the figure scripts,
-power-law fits and the SLURM launcher's composed config."""
+"""Sweeps: a real launcher sweep, collect over every kind of run directory, the figure scripts (the
+numbers each saves with its figure, against independent fits and recomputed kernels, and the known
+exponents of a synthetic sweep), power-law fits and the SLURM launcher's composed config."""
 
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from ntklab import results
+from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk, results
 from ntklab.collect import collect, read_table, write_table
 from ntklab.scaling import fit_power_law, fit_with_bootstrap
 from ntklab.train import run
-from tests.test_cli import ntklab
-from tests.test_train import compose_train
+from ntklab.train.trainer import load_data
+from tests.helpers import compose_train, metrics, ntklab
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "data.n_train=16", "data.n_test=16", "data.dim=4", "optim.steps=30", "track.log_steps=6",
@@ -52,6 +55,9 @@ def test_collect_keeps_every_status_and_skips_corrupt_files(tmp_path, monkeypatc
     run(compose_train(TINY + ["width=32"]), sweep / "truncated")
     summary = (sweep / "truncated" / results.SUMMARY).read_text()
     (sweep / "truncated" / results.SUMMARY).write_text(summary[: len(summary) // 2])
+    (sweep / "unknown").mkdir()         # a summary whose status is none of results.STATUSES
+    (sweep / "unknown" / results.CONFIG).write_bytes((sweep / "ok" / results.CONFIG).read_bytes())
+    (sweep / "unknown" / results.SUMMARY).write_text(json.dumps({"status": "done", "final": {"step": 30}}))
     from ntklab.train import tracking
     measure = tracking.Tracker.measure
 
@@ -66,7 +72,8 @@ def test_collect_keeps_every_status_and_skips_corrupt_files(tmp_path, monkeypatc
     table, skipped = collect([sweep], report=report)
     by_dir = {Path(r).name: s for r, s in zip(table["run_dir"], table["status"])}
     assert by_dir == {"ok": "ok", "diverged": "diverged", "unfinished": "unfinished", "failed": "failed"}
-    assert [p.name for p, _ in skipped] == ["truncated"]
+    assert [p.name for p, _ in skipped] == ["truncated", "unknown"]
+    assert "status 'done' is not one of ok, diverged, failed" in skipped[1][1]
     assert str(sweep / "truncated" / results.SUMMARY) in report.getvalue()
     failed = table[table["status"] == "failed"].iloc[0]
     assert "boom" in failed["error"] and failed["final.step"] == 0     # it failed measuring step 1
@@ -115,18 +122,154 @@ def small_sweep(tmp_path_factory):
     return {"sweep": sweep, "circle": circle, "alpha": lazy}
 
 
-@pytest.mark.parametrize("script", ["fig_scaling", "fig_init_error", "fig_training_curves", "fig_outputs",
-                                    "fig_circle", "fig_regimes"])
-def test_figure_script_draws_from_a_small_sweep(small_sweep, script, tmp_path):
-    table = small_sweep["circle" if script == "fig_circle" else "sweep"] / "results.csv"
-    stem = tmp_path / script
-    extra = ["--alpha", str(small_sweep["alpha"] / "results.csv")] if script == "fig_regimes" else []
+def draw(script, table, out_dir, *extra):
+    """Run scripts/SCRIPT.py on ``table``; check the PNG and PDF and return the numbers it saved
+    with them (STEM.json)."""
+    stem = out_dir / script
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), str(table),
                            "--out", str(stem), *extra], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     png = stem.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000      # an empty axes alone is ~5 kB
     assert stem.with_suffix(".pdf").stat().st_size > 1000
+    return json.loads(stem.with_suffix(".json").read_text())
+
+
+def least_squares(x, y):
+    """The log-log fit y ≈ C·x^p by its closed form: p = Σ dx·dy / Σ dx², C = exp(mean ln y − p mean ln x)."""
+    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
+    dx = lx - lx.mean()
+    slope = float(dx @ (ly - ly.mean()) / (dx @ dx))
+    return slope, float(np.exp(ly.mean() - slope * lx.mean()))
+
+
+def assert_fit_is(fit, x, y, n_groups):
+    slope, prefactor = least_squares(x, y)
+    assert fit["exponent"] == pytest.approx(slope, rel=1e-9, abs=1e-12)
+    assert fit["prefactor"] == pytest.approx(prefactor, rel=1e-9)
+    assert fit["n_points"] == len(x) and fit["n_groups"] == n_groups
+    assert fit["low"] <= fit["exponent"] <= fit["high"]
+
+
+def ok_runs(table_path):
+    table = read_table(table_path)
+    return table[table["status"] == "ok"]
+
+
+@pytest.mark.parametrize("script, quantities", [
+    ("fig_scaling", ["final.kernel_change", "final.param_drift", "final.kernel_to_limit"]),
+    ("fig_init_error", ["initial.kernel_to_limit"])])
+def test_width_figures_show_the_fits_of_the_table(small_sweep, script, quantities, tmp_path):
+    table = small_sweep["sweep"] / "results.csv"
+    numbers = draw(script, table, tmp_path)
+    runs = ok_runs(table)
+    assert set(numbers["fits"]) == set(quantities)
+    for quantity in quantities:
+        assert set(numbers["fits"][quantity]) == {"ntk", "standard"}
+        for parametrization, fit in numbers["fits"][quantity].items():
+            rows = runs[runs["model.parametrization"] == parametrization]
+            assert_fit_is(fit, rows["model.width"], rows[quantity], n_groups=2)      # widths 16, 64 × seeds 0, 1
+
+
+def test_regimes_figure_shows_the_fits_of_both_tables(small_sweep, tmp_path):
+    alpha_table = small_sweep["alpha"] / "results.csv"
+    numbers = draw("fig_regimes", small_sweep["sweep"] / "results.csv", tmp_path, "--alpha", str(alpha_table))
+    runs, lazy = ok_runs(small_sweep["sweep"] / "results.csv"), ok_runs(alpha_table)
+    for parametrization, fit in numbers["width_fits"].items():
+        rows = runs[runs["model.parametrization"] == parametrization]
+        assert_fit_is(fit, rows["model.width"], rows["final.kernel_change"], n_groups=2)
+    for name in ("final.kernel_change", "final.pred_gap_linear"):
+        assert_fit_is(numbers["alpha_fits"][name], lazy["model.alpha"], lazy[name], n_groups=2)    # α = 1, 4
+        means = numbers["alpha_means"][name]
+        assert means["alpha"] == [1.0, 4.0]
+        assert means["mean"] == pytest.approx([lazy.loc[lazy["model.alpha"] == a, name].mean() for a in (1, 4)],
+                                              rel=1e-12)
+
+
+def test_training_curves_figure_shows_each_width_of_one_seed(small_sweep, tmp_path):
+    numbers = draw("fig_training_curves", small_sweep["sweep"] / "results.csv", tmp_path)
+    assert numbers["parametrization"] == "ntk" and numbers["seed"] == 0
+    assert [c["width"] for c in numbers["curves"]] == [16, 64]
+    for curve in numbers["curves"]:
+        run_dir = Path(curve["run_dir"])
+        config = yaml.safe_load((run_dir / results.CONFIG).read_text())
+        assert (config["model"]["width"], config["seed"], config["parametrization"]) == (curve["width"], 0, "ntk")
+        records = [r for r in metrics(run_dir) if r["step"] >= 1]
+        assert curve["step"] == [r["step"] for r in records]
+        for name in ("train_loss", "test_loss", "pred_train_loss_analytic", "pred_test_loss_analytic"):
+            assert curve[name] == [r[name] for r in records], name
+
+
+def test_outputs_figure_shows_the_gap_the_run_measured(small_sweep, tmp_path):
+    numbers = draw("fig_outputs", small_sweep["sweep"] / "results.csv", tmp_path)
+    assert [(p["width"], p["parametrization"], p["seed"]) for p in numbers["panels"]] == [(16, "ntk", 0), (64, "ntk", 0)]
+    for panel in numbers["panels"]:
+        # the script's RMS gap from predictions.pt; the run's pred_gap_analytic from its tracker, in memory
+        final = json.loads((Path(panel["run_dir"]) / results.SUMMARY).read_text())["final"]
+        assert panel["rms_gap"] == pytest.approx(final["pred_gap_analytic"], rel=1e-9)
+        assert panel["n_points"] == 16
+
+
+def test_circle_figure_shows_the_kernel_rows_and_their_limit(small_sweep, tmp_path):
+    numbers = draw("fig_circle", small_sweep["circle"] / "results.csv", tmp_path)
+    n_test = 32
+    assert numbers["gamma"] == pytest.approx([2 * math.pi * j / n_test for j in range(n_test)], rel=1e-15)
+    assert [c["width"] for c in numbers["curves"]] == [16, 64]
+    cfg = compose_train(TINY + ["data=circle", f"data.n_test={n_test}", "width=16"])
+    data = load_data(cfg.data)
+    spec = ArchSpec(depth=2, width=16, activation="relu")
+    # the limit Θ(x_0, x(γ)) recomputed from the data set (the analytic NTK does not depend on width);
+    # the run took it in float64 from its float32 copy of the inputs, hence agreement to ~1e-7, not 1e-15
+    limit = analytic_kernels(spec, data.x_test[:1], data.x_test).ntk[0]
+    assert numbers["limit"] == pytest.approx(limit.tolist(), rel=1e-6)
+    for curve in numbers["curves"]:
+        # the initial row: the seed's float32 net rebuilt here, its kernel by the Jacobian contraction
+        net = build_mlp(ArchSpec(depth=2, width=curve["width"], activation="relu"), in_dim=2, seed=curve["seed"])
+        x = data.x_test.float()
+        expected = empirical_ntk(net, x[:1], x, method="jacobian")[0].double()
+        torch.testing.assert_close(torch.tensor(curve["init"], dtype=torch.float64), expected, rtol=1e-5, atol=1e-6)
+        assert curve["final"] != curve["init"]          # trained: the row moved
+
+
+KNOWN = {"ntk": -0.5, "standard": -0.3}     # exponents of the synthetic sweep against width
+LAZY = {"final.kernel_change": -1.0, "final.pred_gap_linear": -2.0}     # and against α ≥ 1
+
+
+def synthetic_tables(folder):
+    """A width sweep and an α sweep whose quantities follow known power laws (log-normal noise of
+    0.05, seeded): 2 parametrizations × 7 widths × 4 seeds, and α in {0.25, 0.5, 1, ..., 16} × 4
+    seeds at width 32, flat below α = 1 so that a fit including α < 1 would miss the exponent."""
+    rng = np.random.default_rng(11)
+    noise = lambda: float(np.exp(0.05 * rng.standard_normal()))
+    rows = [{"run_dir": f"{p}-{w}-{s}", "status": "ok", "model.parametrization": p, "model.width": int(w), "seed": s,
+             **{q: c * float(w) ** exponent * noise() for q, c in (("final.kernel_change", 2.0), ("final.param_drift", 0.5),
+                                                                   ("final.kernel_to_limit", 1.0),
+                                                                   ("initial.kernel_to_limit", 1.5))}}
+            for p, exponent in KNOWN.items() for s in range(4) for w in 16 * 2 ** np.arange(7)]
+    lazy = [{"run_dir": f"alpha-{a}-{s}", "status": "ok", "model.parametrization": "ntk", "model.width": 32, "seed": s,
+             "model.alpha": a, **{q: 0.3 * max(a, 1.0) ** exponent * noise() for q, exponent in LAZY.items()}}
+            for a in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0) for s in range(4)]
+    folder.mkdir()
+    pd.DataFrame(rows).to_csv(folder / "sweep.csv", index=False)
+    pd.DataFrame(lazy).to_csv(folder / "alpha.csv", index=False)
+    return folder / "sweep.csv", folder / "alpha.csv"
+
+
+def test_fitting_figures_recover_the_exponents_of_a_synthetic_sweep(tmp_path):
+    sweep, alpha = synthetic_tables(tmp_path / "tables")
+    scaling = draw("fig_scaling", sweep, tmp_path)
+    init_error = draw("fig_init_error", sweep, tmp_path)
+    regimes = draw("fig_regimes", sweep, tmp_path, "--alpha", str(alpha))
+    # 28 points per fit with ln-width spread 1.4 and noise 0.05: the slope's standard error is ≈ 0.007,
+    # so 0.03 is four of them; the bootstrap over 4 seeds must cover the truth
+    fits = [(fit, KNOWN[p]) for table in (scaling["fits"], init_error["fits"], {"": regimes["width_fits"]})
+            for by_parametrization in table.values() for p, fit in by_parametrization.items()]
+    fits += [(regimes["alpha_fits"][name], exponent) for name, exponent in LAZY.items()]
+    assert len(fits) == 3 * 2 + 2 + 2 + 2
+    for fit, exponent in fits:
+        assert fit["exponent"] == pytest.approx(exponent, abs=0.03)
+        assert fit["low"] < exponent < fit["high"] and fit["high"] - fit["low"] < 0.1
+    assert regimes["alpha_fits"]["final.kernel_change"]["n_points"] == 5 * 4       # α ≥ 1 only
 
 
 def test_slurm_launcher_config_composes(tmp_path):

@@ -11,29 +11,16 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
 from ntklab import results
-from ntklab.config import register_configs
 from ntklab.dynamics import linearize, mse_loss
 from ntklab.errors import ConfigError
 from ntklab.train import log_schedule, run
 from ntklab.train.trainer import load_data
-from tests.conftest import gradient_descent
+from tests.helpers import compose_train, gradient_descent, metrics
 
 SMALL = ["device=cpu", "width=64", "data.n_train=32", "data.n_test=16", "data.dim=5", "optim.steps=40",
          "track.log_steps=8", "track.probe_size=16", "track.progress=false", "track.plots=false"]
-
-
-def compose_train(overrides):
-    register_configs()
-    with initialize_config_module(config_module="ntklab.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def metrics(run_dir):
-    return results.read_metrics(run_dir / results.METRICS)
 
 
 def test_log_schedule_is_log_spaced_and_bounded():

@@ -5,8 +5,9 @@ those of its output (see :mod:`ntklab.layers.dense`, ``.elementwise``, ``.poolin
 ``.combinators`` and docs/design.md). This module starts it and runs it in blocks:
 
     input kernel   x·x'/n_0 (vectors) or Σ_c x_{c,s} x'_{c,s'}/C over positions (images), NTK 0
-    then every layer's rule, on the pairs (x1_i, x2_j) of a block together with the pairs
-    (x1_i, x1_i), (x2_j, x2_j) whose spatial diagonal gives the variances that activations read.
+    then every layer's rule: first on the self pairs (x_i, x_i) of all inputs, recording the variances
+    (their spatial diagonal) each activation and layer norm reads, then on the pairs (x1_i, x2_j)
+    block by block, reading those variances back (:class:`~ntklab.layers.core.Replay`).
 
 An :class:`~ntklab.spec.ArchSpec` lowers to ``serial(dense, activation, ..., dense)``
 (:func:`ntklab.nets.mlp_layers`); for it this is the recursion of Jacot et al. (2018) / Lee et
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from ntklab.kernels.quadrature import DEFAULT_QUADRATURE_DEGREE
 from ntklab.layers.combinators import check_limit
-from ntklab.layers.core import KernelOptions, KernelState, Layer, Node, Part, bind
+from ntklab.layers.core import KernelOptions, KernelState, Layer, Node, Part, Replay, bind
 from ntklab.spec import ArchSpec
 from ntklab.tensor_checks import check_inputs
 
@@ -46,7 +47,7 @@ class Kernels:
 
 def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: bool = False, method: str = "auto",
                      quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE, block_elements: int = 2 ** 20,
-                     device=None) -> Kernels:
+                     device=None, dtype: torch.dtype = torch.float64) -> Kernels:
     """NNGP and NTK of ``arch`` between the inputs x1 and x2 (x2=None means x1).
 
     Args:
@@ -59,11 +60,16 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
         block_elements: pairs are processed in blocks of about this many kernel entries, counting
             the spatial entries of each pair (H·W, or (H·W)² while pooling lies ahead), so the
             working memory stays near 14 · 8 · block_elements bytes (≈ 120 MB by default) for any N:
-            the state's six arrays and the rules' temporaries.
+            the block's arrays and the rules' temporaries. Beside it, a first pass over the self pairs
+            (x, x) keeps the variances every activation and layer norm reads: (N1 + N2) · H·W numbers
+            per such layer (N · #layers for vectors).
         device: where to compute (default: x1's device).
+        dtype: of the arithmetic. float64 (the default, and what every other part of ntklab uses) keeps
+            ~1e-15 relative accuracy; float32 is for speed comparisons (neural-tangents computes in
+            float32 by default) and loses ~1e-7 per layer, more where arccos meets ρ ≈ 1.
 
     Returns:
-        :class:`Kernels` with float64 tensors; per output (outputs are independent in the limit).
+        :class:`Kernels` in ``dtype`` (float64 by default); per output (outputs are independent in the limit).
     """
     if method not in KERNEL_METHODS:
         raise ValueError(f"method must be one of {', '.join(KERNEL_METHODS)}, got {method!r}")
@@ -77,7 +83,9 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
         arch = mlp_layers(arch)
     elif not isinstance(arch, Layer):
         raise ValueError(f"arch must be an ntklab.layers composition or an ntklab.ArchSpec, got {type(arch).__name__}")
-    x1, x2 = check_inputs(x1, x2, dtype=torch.float64, device=device)
+    if dtype not in (torch.float64, torch.float32):
+        raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
+    x1, x2 = check_inputs(x1, x2, dtype=dtype, device=device)
     root = bind(arch, x1.shape[1:])
     if len(root.out_shape) != 1:
         raise ValueError(f"the net ends with shape {root.out_shape}; kernels are defined for nets that end with "
@@ -86,16 +94,17 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
     options = KernelOptions(method, quadrature_degree)
     _check_duals(root, options)
 
+    # First pass: the self pairs (x, x) of every input, recording the variances every layer reads.
+    diag1, recorded1 = _self_pairs(root, x1, options, block_elements)
     if diagonal:
-        return _diagonal_kernels(root, x1, options, block_elements)
+        return diag1
     symmetric = x2 is None
+    diag2, recorded2 = (diag1, recorded1) if symmetric else _self_pairs(root, x2, options, block_elements)
     x2 = x1 if symmetric else x2
     n1, n2 = x1.shape[0], x2.shape[0]
-    nngp = torch.empty(n1, n2, dtype=torch.float64, device=x1.device)
+    nngp = torch.empty(n1, n2, dtype=dtype, device=x1.device)
     ntk = torch.empty_like(nngp)
-    pairs = max(1, block_elements // _entries_per_pair(root, x1))
-    # Square blocks: each block also runs the self pairs of its rows and columns (the variances),
-    # which costs (b1 + b2)/(b1·b2) of the block's own work, least for b1 = b2.
+    pairs = max(1, block_elements // _entries_per_pair(root))
     cols_per_block = min(n2, max(1, math.isqrt(pairs)))
     rows_per_block = max(1, pairs // cols_per_block)
     for row_start in range(0, n1, rows_per_block):
@@ -103,30 +112,51 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
         # A symmetric kernel needs only the blocks on and right of the diagonal.
         for col_start in range(row_start if symmetric else 0, n2, cols_per_block):
             cols = slice(col_start, min(col_start + cols_per_block, n2))
-            state = root.layer.kernel(root, input_state(x1[rows], x2[cols], root.full_in, options))
+            state = input_state(x1[rows], x2[cols], root.full_in, options, self_pairs=False)
+            state.replay = Replay(recorded1, recorded2, rows, cols)
+            state = root.layer.kernel(root, state)
             nngp[rows, cols], ntk[rows, cols] = state.block.nngp, state.block.ntk
-            if symmetric and col_start == row_start:
-                # Diagonal entries have ρ = 1 exactly, but the block's x·x rounds differently from the
-                # self pairs' and arccos amplifies a 1e-16 error in ρ near 1 to 1e-8 (relu, abs). The
-                # self pairs compute ρ = 1 exactly: the same recursion, without that error.
-                nngp.diagonal()[rows] = state.diag1.nngp
-                ntk.diagonal()[rows] = state.diag1.ntk
         if symmetric:
             for kernel in (nngp, ntk):
                 _mirror_block(kernel, rows.start, rows.stop)
+    if symmetric:
+        # Diagonal entries have ρ = 1 exactly, but the blocks' x·x rounds differently from the self
+        # pairs' and arccos amplifies a 1e-16 error in ρ near 1 to 1e-8 (relu, abs). The self pairs
+        # compute ρ = 1 exactly: the same recursion, without that error.
+        nngp.diagonal().copy_(diag1.nngp)
+        ntk.diagonal().copy_(diag1.ntk)
     return Kernels(nngp, ntk)
 
 
-def input_state(x1: Tensor, x2: Optional[Tensor], full: bool, options: KernelOptions) -> KernelState:
+def _self_pairs(root: Node, x: Tensor, options: KernelOptions, block_elements: int):
+    """(Kernels (N,) of the pairs (x_i, x_i), the variances each layer read: a list of (N, …) arrays)."""
+    nngp = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    ntk = torch.empty_like(nngp)
+    chunks = []
+    rows_per_block = max(1, block_elements // _entries_per_pair(root))
+    for start in range(0, x.shape[0], rows_per_block):
+        rows = slice(start, start + rows_per_block)
+        state = input_state(x[rows], None, root.full_in, options)
+        state.recorder = []
+        state = root.layer.kernel(root, state)
+        nngp[rows], ntk[rows] = state.diag1.nngp, state.diag1.ntk
+        chunks.append(state.recorder)
+    recorded = [torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*chunks)]
+    return Kernels(nngp, ntk), recorded
+
+
+def input_state(x1: Tensor, x2: Optional[Tensor], full: bool, options: KernelOptions,
+                self_pairs: bool = True) -> KernelState:
     """The input kernel of the pairs (x1_i, x2_j) and of the self pairs (module docstring); NTK 0.
 
-    x2=None gives only the self pairs of x1 (the state of ``diagonal=True``).
+    x2=None gives only the self pairs of x1; ``self_pairs=False`` only the block (its variances
+    then come from a :class:`~ntklab.layers.core.Replay`).
     """
     if x1.dim() == 2:
         d = x1.shape[1]
         block = None if x2 is None else (x1 @ x2.T) / d
-        diag1 = (x1 * x1).sum(dim=1) / d
-        diag2 = None if x2 is None else (x2 * x2).sum(dim=1) / d
+        diag1 = (x1 * x1).sum(dim=1) / d if self_pairs else None
+        diag2 = (x2 * x2).sum(dim=1) / d if self_pairs and x2 is not None else None
         spatial = ()
     else:
         c, h, w = x1.shape[1:]
@@ -134,30 +164,19 @@ def input_state(x1: Tensor, x2: Optional[Tensor], full: bool, options: KernelOpt
         flat2 = None if x2 is None else x2.reshape(x2.shape[0], c, h * w)
         if full:
             pair = lambda a, b: torch.einsum("acs,bct->abst", a, b).reshape(a.shape[0], b.shape[0], h, w, h, w) / c
-            self_pairs = lambda a: torch.einsum("acs,act->ast", a, a).reshape(a.shape[0], h, w, h, w) / c
+            own = lambda a: torch.einsum("acs,act->ast", a, a).reshape(a.shape[0], h, w, h, w) / c
         else:
             pair = lambda a, b: torch.einsum("acs,bcs->abs", a, b).reshape(a.shape[0], b.shape[0], h, w) / c
-            self_pairs = lambda a: (a * a).sum(dim=1).reshape(a.shape[0], h, w) / c
+            own = lambda a: (a * a).sum(dim=1).reshape(a.shape[0], h, w) / c
         block = None if x2 is None else pair(flat1, flat2)
-        diag1 = self_pairs(flat1)
-        diag2 = None if x2 is None else self_pairs(flat2)
+        diag1 = own(flat1) if self_pairs else None
+        diag2 = own(flat2) if self_pairs and x2 is not None else None
         spatial = (h, w)
     as_part = lambda k: None if k is None else Part(k, torch.zeros_like(k))
     return KernelState(as_part(block), as_part(diag1), as_part(diag2), spatial, full and bool(spatial), options)
 
 
-def _diagonal_kernels(root: Node, x1: Tensor, options: KernelOptions, block_elements: int) -> Kernels:
-    nngp = torch.empty(x1.shape[0], dtype=torch.float64, device=x1.device)
-    ntk = torch.empty_like(nngp)
-    rows_per_block = max(1, block_elements // _entries_per_pair(root, x1))
-    for start in range(0, x1.shape[0], rows_per_block):
-        rows = slice(start, start + rows_per_block)
-        state = root.layer.kernel(root, input_state(x1[rows], None, root.full_in, options))
-        nngp[rows], ntk[rows] = state.diag1.nngp, state.diag1.ntk
-    return Kernels(nngp, ntk)
-
-
-def _entries_per_pair(root: Node, x: Tensor) -> int:
+def _entries_per_pair(root: Node) -> int:
     """The largest number of spatial entries one pair of inputs holds along the recursion."""
     largest = 1
     for node in root.leaves():

@@ -77,8 +77,8 @@ class Residual(Layer):
             state, branch = state.to_diagonal(), branch.to_diagonal()
         summed = {name: Part(part.nngp + getattr(branch, name).nngp, part.ntk + getattr(branch, name).ntk)
                   for name, part in state.parts()}
-        return KernelState(summed.get("block"), summed["diag1"], summed.get("diag2"), state.spatial, state.full,
-                           state.options)
+        return KernelState(summed.get("block"), summed.get("diag1"), summed.get("diag2"), state.spatial, state.full,
+                           state.options, state.recorder, state.replay)
 
 
 def serial(*layers: Layer) -> Serial:

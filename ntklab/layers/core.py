@@ -28,14 +28,14 @@ torch tensors, or numpy object arrays of mpmath numbers for the high-precision r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ntklab.spec import LayerScale, parameter_scale
+from ntklab.spec import LayerScale
 
 Shape = Tuple[int, ...]
 """A single input's shape: (d,) for vectors, (C, H, W) for images."""
@@ -235,11 +235,13 @@ class KernelState:
     """
 
     block: Optional[Part]
-    diag1: Part
+    diag1: Optional[Part]
     diag2: Optional[Part]
     spatial: Tuple[int, ...]
     full: bool
     options: KernelOptions
+    recorder: Optional[List] = None          # a first pass over the self pairs appends the variances here
+    replay: Optional["Replay"] = None        # a block without self pairs reads them back from here
 
     def parts(self):
         return [(name, getattr(self, name)) for name in ("block", "diag1", "diag2") if getattr(self, name) is not None]
@@ -254,15 +256,18 @@ class KernelState:
             if with_variances:
                 q1, q2 = self.variances(name)
             new[name] = fn(part, q1, q2)
-        return KernelState(new.get("block"), new["diag1"], new.get("diag2"),
+        return KernelState(new.get("block"), new.get("diag1"), new.get("diag2"),
                            self.spatial if spatial is None else spatial, self.full if full is None else full,
-                           self.options)
+                           self.options, self.recorder, self.replay)
 
     def variances(self, name: str):
         """(q1, q2) of part ``name``, broadcastable against its arrays (see :meth:`map`)."""
         if name == "block":
-            q1 = _position_variances(self.diag1.nngp, self.spatial, self.full)
-            q2 = _position_variances((self.diag2 or self.diag1).nngp, self.spatial, self.full)
+            if self.replay is not None:
+                q1, q2 = self.replay.next()
+            else:
+                q1 = _position_variances(self.diag1.nngp, self.spatial, self.full)
+                q2 = _position_variances((self.diag2 or self.diag1).nngp, self.spatial, self.full)
             spatial_axes = len(self.spatial)
             if self.full:     # (b1, 1, H, W, 1, 1) and (1, b2, 1, 1, H, W)
                 return (_reshape(q1, (q1.shape[0], 1) + q1.shape[1:] + (1,) * spatial_axes),
@@ -270,6 +275,8 @@ class KernelState:
             return _reshape(q1, (q1.shape[0], 1) + q1.shape[1:]), _reshape(q2, (1, q2.shape[0]) + q2.shape[1:])
         part = getattr(self, name)
         q = _position_variances(part.nngp, self.spatial, self.full)
+        if self.recorder is not None:
+            self.recorder.append(q)
         if self.full:         # (n, H, W, 1, 1) and (n, 1, 1, H, W)
             return (_reshape(q, q.shape + (1,) * len(self.spatial)),
                     _reshape(q, (q.shape[0],) + (1,) * len(self.spatial) + q.shape[1:]))
@@ -277,7 +284,7 @@ class KernelState:
 
     def clone(self) -> "KernelState":
         return KernelState(*(None if p is None else p.clone() for p in (self.block, self.diag1, self.diag2)),
-                           self.spatial, self.full, self.options)
+                           self.spatial, self.full, self.options, self.recorder, self.replay)
 
     def to_diagonal(self) -> "KernelState":
         """Drop the covariances between different positions: (…, H, W, H, W) → (…, H, W)."""
@@ -285,6 +292,27 @@ class KernelState:
             return self
         return self.map(lambda part, q1, q2: Part(spatial_diagonal(part.nngp), spatial_diagonal(part.ntk)),
                         full=False)
+
+
+@dataclass
+class Replay:
+    """Variances recorded by a pass over all self pairs, read back in the same order by the blocks.
+
+    recorded1[i], recorded2[i]: the i-th variance lookup's (n, …) position variances of x1's and x2's
+    self pairs; rows, cols: the block's slices of them. Layers ask for variances in the order of the
+    architecture, the same in both passes, so the i-th lookup of a block is the i-th recorded.
+    """
+
+    recorded1: List
+    recorded2: List
+    rows: slice
+    cols: slice
+    index: int = 0
+
+    def next(self):
+        q1, q2 = self.recorded1[self.index][self.rows], self.recorded2[self.index][self.cols]
+        self.index += 1
+        return q1, q2
 
 
 def spatial_diagonal(kernel: Tensor) -> Tensor:
@@ -350,5 +378,5 @@ def is_tensor(array) -> bool:
     return isinstance(array, Tensor)
 
 
-__all__ = ["Layer", "Node", "bind", "Part", "KernelState", "KernelOptions", "Shape", "spatial_diagonal",
+__all__ = ["Layer", "Node", "bind", "Part", "KernelState", "KernelOptions", "Replay", "Shape", "spatial_diagonal",
            "window_padding", "PADDINGS"]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ntklab.activations import Activation, ActivationLike, get_activation
-from ntklab.layers.core import Layer, Node, Part, Shape, check_real, is_tensor
+from ntklab.layers.core import Layer, Node, Part, check_real, is_tensor
 
 
 class ActivationLayer(Layer):

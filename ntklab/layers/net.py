@@ -9,7 +9,7 @@ and every empirical NTK see the parametrization as intended.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn

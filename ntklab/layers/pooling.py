@@ -12,8 +12,6 @@ in the limit, which is that mean. None of them has parameters.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -1,4 +1,4 @@
-"""The tracked quantities of DESIGN.md, measured at the log steps of a training run.
+"""The tracked quantities (docs/design.md, section 5), measured at the log steps of a training run.
 
 At initialisation (θ = θ_0) :func:`reference_kernels` computes what every later step is compared
 with: the analytic NNGP/NTK (float64) on train×train and test×train, the empirical NTK Θ̂_0 of the
@@ -167,7 +167,7 @@ class Tracker:
         reference: from :func:`reference_kernels` on the same model and data.
         learning_rate: η of the gradient steps (the predictions assume full-batch GD at this η).
         log_steps: the steps at which :meth:`measure` will be called.
-        quantities: names from ``ntklab.config.QUANTITIES`` to measure.
+        quantities: names from ``ntklab.quantities.OPTIONAL`` to measure.
     """
 
     def __init__(self, model: MLP, data: Dataset, reference: ReferenceKernels, learning_rate: float,

@@ -17,25 +17,24 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, FrozenSet, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-import ntklab
 from ntklab import results
 from ntklab.config import build_spec, validate
 from ntklab.data import Dataset, load_dataset
 from ntklab.dynamics import mse_loss
 from ntklab.errors import ConfigError
 from ntklab.nets import MLP, build_mlp
+from ntklab.quantities import TRACKED
 from ntklab.spec import ArchSpec
 from ntklab.train.tracking import NetworkOutputs, ReferenceKernels, Tracker, reference_kernels, test_row
 
@@ -148,7 +147,7 @@ def run(cfg, run_dir: Path) -> Dict:
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     finished = results.read_summary(run_dir)
-    if finished is not None and finished.get("status") in ("ok", "diverged"):
+    if finished is not None and finished.get("status") in results.FINISHED:
         _check_same_config(run_dir, config)
         log.info("%s already holds a finished run (status %s); nothing to do", run_dir, finished["status"])
         return finished
@@ -161,25 +160,87 @@ def run(cfg, run_dir: Path) -> Dict:
         (run_dir / results.SUMMARY).unlink()
     clock = _Clock(device)
     try:
-        return _train(cfg, config, run_dir, device, dtype, data, spec, clock)
+        state = _set_up(cfg, config, run_dir, device, dtype, data, spec, clock)
+        _resume(state)
+        _loop(state)
+        if state.status == results.STOPPED:
+            return {"status": results.STOPPED, "step": state.step}
+        return _summarize(state)
     except Exception as err:
-        summary = {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                   "traceback": traceback.format_exc(), **_environment(device, cfg.dtype), "config": config}
+        summary = {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
+                   "traceback": traceback.format_exc(), **results.environment(device, cfg.dtype), "config": config}
         results.write_json(run_dir / results.SUMMARY, summary)
         raise
 
 
-def _environment(device: torch.device, dtype: str) -> Dict:
-    return {"device": str(device), "device_name": results.device_name(device), "dtype": dtype,
-            "versions": {"ntklab": ntklab.__version__, "torch": torch.__version__,
-                         "python": platform.python_version()}}
+@dataclass
+class _RunState:
+    """One invocation of a run: what :func:`_set_up` builds at θ_0, and how far :func:`_resume` and
+    :func:`_loop` have brought it. :func:`_summarize` reads it at the end."""
+
+    cfg: DictConfig
+    config: Dict                         # the resolved config (config.yaml, the summary's "config")
+    run_dir: Path
+    device: torch.device
+    data: Dataset                        # on the run's device, in its dtype
+    model: MLP
+    outputs: NetworkOutputs              # what is trained: f, or the lazy-scaled α(f − f_0)
+    reference: ReferenceKernels
+    tracker: Tracker
+    optimizer: torch.optim.Optimizer
+    batches: torch.Generator             # mini-batch order; part of the checkpoint
+    clock: _Clock
+    lr: float
+    eta_max: Dict[str, float]            # "analytic" / "empirical": η_max of each kernel computed
+    n_params: int
+    loss_0: float                        # initial train loss: divergence is measured against it
+    log_steps: FrozenSet[int]
+    step: int = 0                        # gradient steps done
+    metrics_bytes: int = 0               # metrics.jsonl's length at the checkpoint resumed from
+    writer: Optional[results.MetricsWriter] = None
+    progress: Optional[tqdm] = None
+    status: str = results.OK             # ok | diverged | stopped (stop_after)
+    diverged_at: Optional[int] = None
+    last_record: Optional[Dict] = None   # the last line written to metrics.jsonl
+
+    @property
+    def steps(self) -> int:
+        return int(self.cfg.optim.steps)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / results.CHECKPOINT
+
+    def record(self, at: int) -> Dict:
+        """Measure the tracked quantities at step ``at`` and append them to metrics.jsonl."""
+        self.clock.lap("steps")
+        measured = self.tracker.measure(self.model, at)
+        self.clock.lap("tracking")
+        self.writer.write(measured)
+        shown = {k: f"{measured[k]:.3g}" for k in ("train_loss", "test_loss", "kernel_change") if k in measured}
+        self.progress.set_postfix(shown, refresh=False)
+        if self.progress.disable and self.cfg.track.progress:
+            log.info("step %d/%d: %s", at, self.steps, ", ".join(f"{k} {v}" for k, v in shown.items()))
+        self.last_record = measured
+        return measured
+
+    def checkpoint(self) -> None:
+        """Write checkpoint.pt: θ, optimizer and RNG states, the step, metrics.jsonl's length, timing."""
+        self.clock.lap("steps")
+        results.save_torch(self.checkpoint_path, {
+            "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "batch_generator": self.batches.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "metrics_bytes": self.writer.position, "timing": vars(self.clock.timing)})
+        self.clock.lap("other")
 
 
-def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec: ArchSpec, clock: _Clock) -> Dict:
+def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch.dtype, data: Dataset,
+            spec: ArchSpec, clock: _Clock) -> _RunState:
+    """The network at θ_0, its reference kernels and predictions, the learning rate and the optimizer
+    (the time spent is charged to setup)."""
     optim, track = cfg.optim, cfg.track
-    steps = int(optim.steps)
-    schedule = log_schedule(steps, track.log_steps)
-    log_set = set(schedule)
+    schedule = log_schedule(int(optim.steps), track.log_steps)
     data = data.to(device, dtype)
     model = build_mlp(spec, in_dim=data.in_dim, seed=cfg.seed, device=device, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
@@ -202,110 +263,111 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
     log.info("learning rate %.6g (eta_max: %s)", lr, ", ".join(f"{k} {v:.6g}" for k, v in eta_max.items()) or "-")
     tracker = Tracker(model, data, reference, lr, schedule, quantities, outputs)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=optim.momentum)
-    batches = torch.Generator().manual_seed(cfg.seed)   # mini-batch order; part of the checkpoint
+    batches = torch.Generator().manual_seed(cfg.seed)
     loss_0 = mse_loss(reference.f0_train, tracker.y_train).item()
     clock.lap("setup")
+    return _RunState(cfg=cfg, config=config, run_dir=run_dir, device=device, data=data, model=model, outputs=outputs,
+                     reference=reference, tracker=tracker, optimizer=optimizer, batches=batches, clock=clock, lr=lr,
+                     eta_max=eta_max, n_params=n_params, loss_0=loss_0, log_steps=frozenset(schedule))
 
-    step, metrics_bytes = 0, 0
-    checkpoint_path = run_dir / results.CHECKPOINT
-    if checkpoint_path.exists():
+
+def _resume(state: _RunState) -> None:
+    """Continue from checkpoint.pt if there is one (θ, optimizer and RNG states, step, timing so far),
+    then open metrics.jsonl cut back to the length it had at that checkpoint (0: a fresh file)."""
+    path = state.checkpoint_path
+    if path.exists():
         try:
-            state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+            saved = torch.load(path, map_location=state.device, weights_only=True)
         except Exception as err:
-            raise RuntimeError(f"{checkpoint_path} cannot be read ({type(err).__name__}: {err}); delete it "
+            raise RuntimeError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it "
                                "(and metrics.jsonl) to start this run again from step 0") from err
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.set_state(state["batch_generator"].cpu())
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.batches.set_state(saved["batch_generator"].cpu())
         # nothing in the loop draws from the global generators today; restored so nothing added later can diverge
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        step, metrics_bytes = state["step"], state["metrics_bytes"]
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        if saved["cuda_rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
+        state.step, state.metrics_bytes = saved["step"], saved["metrics_bytes"]
+        clock = state.clock
         setup_now = clock.timing.setup      # this invocation's setup adds to the earlier ones
-        clock.timing = _Timing(**state["timing"])
+        clock.timing = _Timing(**saved["timing"])
         clock.timing.setup += setup_now
-        log.info("resuming from the checkpoint at step %d", step)
-    writer = results.MetricsWriter(run_dir / results.METRICS, keep_bytes=metrics_bytes)
+        log.info("resuming from the checkpoint at step %d", state.step)
+    state.writer = results.MetricsWriter(state.run_dir / results.METRICS, keep_bytes=state.metrics_bytes)
 
-    def checkpoint() -> None:
-        clock.lap("steps")
-        results.save_torch(checkpoint_path, {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "batch_generator": batches.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            "metrics_bytes": writer.position, "timing": vars(clock.timing)})
-        clock.lap("other")
 
+def _loop(state: _RunState) -> None:
+    """Gradient steps until optim.steps, recording at the log steps and checkpointing every
+    track.checkpoint_every steps. Ends early with status diverged (the loss is not finite or above
+    divergence_factor × its initial value) or stopped (stop_after steps in this invocation, after a
+    checkpoint). Closes metrics.jsonl whatever happens."""
+    cfg, data = state.cfg, state.data
+    optim, track = cfg.optim, cfg.track
     # disable=None: a bar on a terminal; in a batch job's log the log steps are logged instead.
-    progress = tqdm(total=steps, initial=step, desc="train", unit="step", disable=None if track.progress else True,
-                    dynamic_ncols=True, mininterval=0.5)
-    status, diverged_at, last_record = "ok", None, None
-
-    def record(at: int) -> Dict:
-        clock.lap("steps")
-        measured = tracker.measure(model, at)
-        clock.lap("tracking")
-        writer.write(measured)
-        shown = {k: f"{measured[k]:.3g}" for k in ("train_loss", "test_loss", "kernel_change") if k in measured}
-        progress.set_postfix(shown, refresh=False)
-        if progress.disable and track.progress:
-            log.info("step %d/%d: %s", at, steps, ", ".join(f"{k} {v}" for k, v in shown.items()))
-        return measured
-
-    if step == 0 and metrics_bytes == 0:
-        last_record = record(0)
-    started_at = step
+    state.progress = tqdm(total=state.steps, initial=state.step, desc="train", unit="step",
+                          disable=None if track.progress else True, dynamic_ncols=True, mininterval=0.5)
     try:
-        while step < steps:
-            if cfg.stop_after is not None and step - started_at >= cfg.stop_after:
-                checkpoint()
-                progress.close()
-                log.info("stopped after %d steps at step %d (stop_after); run again to resume", cfg.stop_after, step)
-                return {"status": "stopped", "step": step}
-            rows = _batch_rows(data, optim.batch_size, batches)
+        if state.step == 0 and state.metrics_bytes == 0:
+            state.record(0)
+        started_at = state.step
+        while state.step < state.steps:
+            if cfg.stop_after is not None and state.step - started_at >= cfg.stop_after:
+                state.checkpoint()
+                state.progress.close()
+                state.status = results.STOPPED
+                log.info("stopped after %d steps at step %d (stop_after); run again to resume", cfg.stop_after,
+                         state.step)
+                return
+            rows = _batch_rows(data, optim.batch_size, state.batches)
             x, y = (data.x_train, data.y_train) if rows is None else (data.x_train[rows], data.y_train[rows])
-            loss = mse_loss(outputs(model, x, "train", rows), y)
+            loss = mse_loss(state.outputs(state.model, x, "train", rows), y)
             loss_value = loss.item()
-            if not math.isfinite(loss_value) or loss_value > optim.divergence_factor * loss_0:
-                status, diverged_at = "diverged", step
-                last_record = {"step": step, "train_loss": loss_value, "diverged": True}
-                writer.write(last_record)
-                log.warning("diverged at step %d: loss %.3g (initial %.3g)", step, loss_value, loss_0)
+            if not math.isfinite(loss_value) or loss_value > optim.divergence_factor * state.loss_0:
+                state.status, state.diverged_at = results.DIVERGED, state.step
+                state.last_record = {"step": state.step, "train_loss": loss_value, "diverged": True}
+                state.writer.write(state.last_record)
+                log.warning("diverged at step %d: loss %.3g (initial %.3g)", state.step, loss_value, state.loss_0)
                 break
-            optimizer.zero_grad(set_to_none=True)
-            (loss * outputs.loss_scale).backward()
-            optimizer.step()
-            step += 1
-            progress.update(1)
-            if step in log_set:
-                last_record = record(step)
-            if track.checkpoint_every and step % track.checkpoint_every == 0 and step < steps:
-                checkpoint()
-        clock.lap("steps")
+            state.optimizer.zero_grad(set_to_none=True)
+            (loss * state.outputs.loss_scale).backward()
+            state.optimizer.step()
+            state.step += 1
+            state.progress.update(1)
+            if state.step in state.log_steps:
+                state.record(state.step)
+            if track.checkpoint_every and state.step % track.checkpoint_every == 0 and state.step < state.steps:
+                state.checkpoint()
+        state.clock.lap("steps")
     finally:
-        progress.close()
-        writer.close()
+        state.progress.close()
+        state.writer.close()
 
+
+def _summarize(state: _RunState) -> Dict:
+    """The end of a run (ok or diverged): kernels.pt, predictions.pt, the figures and summary.json;
+    the checkpoint is removed. Returns the summary."""
+    run_dir, track, data, reference = state.run_dir, state.cfg.track, state.data, state.reference
     records = results.read_metrics(run_dir / results.METRICS)
     # a divergence ends the file with a short {"step", "train_loss", "diverged"} line; the summary's
     # final record is the last complete measurement before it
     measured = [r for r in records if not r.get("diverged")]
-    diverged_loss = last_record["train_loss"] if status == "diverged" else None
-    last_record = measured[-1] if measured else last_record
+    diverged_loss = state.last_record["train_loss"] if state.status == results.DIVERGED else None
+    final = measured[-1] if measured else state.last_record
     if track.save_kernels:
-        _save_kernels(run_dir, model, tracker, reference)
-    _save_predictions(run_dir, model, tracker, reference, data, step)
+        _save_kernels(run_dir, state.model, state.tracker, reference)
+    _save_predictions(run_dir, state.model, state.tracker, reference, data, state.step)
+    eta_max = state.eta_max
     summary = {
-        "status": status, "steps": steps, "steps_done": step, "diverged_at_step": diverged_at,
+        "status": state.status, "steps": state.steps, "steps_done": state.step, "diverged_at_step": state.diverged_at,
         "diverged_loss": diverged_loss,
-        "initial": records[0] if records else None, "final": last_record, "max": _maxima(measured),
+        "initial": records[0] if records else None, "final": final, "max": _maxima(measured),
         "fitted": _fitted(measured),
-        "learning_rate": lr, "eta_max": eta_max,
-        "lr_over_eta_max": lr / eta_max["analytic"] if "analytic" in eta_max else None,
-        "n_params": n_params, "n_train": data.n_train, "n_test": data.n_test, "in_dim": data.in_dim,
+        "learning_rate": state.lr, "eta_max": eta_max,
+        "lr_over_eta_max": state.lr / eta_max["analytic"] if "analytic" in eta_max else None,
+        "n_params": state.n_params, "n_train": data.n_train, "n_test": data.n_test, "in_dim": data.in_dim,
         "out_dim": data.out_dim, "probe_size": reference.probe_size, "linear_kernel": reference.linear_kernel,
-        **_environment(device, cfg.dtype)}
+        **results.environment(state.device, state.cfg.dtype)}
     if track.plots:
         from ntklab.plots import plot_run
         try:
@@ -313,13 +375,13 @@ def _train(cfg, config: Dict, run_dir: Path, device, dtype, data: Dataset, spec:
         except Exception as err:   # a figure must never cost the run its summary
             log.warning("plots failed: %s", err)
             summary["plots_error"] = f"{type(err).__name__}: {err}"
-    clock.lap("other")
-    summary["timing"] = clock.timing.as_dict(step)
-    summary["config"] = config
+    state.clock.lap("other")
+    summary["timing"] = state.clock.timing.as_dict(state.step)
+    summary["config"] = state.config
     results.write_json(run_dir / results.SUMMARY, summary)
-    checkpoint_path.unlink(missing_ok=True)
-    log.info("%s after %d steps: train loss %.4g, %s", status, step, last_record.get("train_loss") or math.nan,
-             ", ".join(f"{k} {last_record[k]:.3g}" for k in ("kernel_change", "pred_gap_analytic") if k in last_record))
+    state.checkpoint_path.unlink(missing_ok=True)
+    log.info("%s after %d steps: train loss %.4g, %s", state.status, state.step, final.get("train_loss") or math.nan,
+             ", ".join(f"{k} {final[k]:.3g}" for k in ("kernel_change", "pred_gap_analytic") if k in final))
     return summary
 
 
@@ -354,14 +416,10 @@ def _save_predictions(run_dir: Path, model: MLP, tracker: Tracker, reference: Re
         "extras": {k: _cpu(v) if torch.is_tensor(v) else v for k, v in data.extras.items()}})
 
 
-_TRACKED = ("train_loss", "test_loss", "param_drift", "kernel_change", "kernel_to_limit",
-            "pred_gap_analytic", "pred_gap_linear")
-
-
 def _maxima(records: List[Dict]) -> Dict[str, float]:
     """The largest value over the run of each tracked quantity (non-finite values skipped)."""
     out = {}
-    for name in _TRACKED:
+    for name in TRACKED:
         values = [r[name] for r in records if isinstance(r.get(name), (int, float))]
         if values:
             out[name] = max(values)

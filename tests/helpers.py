@@ -1,0 +1,75 @@
+"""Plain functions that several test modules share: ``from tests.helpers import ...``.
+
+Fixtures and collection hooks live in conftest.py; no test module imports from another one.
+"""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+
+def random_inputs(n, d, generator, dtype=torch.float64):
+    return torch.randn(n, d, generator=generator, dtype=dtype)
+
+
+def gradient_descent(model, x, y, learning_rate, steps, params=None):
+    """θ ← θ − η ∇L for ``steps`` full-batch steps, L = 1/(2Nk) Σ‖f(x) − y‖² (docs/design.md, section 3)."""
+    from ntklab.dynamics import mse_loss
+
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
+    for _ in range(steps):
+        grads = torch.autograd.grad(mse_loss(model(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(learning_rate * g)
+    return model
+
+
+# ----------------------------------------------------------------------------- configs and runs
+
+def compose_config(config_name, overrides=()):
+    """The config ``python -m ntklab <config_name> OVERRIDES`` would run, composed in-process with
+    Hydra's compose API from the same YAML."""
+    from hydra import compose, initialize_config_module
+
+    from ntklab.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="ntklab.configs", version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def compose_train(overrides):
+    return compose_config("train", overrides)
+
+
+def metrics(run_dir):
+    """The records of a run directory's metrics.jsonl."""
+    from ntklab import results
+
+    return results.read_metrics(run_dir / results.METRICS)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def start_ntklab(*args, cwd):
+    """Start `python -m ntklab ARGS` in ``cwd`` without waiting: a Popen with text stdout/stderr."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen([sys.executable, "-m", "ntklab", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def ntklab(*args, cwd, wait=True):
+    """Run `python -m ntklab ARGS`: (stdout, stderr, exit code), or the running process if not ``wait``."""
+    process = start_ntklab(*args, cwd=cwd)
+    return process.communicate(timeout=300) + (process.returncode,) if wait else process
+
+
+def stop_all(processes):
+    """Kill what is still running (a test failed before waiting for it) and reap everything."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
