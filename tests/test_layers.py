@@ -336,3 +336,20 @@ def test_gap_cntk_of_many_images_stays_within_its_memory_budget(tmp_path):
     # 131 GB (or 1 GB for these 16 columns) an unblocked computation would need.
     assert grown_mib < 2 * 112
     assert math.isfinite(largest) and largest > 0
+
+
+@pytest.mark.cuda
+def test_cnn_kernels_and_nets_on_cuda_match_the_cpu(rng):
+    arch = CNNS["stride_same_valid_gap"](16)
+    x = torch.randn(5, 2, 7, 6, generator=rng, dtype=torch.float64)
+    cpu = analytic_kernels(arch, x)
+    gpu = analytic_kernels(arch, x.cuda())
+    # the same float64 operations on another device: libm differences of a few ulps per layer
+    assert torch.allclose(gpu.ntk.cpu(), cpu.ntk, rtol=1e-12, atol=0)
+    assert torch.allclose(gpu.nngp.cpu(), cpu.nngp, rtol=1e-12, atol=0)
+    net_cpu = build_net(arch, in_shape=(2, 7, 6), seed=4, dtype=torch.float64)
+    net_gpu = build_net(arch, in_shape=(2, 7, 6), seed=4, dtype=torch.float64, device="cuda")
+    theta_cpu = empirical_ntk(net_cpu, x)
+    theta_gpu = empirical_ntk(net_gpu, x.cuda()).cpu()
+    # same parameters (drawn on the CPU, then moved); float64 sums in another order: ~1e-15
+    assert torch.allclose(theta_gpu, theta_cpu, rtol=1e-10, atol=1e-12 * theta_cpu.abs().max().item())
