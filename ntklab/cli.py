@@ -3,8 +3,12 @@
 Each subcommand is a Hydra app whose config lives under the top-level ``configs/`` (installed as
 ``ntklab.configs``) and is typed by the dataclasses of :mod:`ntklab.config`. Exit codes: 0 for a
 finished run (also a diverged one, so a sweep goes on), 2 for a value the lab's validation rejects
-(a short message naming the field, no traceback), Hydra's own codes for its own errors (a
-malformed override, ``width=abc``), 1 for a run that failed (its summary.json says why).
+(a short message naming the field, no traceback), for a run directory another process is
+running in (one line naming its pid) and for one whose checkpoint or metrics fail their checksum
+(one line naming the file and what to do; summary.json records the failure), Hydra's own codes for its own errors (a
+malformed override, ``width=abc``), 1 for a run that failed (its summary.json says why; a file
+that cannot be written, e.g. on a full disk, is one line naming it). A multirun
+sweep runs every job whatever happens to the others and exits 1 when any of them failed.
 """
 
 from __future__ import annotations
@@ -27,20 +31,48 @@ shows the command's config groups and defaults; `--cfg job` prints the composed 
 
 def _run_app(cfg, name: str, target: str) -> Optional[Dict]:
     """Run ``target`` ("module:function", called with the config and Hydra's output directory);
-    a ConfigError becomes one line on stderr and exit code 2."""
+    a ConfigError (or a run directory in use) becomes one line on stderr and exit code 2.
+
+    In a multirun sweep nothing a job raises ends the process: the job prints one line, its
+    outcome goes to the sweep's report (:mod:`ntklab.sweeps`) and the launcher goes on to the next
+    job; :func:`main` then exits 1 when any job failed."""
     import importlib
 
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    from ntklab import sweeps
     from ntklab.errors import ConfigError
+    from ntklab.results import RunDirBusy, RunDirCorrupt, WriteError
 
+    hydra_cfg = HydraConfig.get()
     module, function = target.split(":")
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    job = {"job": hydra_cfg.job.get("num"), "run_dir": str(run_dir)}
     try:
-        return getattr(importlib.import_module(module), function)(cfg, run_dir)
-    except ConfigError as err:
-        print(f"ntklab {name}: invalid config: {err}", file=sys.stderr)
-        sys.exit(2)
+        result = getattr(importlib.import_module(module), function)(cfg, run_dir)
+    except (ConfigError, RunDirBusy, RunDirCorrupt) as err:
+        reason = f"invalid config: {err}" if isinstance(err, ConfigError) else str(err)
+        print(f"ntklab {name}: {reason}", file=sys.stderr)
+        if not in_sweep:
+            sys.exit(2)
+        sweeps.record_job({**job, "status": "failed", "error": reason})
+        return None
+    except Exception as err:
+        if isinstance(err, WriteError) and not in_sweep:     # a full disk: the file, not a chained traceback
+            print(f"ntklab {name}: {err}", file=sys.stderr)
+            sys.exit(1)
+        if not in_sweep:
+            raise
+        # one line; the traceback is in the job's summary.json (the trainer records it)
+        reason = f"{type(err).__name__}: {err}"
+        print(f"ntklab {name}: job {job['job']} failed ({run_dir}): {reason}", file=sys.stderr)
+        sweeps.record_job({**job, "status": "failed", "error": reason})
+        return None
+    status = result.get("status", "ok") if isinstance(result, dict) else "ok"
+    sweeps.record_job({**job, "status": status})
+    return result
 
 
 # Hydra pickles the task with a sweep's jobs (submitit), so each is a module-level function.
@@ -104,4 +136,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         app()
     finally:
         sys.argv = saved
+    from ntklab import sweeps
+
+    failed = sweeps.failures()
+    if failed:      # a sweep ran every job; its exit code says whether any failed
+        print(f"ntklab {name}: {len(failed)} of {len(sweeps.jobs())} jobs failed (their summary.json says why): "
+              + "; ".join(f"job {r['job']}: {r.get('error')}" for r in failed), file=sys.stderr)
+        return 1
     return 0

@@ -1,7 +1,8 @@
 """One table from many run directories: ``python -m ntklab collect PATH [PATH ...] [--out FILE]``.
 
-A run directory is any folder holding the ``config.yaml`` a training run writes first. Each run
-gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (``model.width``,
+A run directory is any folder holding the ``config.yaml`` a training run writes first or a
+``summary.json`` (a refused config leaves only that), and every job folder of a multirun sweep
+(beside its ``multirun.yaml``), whatever it holds. Each run gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (``model.width``,
 ``optim.lr``, ``seed``, ...) and its summary flattened likewise (``final.kernel_change``,
 ``initial.kernel_to_limit``, ``max.pred_gap_analytic``, ``fitted.kernel_change_step_exponent``,
 ``timing.per_step_s``, ``eta_max.analytic``, ...). Nothing is dropped silently:
@@ -10,6 +11,7 @@ gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (
     unfinished             no summary.json yet (running, killed, or waiting to resume): its last
                            metrics record fills the ``final.*`` columns and ``steps_done`` (as it
                            does for a failed run)
+    missing                a sweep's job folder with neither file (its job never started)
     skipped                a config.yaml, summary.json or metrics.jsonl that cannot be read (cut
                            short, corrupt, a status none of the above) is reported on stderr by
                            path, and the run left out
@@ -35,44 +37,59 @@ import yaml
 from ntklab import results
 
 UNFINISHED = "unfinished"
+MISSING = "missing"
 # Summary fields that are not numbers of the run (the config has its own columns).
 _NOT_COLUMNS = ("config", "traceback", "plots", "versions")
 
 
 def find_runs(paths: Iterable[Path]) -> List[Path]:
-    """Run directories under ``paths`` (themselves included), sorted; Hydra's .hydra copies excluded."""
+    """Run directories under ``paths`` (themselves included), sorted: every folder holding a
+    config.yaml or a summary.json, and every job folder of a multirun (the non-hidden folders
+    beside its multirun.yaml), even an empty one; Hydra's .hydra copies and .submitit excluded."""
     found = set()
     for path in paths:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-        for config in path.rglob(results.CONFIG):
-            if ".hydra" not in config.parts:
-                found.add(config.parent)
+        for name in (results.CONFIG, results.SUMMARY):
+            for file in path.rglob(name):
+                if not any(part.startswith(".") for part in file.relative_to(path).parts[:-1]):
+                    found.add(file.parent)
+        for multirun in path.rglob("multirun.yaml"):
+            if any(part.startswith(".") for part in multirun.relative_to(path).parts[:-1]):
+                continue
+            found.update(d for d in multirun.parent.iterdir() if d.is_dir() and not d.name.startswith("."))
     return sorted(found)
 
 
 def run_row(run_dir: Path) -> Dict[str, object]:
     """The table row of one run directory; raises ValueError naming the file that cannot be read."""
     run_dir = Path(run_dir)
-    config_path = run_dir / results.CONFIG
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{config_path}: not valid YAML ({err.__class__.__name__})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: empty or not a mapping")
+    config_path, summary_path = run_dir / results.CONFIG, run_dir / results.SUMMARY
     row: Dict[str, object] = {"run_dir": str(run_dir.resolve())}
-    row.update(results.flatten(config))
-    summary_path = run_dir / results.SUMMARY
+    if not config_path.exists() and not summary_path.exists():
+        row["status"] = MISSING     # a sweep's job that left nothing (killed before it started)
+        return row
+    summary = None
     if summary_path.exists():
         try:
             summary = json.loads(summary_path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{summary_path}: cut short or corrupt ({err.msg} at line {err.lineno})") from None
-        if summary.get("status") not in results.STATUSES:
-            raise ValueError(f"{summary_path}: status {summary.get('status')!r} is not one of "
-                             f"{', '.join(results.STATUSES)}")
+        if not isinstance(summary, dict) or summary.get("status") not in results.STATUSES:
+            status = summary.get("status") if isinstance(summary, dict) else None
+            raise ValueError(f"{summary_path}: status {status!r} is not one of {', '.join(results.STATUSES)}")
+    if config_path.exists():
+        try:
+            config = yaml.safe_load(config_path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{config_path}: not valid YAML ({err.__class__.__name__})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path}: empty or not a mapping")
+    else:   # a refused config: its failed summary carries the config as composed
+        config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    row.update(results.flatten(config))
+    if summary is not None:
         row.update(results.flatten({k: v for k, v in summary.items() if k not in _NOT_COLUMNS}))
         if "final" in summary:
             return row

@@ -4,8 +4,9 @@
 the top-level ``configs/`` (installed as the package ``ntklab.configs``) extends it and its group
 options merge into its typed fields, so a wrong type or an unknown key such as ``width=abc``
 fails when Hydra composes the config. Values that type-check but make no sense
-(an unknown activation, width 0, a negative learning rate) are rejected by :func:`validate`,
-which raises :class:`ntklab.errors.ConfigError` naming the field and the allowed values.
+(an unknown activation, width 0, a negative learning rate, a seed outside [0, 2**62 − 1]) and keys
+the schema does not have (``+foo=1``, which Hydra's ``+`` adds past struct mode) are rejected by
+:func:`validate`, which raises :class:`ntklab.errors.ConfigError` naming the field and the allowed values.
 
 ``width``, ``depth`` and ``parametrization`` live at the top level and the model group
 interpolates them, so ``width=4096`` works as users type it (``model.width=4096`` works too).
@@ -19,7 +20,7 @@ from typing import List, Optional
 
 from omegaconf import II, MISSING
 
-from ntklab.errors import ConfigError, check_choice
+from ntklab.errors import ConfigError, check_choice, check_seed
 from ntklab.quantities import OPTIONAL
 from ntklab.spec import ArchSpec
 
@@ -131,6 +132,15 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="spectrum_schema", node=SpectrumConfig)
     store.store(name="phase_schema", node=PhaseConfig)
+    # hydra/launcher=local (configs/hydra/launcher/local.yaml) is ntklab's own launcher plugin.
+    # Hydra finds plugins by scanning the hydra_plugins namespace, which an editable install's
+    # import hook hides from that scan, so it is registered here as well.
+    from hydra.core.plugins import Plugins
+    try:
+        from hydra_plugins.ntklab_launcher.local_launcher import NtklabLocalLauncher
+    except ImportError:     # an install made before the plugin existed: only hydra/launcher=local needs it
+        return
+    Plugins.instance().register(NtklabLocalLauncher)
 
 
 def build_spec(model_cfg, out_dim: int) -> ArchSpec:
@@ -151,14 +161,32 @@ def _at_least(field_name: str, value, minimum, kind: str = "an integer") -> None
         raise ConfigError(field_name, f"must be {kind} >= {minimum}, got {value!r}")
 
 
+_GROUPS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "track": TrackConfig}
+
+
+def check_known_keys(cfg, schema, prefix: str = "") -> None:
+    """Refuse keys the schema does not have (``+foo=1`` adds one past Hydra's struct mode)."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg.keys():
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}", "is not a config field", allowed=fields)
+        nested = _GROUPS.get(key) if not prefix else None
+        if nested is not None and cfg[key] is not None:
+            check_known_keys(cfg[key], nested, f"{key}.")
+
+
 def validate(cfg) -> None:
     """Reject values that type-check but make no sense; raises :class:`ConfigError`.
 
     Model and data fields are validated where they are used (``ArchSpec``, ``load_dataset``),
     so the allowed values are defined in one place; this checks the trainer's own fields.
     """
+    check_known_keys(cfg, TrainConfig)
     check_choice("device", cfg.device, DEVICES)
     check_choice("dtype", cfg.dtype, DTYPES)
+    check_seed("seed", cfg.seed)
     optim, track = cfg.optim, cfg.track
     _at_least("optim.steps", optim.steps, 1)
     if not (math.isfinite(optim.lr) and optim.lr > 0):

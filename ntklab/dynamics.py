@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from ntklab.kernels.analytic import Kernels
+from ntklab.tensor_checks import check_learning_rate
 
 TimeLike = Union[int, float, Tensor]
 
@@ -74,8 +75,7 @@ class _Spectrum:
     """Eigendecomposition of a train kernel and the diagonal factors d(λ, t), g(λ, t) above."""
 
     def __init__(self, kernel: Tensor, learning_rate: float, out_dim: int, ridge: float, discrete: bool):
-        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
-            raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+        learning_rate = check_learning_rate(learning_rate)
         n = kernel.shape[0]
         kernel = _add_ridge(kernel, ridge)
         eigenvalues, self.vectors = torch.linalg.eigh(kernel)
@@ -86,12 +86,19 @@ class _Spectrum:
         self.null = eigenvalues <= cutoff
         self.eigenvalues = torch.where(self.null, torch.zeros_like(eigenvalues), eigenvalues)
         smallest = eigenvalues[0]
+        if smallest < -cutoff:
+            # not rounding: a kernel matrix is positive semi-definite, so this one is wrong (or not a kernel)
+            warnings.warn(f"the train kernel is indefinite: its smallest eigenvalue is {smallest.item():.3g} against "
+                          f"λ_max = {top.item():.3g}, beyond rounding (N·eps·λ_max = {cutoff.item():.3g}); its "
+                          f"{int((eigenvalues < -cutoff).sum())} negative directions are left unfitted, as null ones",
+                          RuntimeWarning, stacklevel=3)
         # λ_max/λ_min over every eigenvalue, the null ones included (inf when λ_min ≤ 0): the number
         # that says how far the kernel is from invertible, not that of its well-resolved part.
         condition = (top / smallest).item() if smallest > 0 else math.inf
-        if self.null.any() or condition > ILL_CONDITIONED:
-            if self.null.any():
-                consequence = (f"{int(self.null.sum())} of {n} eigenvalues are within rounding (N·eps·λ_max = "
+        rounding = self.null & (eigenvalues >= -cutoff)     # the indefinite part was warned about above
+        if rounding.any() or (condition > ILL_CONDITIONED and smallest >= -cutoff):
+            if rounding.any():
+                consequence = (f"{int(rounding.sum())} of {n} eigenvalues are within rounding (N·eps·λ_max = "
                                f"{cutoff.item():.3g}) of 0, the smallest {smallest.item():.3g}; those directions are "
                                "left unfitted at t = inf (a pseudo-inverse)")
             else:
@@ -164,6 +171,7 @@ class MSEPredictor:
             k_train_train = _flatten_outputs(k_train_train)
         kernel = _check_kernel(k_train_train, "k_train_train")
         self.y, self._vector_targets = _as_targets(y_train, kernel.shape[0], "y_train")
+        learning_rate = check_learning_rate(learning_rate)
         self.spectrum = _Spectrum(kernel, learning_rate, self.y.shape[1], ridge, discrete)
         self.learning_rate = learning_rate
         self.discrete = discrete
@@ -308,7 +316,7 @@ class EnsemblePredictor:
                                           rows=None, cols=n) for name in ("nngp", "ntk")}
         self._test_test = _check_kernel(nngp_test_test, "nngp_test_test", rows=self._test["nngp"].shape[0])
         self.y, self._vector_targets = _as_targets(y_train, n, "y_train")
-        self._settings = (learning_rate, self.y.shape[1], ridge, discrete)
+        self._settings = (check_learning_rate(learning_rate), self.y.shape[1], ridge, discrete)
         self._spectra: Dict[str, _Spectrum] = {}
         # the covariance of the initial train outputs, by kind (see the class docstring for the ridge)
         self._prior_train = {"ntk": self._train["nngp"], "nngp": _add_ridge(self._train["nngp"], ridge)}

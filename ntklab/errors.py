@@ -31,3 +31,17 @@ def check_choice(field: str, value: object, allowed: Collection[object]) -> None
     """Raise a ConfigError listing ``allowed`` unless ``value`` is one of them."""
     if not isinstance(value, str) or value not in allowed:
         raise ConfigError(field, f"unknown value {value!r}", allowed=allowed)
+
+
+MAX_SEED = 2 ** 62 - 1
+"""The largest seed: every seed (the network's ``seed``, ``data.seed``) is an integer in [0, MAX_SEED],
+so it and the offsets derived from it fit torch's and NumPy's 64-bit generators."""
+
+
+def check_seed(field: str, value: object) -> int:
+    """The one rule for seeds: an integer (not a bool) in [0, :data:`MAX_SEED`]; a ConfigError otherwise."""
+    import numbers
+
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(field, f"must be an integer in [0, 2**62 - 1], got {value!r}")
+    return int(value)

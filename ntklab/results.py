@@ -2,8 +2,14 @@
 
     config.yaml      the resolved config the run was started with (a resumed run must match it)
     metrics.jsonl    one JSON object per log step, flushed and fsynced as it is written
-    checkpoint.pt    model, optimizer, RNG states, step and the metrics file's length (atomic)
-    summary.json     status ok | diverged | failed, final and fitted numbers (atomic, at the end)
+    checkpoint.pt    model, optimizer, RNG states, step and the metrics file's length (atomic), with a
+                     SHA-256 of its own contents and of the metrics prefix it vouches for, both
+                     verified on resume (RunDirCorrupt on a mismatch)
+    .lock            held (fcntl.flock, exclusive) by the one process running in the directory; the
+                     OS releases it when that process ends or dies, so it is never stale
+    summary.json     status ok | diverged | failed, final and fitted numbers (atomic, at the end); a
+                     refused config leaves one with status failed and the reason (and only .lock);
+                     one that cannot be parsed is removed and the run treated as unfinished
     kernels.pt       Θ̂_0, Θ̂_T and the analytic Θ, Σ on the probe set; the row Θ(x*_0, x*_j) at init,
                      at the end and in the limit (atomic)
     predictions.pt   test inputs, targets, the network's test outputs at init and at the end, and
@@ -11,11 +17,18 @@
     loss.png, drift.png
 
 Non-finite numbers (a diverged loss) are written as JSON ``null``, so every file is strict JSON.
+An atomic write goes through ``.NAME.tmp``: a write that fails removes it, and the next run removes
+those a killed process left (:func:`remove_leftovers`); an OSError (a full disk) becomes a
+:class:`WriteError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -35,7 +48,82 @@ CHECKPOINT = "checkpoint.pt"
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 STATUSES = (OK, DIVERGED, FAILED)
 FINISHED = (OK, DIVERGED)
+LOCK = ".lock"
 STOPPED = "stopped"     # returned by an invocation that ended at stop_after; never written (no summary yet)
+
+
+class RunDirBusy(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+    def __init__(self, run_dir: Path, pid: Optional[int]):
+        self.run_dir, self.pid = run_dir, pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(f"{run_dir} is in use by {holder}; wait for it to end or choose another run directory")
+
+
+class RunDirCorrupt(RuntimeError):
+    """A file of the run directory does not hold what was written: the run cannot be resumed exactly."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {problem}; delete {path.parent / CHECKPOINT} and {path.parent / METRICS} "
+                         "to run again from step 0, or restore both from a copy")
+
+
+def content_digest(obj) -> str:
+    """SHA-256 of a checkpoint's contents as loaded (tensors by dtype, shape and bytes; everything
+    else by ``repr``; dict keys sorted): a flipped bit in any stored value changes it."""
+    digest = hashlib.sha256()
+
+    def visit(value) -> None:
+        if torch.is_tensor(value):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                digest.update(f"{key!r}:".encode())
+                visit(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                visit(item)
+            digest.update(b"]")
+        else:
+            digest.update(f"{type(value).__name__} {value!r};".encode())
+
+    visit(obj)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``run_dir`` (its .lock file) for the ``with`` block.
+
+    The lock is ``fcntl.flock`` on an open file: the OS drops it when the holder closes the file,
+    exits or is killed, so a dead run never leaves a stale lock. The holder's pid is written into
+    the file for the message of :class:`RunDirBusy`, raised at once when another process holds it.
+    """
+    path = Path(run_dir) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            try:
+                pid = int(os.pread(fd, 32, 0).decode().strip())
+            except (ValueError, OSError):   # the holder has not written its pid yet
+                pid = None
+            raise RunDirBusy(Path(run_dir), pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)        # releases the lock
 
 
 def environment(device="cpu", dtype: Optional[str] = None) -> Dict:
@@ -91,11 +179,43 @@ def json_ready(value):
     return value
 
 
+class WriteError(OSError):
+    """A run file could not be written (a full disk, a quota): the message names the file."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(err.errno, f"cannot write {path}: {err.strerror or err}")
+        self.path = Path(path)
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def remove_leftovers(run_dir: Path) -> List[Path]:
+    """Delete the temporary files of atomic writes that a killed process left in ``run_dir``
+    (``.checkpoint.pt.tmp``, ``.summary.json.tmp``, ...); call it holding the directory's lock."""
+    removed = []
+    for name in (CONFIG, SUMMARY, KERNELS, PREDICTIONS, CHECKPOINT):
+        tmp = _tmp_path(Path(run_dir) / name)
+        if tmp.exists():
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def _replace_atomically(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename over ``path``: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """Write through ``write(tmp_path)`` then rename over ``path``: readers see the old or the new file.
+    A write that fails removes its temporary file; an OSError (a full disk) becomes a
+    :class:`WriteError` naming ``path``."""
+    tmp = _tmp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(path, err) from None
+        raise
 
 
 def write_json(path: Path, obj) -> None:
@@ -137,31 +257,48 @@ def save_config(path: Path, config: Dict) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON line per log step to metrics.jsonl, durable before the next step starts."""
+    """Appends one JSON line per log step to metrics.jsonl, durable before the next step starts,
+    keeping the SHA-256 of everything in the file (:attr:`digest`, stored with each checkpoint)."""
 
-    def __init__(self, path: Path, keep_bytes: int = 0):
+    def __init__(self, path: Path, keep_bytes: int = 0, expected_digest: Optional[str] = None):
         """Open ``path`` for appending after truncating it to its first ``keep_bytes`` bytes
-        (the length recorded with the checkpoint being resumed; 0 starts afresh)."""
+        (the length recorded with the checkpoint being resumed; 0 starts afresh). Raises
+        :class:`RunDirCorrupt` when the file is shorter, or when those bytes' SHA-256 is not
+        ``expected_digest`` (the checkpoint's; None: not checked)."""
         self.path = Path(path)
         length = self.path.stat().st_size if self.path.exists() else 0
         if length < keep_bytes:
-            raise RuntimeError(f"{self.path} holds {length} bytes but the checkpoint recorded {keep_bytes}; "
-                               "the run directory was altered, so it cannot be resumed exactly")
+            raise RunDirCorrupt(self.path, f"holds {length} bytes but the checkpoint recorded {keep_bytes}")
         mode = "r+b" if self.path.exists() else "w+b"
         self._file = open(self.path, mode)
+        self._hash = hashlib.sha256(self._file.read(keep_bytes))
+        if expected_digest is not None and self._hash.hexdigest() != expected_digest:
+            self._file.close()
+            raise RunDirCorrupt(self.path, f"its first {keep_bytes} bytes are not those the checkpoint vouches for "
+                                "(SHA-256 mismatch)")
         self._file.truncate(keep_bytes)
         self._file.seek(keep_bytes)
 
     def write(self, record: Dict) -> int:
         """Write ``record`` as one line; returns the file's length afterwards."""
-        self._file.write((json.dumps(json_ready(record), allow_nan=False) + "\n").encode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = (json.dumps(json_ready(record), allow_nan=False) + "\n").encode()
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            raise WriteError(self.path, err) from None
+        self._hash.update(line)
         return self._file.tell()
 
     @property
     def position(self) -> int:
         return self._file.tell()
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the file's first :attr:`position` bytes."""
+        return self._hash.hexdigest()
 
     def close(self) -> None:
         self._file.close()
@@ -187,9 +324,15 @@ def _records(path: Path) -> Iterator[Dict]:
 
 
 def read_summary(run_dir: Path) -> Optional[Dict]:
-    """summary.json of a run directory, or None when the run has not finished."""
+    """summary.json of a run directory, or None when the run has not finished; raises ValueError
+    naming the file when it is cut short, empty or not a JSON object."""
     path = Path(run_dir) / SUMMARY
     if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        summary = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is cut short or corrupt ({err})") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path} holds no JSON object")
+    return summary

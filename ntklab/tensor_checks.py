@@ -1,8 +1,10 @@
-"""Validation of the tensors given to kernel functions (`check_inputs`), shared by the analytic and
-the empirical kernels."""
+"""Validation of what the public API is given, shared by its functions: kernel inputs
+(`check_inputs`, `check_kernel_scale`), a network's device and dtype (`check_device_dtype`) and a
+learning rate (`check_learning_rate`). Each raises ValueError naming the argument."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -57,3 +59,58 @@ def _as_tensor(x, name: str, dtype, device) -> Tensor:
         where = f"column {bad[1]}" if len(bad) == 2 else f"index {tuple(bad[1:])}"
         raise ValueError(f"{name} has NaN or infinite entries (first at row {bad[0]}, {where})")
     return x
+
+
+def check_device_dtype(device, dtype) -> Tuple[torch.device, torch.dtype]:
+    """``(device, dtype)`` of a network to build, checked: ValueError naming the argument for a
+    device torch does not know (``"foo"``), a CUDA device on a machine without one, and a dtype
+    that is not a floating-point torch.dtype (parameters must carry gradients).
+
+    The one call that every network constructor makes (``build_mlp``, ``build_net``)."""
+    if device is None:
+        device = torch.device("cpu")
+    else:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}: this machine has no CUDA GPU (or torch was built without CUDA); "
+                             "use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise ValueError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.float64), got {dtype!r}")
+    return device, dtype
+
+
+def check_learning_rate(value, name: str = "learning_rate") -> float:
+    """``value`` as a float after checking it is a finite number > 0: Python and NumPy numbers,
+    0-d arrays and 0-d tensors are accepted; a bool (``True`` is not 1.0 here) is not."""
+    import numbers
+
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (Tensor, np.ndarray)) and value.dtype in
+                                               (torch.bool, np.bool_)):
+        raise ValueError(f"{name} must be a finite number > 0, got the bool {value!r}")
+    if isinstance(value, (Tensor, np.ndarray)):
+        if value.ndim != 0:
+            raise ValueError(f"{name} must be a number (a 0-d tensor or array at most), got shape {tuple(value.shape)}")
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number > 0, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def check_kernel_scale(diagonal: Tensor, name: str, x: Tensor) -> None:
+    """Refuse inputs whose kernels overflow: ``diagonal`` holds k(x_i, x_i), the largest entries of
+    their rows (|k(x, x')| ≤ √(k(x, x) k(x', x'))), so when they are finite every entry is."""
+    finite = torch.isfinite(diagonal)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        largest = x[row].abs().max().item()
+        raise ValueError(f"{name}: the kernels overflow {str(x.dtype).replace('torch.', '')} (row {row}, whose largest "
+                         f"entry is {largest:.3g}); rescale the inputs")

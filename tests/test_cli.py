@@ -67,6 +67,11 @@ INVALID = {
     "data=mnist": (2, ["data.root", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
     "data=cifar10": (2, ["data.root", "data_batch_1", "test_batch"]),
     "track.quantities=[kernel_drift]": (2, ["track.quantities", "kernel_change"]),
+    f"seed={2 ** 70}": (2, ["seed", "[0, 2**62 - 1]"]),
+    "seed=-1": (2, ["seed", "[0, 2**62 - 1]"]),          # the rule data.seed follows too
+    "+foo=1": (2, ["foo", "not a config field", "stop_after"]),
+    # 10^12 parameters: more memory than any machine has, refused before allocating
+    "width=1000000": (2, ["model.width", "needs at least", "GB"]),
     # Hydra's own errors keep Hydra's message and exit code
     "data=foo": (1, ["data/foo", "digits"]),
     "width=abc": (1, ["width", "abc"]),
@@ -96,7 +101,8 @@ def test_invalid_values_exit_with_a_short_message(tmp_path):
 
 def test_packages_list_names_every_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ntklab").rglob("__init__.py")}
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for top in ("ntklab", "hydra_plugins") for p in (ROOT / top).rglob("__init__.py")}
     assert listed == found | {"ntklab.configs"}
 
 
@@ -109,3 +115,4 @@ def test_wheel_carries_the_configs(tmp_path):
     yaml = {str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml")}
     assert yaml and {f"ntklab/configs/{name}" for name in yaml} <= names
     assert "ntklab/configs/__init__.py" in names
+    assert "hydra_plugins/ntklab_launcher/local_launcher.py" in names     # hydra/launcher=local

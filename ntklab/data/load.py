@@ -21,7 +21,7 @@ from ntklab.data.dataset import Dataset
 from ntklab.data.real import ALL_CLASSES, CLASSIFICATION_NAMES, make_real
 from ntklab.data.synthetic import SYNTHETIC_NAMES, TARGETS, make_synthetic
 from ntklab.data.transforms import NORMALIZATIONS
-from ntklab.errors import ConfigError, check_choice
+from ntklab.errors import ConfigError, check_choice, check_seed
 from ntklab.spec import ArchSpec
 
 DATASET_NAMES = SYNTHETIC_NAMES + CLASSIFICATION_NAMES
@@ -55,7 +55,8 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
         classes: labels to keep for digits/mnist/cifar10 (distinct ints in 0..9, at least two;
             None keeps all ten).
         root: directory holding the MNIST or CIFAR-10 files (see :mod:`ntklab.data.readers`).
-        seed: integer >= 0; the same arguments give the same tensors on every machine.
+        seed: integer in [0, 2**62 - 1] (:func:`ntklab.errors.check_seed`, the rule of every seed); the
+            same arguments give the same tensors on every machine.
 
     Every invalid argument raises ``ConfigError("data.<argument>", ...)``.
     """
@@ -66,7 +67,7 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
     dim = _integer(dim, "dim", 1)
     degree = _integer(degree, "degree", 0)
     parity_bits = _integer(parity_bits, "parity_bits", 1)
-    seed = _integer(seed, "seed", 0)
+    seed = check_seed("data.seed", seed)
     check_choice("data.target", target, TARGETS)
     check_choice("data.targets", targets, TARGET_KINDS)
     check_choice("data.normalize", normalize, NORMALIZATIONS)

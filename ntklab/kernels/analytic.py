@@ -28,7 +28,7 @@ from ntklab.kernels.quadrature import DEFAULT_QUADRATURE_DEGREE
 from ntklab.layers.combinators import check_limit
 from ntklab.layers.core import KernelOptions, KernelState, Layer, Node, Part, Replay, bind
 from ntklab.spec import ArchSpec
-from ntklab.tensor_checks import check_inputs
+from ntklab.tensor_checks import check_inputs, check_kernel_scale
 
 KERNEL_METHODS = ("auto", "closed_form", "quadrature")
 
@@ -96,10 +96,13 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
 
     # First pass: the self pairs (x, x) of every input, recording the variances every layer reads.
     diag1, recorded1 = _self_pairs(root, x1, options, block_elements)
+    check_kernel_scale(diag1.ntk, "x1", x1)       # NaN from inf − inf otherwise
     if diagonal:
         return diag1
     symmetric = x2 is None
     diag2, recorded2 = (diag1, recorded1) if symmetric else _self_pairs(root, x2, options, block_elements)
+    if not symmetric:
+        check_kernel_scale(diag2.ntk, "x2", x2)
     x2 = x1 if symmetric else x2
     n1, n2 = x1.shape[0], x2.shape[0]
     nngp = torch.empty(n1, n2, dtype=dtype, device=x1.device)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ntklab.layers.core import Layer, Node, Shape, bind
+from ntklab.tensor_checks import check_device_dtype
 
 
 class LayerModule(nn.Module):
@@ -60,6 +61,7 @@ class Net(nn.Module):
 
     def __init__(self, arch: Layer, in_shape, seed: int = 0, *, device=None, dtype: torch.dtype = torch.float32):
         super().__init__()
+        device, dtype = check_device_dtype(device, dtype)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         in_shape = (int(in_shape),) if isinstance(in_shape, int) else tuple(int(n) for n in in_shape)

@@ -138,24 +138,49 @@ def run(cfg, run_dir: Path) -> Dict:
     """Train as ``cfg`` says, writing into ``run_dir``; returns the summary (also in summary.json).
 
     A run directory whose summary says ok or diverged is finished: its summary is returned as is.
-    Raises :class:`ConfigError` for invalid values (nothing is written then, except config.yaml
-    when the config itself is valid); any other exception is recorded as status "failed" in
+    The directory is locked for the call: while another process runs in it, this raises
+    :class:`ntklab.results.RunDirBusy` (naming that process) before reading or writing anything.
+    Raises :class:`ConfigError` for invalid values (a fresh directory then gets a failed
+    summary.json saying why, and nothing else); any other exception is recorded as status "failed" in
     summary.json and re-raised.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    validate(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    finished = results.read_summary(run_dir)
-    if finished is not None and finished.get("status") in results.FINISHED:
+    with results.locked(run_dir):      # one process per run directory (RunDirBusy otherwise)
+        for leftover in results.remove_leftovers(run_dir):
+            log.warning("removed %s, left by an interrupted write", leftover)
+        return _run_locked(cfg, run_dir)
+
+
+def _read_summary(run_dir: Path) -> Optional[Dict]:
+    """The run directory's summary; one that is cut short or corrupt (never written so by the
+    trainer, whose writes are atomic) is removed, and the run treated as unfinished."""
+    try:
+        return results.read_summary(run_dir)
+    except ValueError as err:
+        log.warning("%s; removing it and treating the run as unfinished", err)
+        (run_dir / results.SUMMARY).unlink()
+        return None
+
+
+def _run_locked(cfg, run_dir: Path) -> Dict:
+    try:
+        validate(cfg)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        finished = _read_summary(run_dir)
+        if finished is not None and finished.get("status") in results.FINISHED:
+            _check_same_config(run_dir, config)
+            log.info("%s already holds a finished run (status %s); nothing to do", run_dir, finished["status"])
+            return finished
+        device = resolve_device(cfg.device)
+        dtype = getattr(torch, cfg.dtype)
+        data = load_data(cfg.data)
+        spec = build_spec(cfg.model, data.out_dim)
+        _check_memory(cfg, device, data)
         _check_same_config(run_dir, config)
-        log.info("%s already holds a finished run (status %s); nothing to do", run_dir, finished["status"])
-        return finished
-    device = resolve_device(cfg.device)
-    dtype = getattr(torch, cfg.dtype)
-    data = load_data(cfg.data)
-    spec = build_spec(cfg.model, data.out_dim)
-    _check_same_config(run_dir, config)
+    except ConfigError as err:
+        _record_refusal(run_dir, cfg, err)
+        raise
     if finished is not None:      # a failed attempt's summary: this invocation retries, so it no longer holds
         (run_dir / results.SUMMARY).unlink()
     clock = _Clock(device)
@@ -169,8 +194,35 @@ def run(cfg, run_dir: Path) -> Dict:
     except Exception as err:
         summary = {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
                    "traceback": traceback.format_exc(), **results.environment(device, cfg.dtype), "config": config}
-        results.write_json(run_dir / results.SUMMARY, summary)
+        try:
+            results.write_json(run_dir / results.SUMMARY, summary)
+        except OSError as write_err:    # no room even for the summary (a full disk): the error says enough
+            log.error("the failed run's summary could not be written either: %s", write_err)
         raise
+
+
+def _check_memory(cfg, device: torch.device, data: Dataset) -> None:
+    """Refuse a run its device cannot hold, before allocating anything (:mod:`ntklab.resources`)."""
+    from ntklab import resources
+
+    need, have = resources.run_bytes(cfg, data.in_dim, data.out_dim), resources.available_bytes(device)
+    if need > have:
+        raise ConfigError("model.width", f"this run needs at least {resources.gigabytes(need)} of memory but {device} "
+                          f"has {resources.gigabytes(have)} available; use a smaller width, depth or data set, or "
+                          "a device with more memory")
+
+
+def _record_refusal(run_dir: Path, cfg, err: ConfigError) -> None:
+    """A refused config leaves a failed summary.json saying why (a sweep's job directory is then
+    never empty), unless the directory holds another run's files (config.yaml), which stay as they are."""
+    if (run_dir / results.CONFIG).exists():
+        return
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:       # an interpolation that cannot be resolved: keep the config as written
+        config = OmegaConf.to_container(cfg, resolve=False)
+    results.write_json(run_dir / results.SUMMARY, {
+        "status": results.FAILED, "error": f"ConfigError: {err}", "config": config, **results.environment("cpu")})
 
 
 @dataclass
@@ -197,6 +249,7 @@ class _RunState:
     log_steps: FrozenSet[int]
     step: int = 0                        # gradient steps done
     metrics_bytes: int = 0               # metrics.jsonl's length at the checkpoint resumed from
+    metrics_sha256: Optional[str] = None  # and the SHA-256 of those bytes, as the checkpoint vouches
     writer: Optional[results.MetricsWriter] = None
     progress: Optional[tqdm] = None
     status: str = results.OK             # ok | diverged | stopped (stop_after)
@@ -227,11 +280,14 @@ class _RunState:
     def checkpoint(self) -> None:
         """Write checkpoint.pt: θ, optimizer and RNG states, the step, metrics.jsonl's length, timing."""
         self.clock.lap("steps")
-        results.save_torch(self.checkpoint_path, {
+        saved = {
             "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "batch_generator": self.batches.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "metrics_bytes": self.writer.position, "timing": vars(self.clock.timing)})
+            "metrics_bytes": self.writer.position, "metrics_sha256": self.writer.digest,
+            "timing": dict(vars(self.clock.timing))}
+        saved["checksum"] = results.content_digest(saved)     # verified by _resume
+        results.save_torch(self.checkpoint_path, saved)
         self.clock.lap("other")
 
 
@@ -247,6 +303,9 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
     log.info("run directory %s | %s | %d parameters | device %s (%s), %s", run_dir, spec, n_params,
              device, results.device_name(device), cfg.dtype)
 
+    if track.probe_size > data.n_train:
+        log.warning("track.probe_size=%d is more than the %d train points: the probe set is all of them",
+                    track.probe_size, data.n_train)
     quantities = list(track.quantities)
     if cfg.model.alpha is not None and cfg.model.alpha > 10 and dtype == torch.float32:
         log.warning("model.alpha=%g in float32: parameter steps shrink like 1/alpha and fall below float32's "
@@ -273,14 +332,20 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
 
 def _resume(state: _RunState) -> None:
     """Continue from checkpoint.pt if there is one (θ, optimizer and RNG states, step, timing so far),
-    then open metrics.jsonl cut back to the length it had at that checkpoint (0: a fresh file)."""
+    then open metrics.jsonl cut back to the length it had at that checkpoint (0: a fresh file).
+    The checkpoint's checksum and that of the metrics prefix it vouches for are verified first:
+    :class:`ntklab.results.RunDirCorrupt` when either does not match."""
     path = state.checkpoint_path
     if path.exists():
         try:
             saved = torch.load(path, map_location=state.device, weights_only=True)
         except Exception as err:
-            raise RuntimeError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it "
-                               "(and metrics.jsonl) to start this run again from step 0") from err
+            raise results.RunDirCorrupt(path, f"cannot be read ({type(err).__name__})") from err
+        checksum = saved.pop("checksum", None)
+        if checksum is None:        # written before checkpoints carried checksums: nothing to verify
+            log.warning("%s has no checksum (an older checkpoint); resuming without verifying it", path)
+        elif results.content_digest(saved) != checksum:
+            raise results.RunDirCorrupt(path, "its contents do not match the checksum stored with them")
         state.model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
         state.batches.set_state(saved["batch_generator"].cpu())
@@ -289,12 +354,14 @@ def _resume(state: _RunState) -> None:
         if saved["cuda_rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
         state.step, state.metrics_bytes = saved["step"], saved["metrics_bytes"]
+        state.metrics_sha256 = saved.get("metrics_sha256")
         clock = state.clock
         setup_now = clock.timing.setup      # this invocation's setup adds to the earlier ones
         clock.timing = _Timing(**saved["timing"])
         clock.timing.setup += setup_now
         log.info("resuming from the checkpoint at step %d", state.step)
-    state.writer = results.MetricsWriter(state.run_dir / results.METRICS, keep_bytes=state.metrics_bytes)
+    state.writer = results.MetricsWriter(state.run_dir / results.METRICS, keep_bytes=state.metrics_bytes,
+                                         expected_digest=state.metrics_sha256)
 
 
 def _loop(state: _RunState) -> None:
@@ -331,7 +398,18 @@ def _loop(state: _RunState) -> None:
                 break
             state.optimizer.zero_grad(set_to_none=True)
             (loss * state.outputs.loss_scale).backward()
-            state.optimizer.step()
+            try:
+                state.optimizer.step()
+            except RuntimeError as err:
+                if "overflow" not in str(err):
+                    raise
+                # η itself does not fit the network's dtype (optim.lr=1e308): the step is infinite
+                state.status, state.diverged_at = results.DIVERGED, state.step
+                state.last_record = {"step": state.step, "train_loss": math.inf, "diverged": True}
+                state.writer.write(state.last_record)
+                log.warning("diverged at step %d: the learning rate %.3g overflows %s", state.step, state.lr,
+                            cfg.dtype)
+                break
             state.step += 1
             state.progress.update(1)
             if state.step in state.log_steps:
@@ -380,7 +458,9 @@ def _summarize(state: _RunState) -> Dict:
     summary["config"] = state.config
     results.write_json(run_dir / results.SUMMARY, summary)
     state.checkpoint_path.unlink(missing_ok=True)
-    log.info("%s after %d steps: train loss %.4g, %s", state.status, state.step, final.get("train_loss") or math.nan,
+    train_loss = final.get("train_loss")
+    log.info("%s after %d steps: train loss %.4g, %s", state.status, state.step,
+             math.nan if train_loss is None else train_loss,
              ", ".join(f"{k} {final[k]:.3g}" for k in ("kernel_change", "pred_gap_analytic") if k in final))
     return summary
 
