@@ -20,9 +20,12 @@ A :class:`KernelState` holds up to three :class:`Part` s that travel through the
     diag1  the pairs (x1_i, x1_i), leading axis (b1,)     — their spatial diagonal gives Var u
     diag2  the pairs (x2_j, x2_j), leading axis (b2,)     — and Var v, for activations and layer norm
 
-so every layer sees the variances of its own input without a second pass. Arrays are float64
-torch tensors, or numpy object arrays of mpmath numbers for the high-precision recursion of
-:mod:`ntklab.spectra` (vector nets only); the rules use broadcasting arithmetic that works on both.
+so every layer sees the variances of its own input. :func:`ntklab.analytic_kernels` runs the self
+pairs of all inputs once first, recording those variances (``recorder``), and then each block
+alone, reading them back (:class:`Replay`): a block then costs no self-pair work of its own.
+Arrays are float64 (or float32) torch tensors, or numpy object arrays of mpmath numbers for the
+high-precision recursion of :mod:`ntklab.spectra` (vector nets only); the rules use broadcasting
+arithmetic that works on both.
 """
 
 from __future__ import annotations
@@ -266,15 +269,15 @@ class KernelState:
             if self.replay is not None:
                 q1, q2 = self.replay.next()
             else:
-                q1 = _position_variances(self.diag1.nngp, self.spatial, self.full)
-                q2 = _position_variances((self.diag2 or self.diag1).nngp, self.spatial, self.full)
+                q1 = _position_variances(self.diag1.nngp, self.full)
+                q2 = _position_variances((self.diag2 or self.diag1).nngp, self.full)
             spatial_axes = len(self.spatial)
             if self.full:     # (b1, 1, H, W, 1, 1) and (1, b2, 1, 1, H, W)
                 return (_reshape(q1, (q1.shape[0], 1) + q1.shape[1:] + (1,) * spatial_axes),
                         _reshape(q2, (1, q2.shape[0]) + (1,) * spatial_axes + q2.shape[1:]))
             return _reshape(q1, (q1.shape[0], 1) + q1.shape[1:]), _reshape(q2, (1, q2.shape[0]) + q2.shape[1:])
         part = getattr(self, name)
-        q = _position_variances(part.nngp, self.spatial, self.full)
+        q = _position_variances(part.nngp, self.full)
         if self.recorder is not None:
             self.recorder.append(q)
         if self.full:         # (n, H, W, 1, 1) and (n, 1, 1, H, W)
@@ -322,7 +325,7 @@ def spatial_diagonal(kernel: Tensor) -> Tensor:
     return flat.diagonal(dim1=-2, dim2=-1).reshape(kernel.shape[:-4] + (h, w))
 
 
-def _position_variances(nngp, spatial, full):
+def _position_variances(nngp, full):
     """Var at each position of the pairs (x, x) of a diagonal part: (n,) or (n, H, W)."""
     return spatial_diagonal(nngp) if full else nngp
 
