@@ -39,7 +39,9 @@ def record_job(record: Dict) -> None:
 
 def failures() -> List[Dict]:
     """The failed jobs of the last sweep run in this process (empty when none, or no sweep)."""
-    return [r for r in (_LAST or []) if r.get("status") not in ("ok", "diverged", "stopped")]
+    from ntklab.results import FINISHED, STOPPED
+
+    return [r for r in (_LAST or []) if r.get("status") not in FINISHED + (STOPPED,)]
 
 
 def jobs() -> List[Dict]:
