@@ -83,6 +83,8 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
     def dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
         # In place on four fresh arrays: the CNTK calls this on blocks of millions of entries, where
         # an allocation per operation (page faults, a pass each) costs 3-5× the arithmetic.
+        # √(q1 q2) in one rounding, not √q1·√q2: for a self pair (q1 = q2 = cov) it makes ρ = 1
+        # exactly, where arccos would turn a 1-ulp error into ~1e-8 (tests/test_kernels.py sees it)
         norm = torch.mul(q1, q2).sqrt_()
         if norm.shape != cov.shape:
             norm = norm.expand_as(cov)
