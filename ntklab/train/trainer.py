@@ -277,6 +277,14 @@ class _RunState:
         self.last_record = measured
         return measured
 
+    def diverge(self, loss: float, why: str) -> None:
+        """End the run as diverged at this step: metrics.jsonl gets a short
+        {"step", "train_loss", "diverged"} line (the summary keeps the last full record as final)."""
+        self.status, self.diverged_at = results.DIVERGED, self.step
+        self.last_record = {"step": self.step, "train_loss": loss, "diverged": True}
+        self.writer.write(self.last_record)
+        log.warning("diverged at step %d: %s", self.step, why)
+
     def checkpoint(self) -> None:
         """Write checkpoint.pt: θ, optimizer and RNG states, the step, metrics.jsonl's length, timing."""
         self.clock.lap("steps")
@@ -391,10 +399,7 @@ def _loop(state: _RunState) -> None:
             loss = mse_loss(state.outputs(state.model, x, "train", rows), y)
             loss_value = loss.item()
             if not math.isfinite(loss_value) or loss_value > optim.divergence_factor * state.loss_0:
-                state.status, state.diverged_at = results.DIVERGED, state.step
-                state.last_record = {"step": state.step, "train_loss": loss_value, "diverged": True}
-                state.writer.write(state.last_record)
-                log.warning("diverged at step %d: loss %.3g (initial %.3g)", state.step, loss_value, state.loss_0)
+                state.diverge(loss_value, f"loss {loss_value:.3g} (initial {state.loss_0:.3g})")
                 break
             state.optimizer.zero_grad(set_to_none=True)
             (loss * state.outputs.loss_scale).backward()
@@ -404,11 +409,7 @@ def _loop(state: _RunState) -> None:
                 if "overflow" not in str(err):
                     raise
                 # η itself does not fit the network's dtype (optim.lr=1e308): the step is infinite
-                state.status, state.diverged_at = results.DIVERGED, state.step
-                state.last_record = {"step": state.step, "train_loss": math.inf, "diverged": True}
-                state.writer.write(state.last_record)
-                log.warning("diverged at step %d: the learning rate %.3g overflows %s", state.step, state.lr,
-                            cfg.dtype)
+                state.diverge(math.inf, f"the learning rate {state.lr:.3g} overflows {cfg.dtype}")
                 break
             state.step += 1
             state.progress.update(1)
