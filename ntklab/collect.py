@@ -51,13 +51,11 @@ def find_runs(paths: Iterable[Path]) -> List[Path]:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
+        # files under a hidden folder (.hydra, .submitit) are copies or logs, not runs
+        visible = lambda file: not any(part.startswith(".") for part in file.relative_to(path).parts[:-1])
         for name in (results.CONFIG, results.SUMMARY):
-            for file in path.rglob(name):
-                if not any(part.startswith(".") for part in file.relative_to(path).parts[:-1]):
-                    found.add(file.parent)
-        for multirun in path.rglob("multirun.yaml"):
-            if any(part.startswith(".") for part in multirun.relative_to(path).parts[:-1]):
-                continue
+            found.update(file.parent for file in path.rglob(name) if visible(file))
+        for multirun in filter(visible, path.rglob("multirun.yaml")):
             found.update(d for d in multirun.parent.iterdir() if d.is_dir() and not d.name.startswith("."))
     return sorted(found)
 

@@ -75,23 +75,23 @@ class ArchSpec:
     _act: Activation = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.depth) or self.depth < 0:
+        if not is_integer(self.depth) or self.depth < 0:
             raise ValueError(f"depth must be an integer >= 0, got {self.depth!r}")
-        if _is_int(self.width):
+        if is_integer(self.width):
             if self.width < 1:
                 raise ValueError(f"width must be an integer >= 1, got {self.width!r}")
         elif isinstance(self.width, Sequence) and not isinstance(self.width, str):
             widths = tuple(self.width)
-            if len(widths) != self.depth or not all(_is_int(n) and n >= 1 for n in widths):
+            if len(widths) != self.depth or not all(is_integer(n) and n >= 1 for n in widths):
                 raise ValueError(
                     f"width must be an integer >= 1 or a sequence of depth={self.depth} integers "
                     f">= 1, got {self.width!r}")
             object.__setattr__(self, "width", tuple(int(n) for n in widths))
         else:
             raise ValueError(f"width must be an integer >= 1 or a sequence of integers, got {self.width!r}")
-        if not _is_real(self.sigma_w) or not self.sigma_w > 0:
+        if not is_finite_real(self.sigma_w) or not self.sigma_w > 0:
             raise ValueError(f"sigma_w must be a finite number > 0, got {self.sigma_w!r}")
-        if not _is_real(self.sigma_b) or self.sigma_b < 0:
+        if not is_finite_real(self.sigma_b) or self.sigma_b < 0:
             raise ValueError(f"sigma_b must be a finite number >= 0, got {self.sigma_b!r}")
         if not isinstance(self.bias, bool):
             raise ValueError(f"bias must be True or False, got {self.bias!r}")
@@ -100,7 +100,7 @@ class ArchSpec:
         if self.parametrization not in PARAMETRIZATIONS:
             raise ValueError(
                 f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}, got {self.parametrization!r}")
-        if not _is_int(self.out_dim) or self.out_dim < 1:
+        if not is_integer(self.out_dim) or self.out_dim < 1:
             raise ValueError(f"out_dim must be an integer >= 1, got {self.out_dim!r}")
         try:
             act = get_activation(self.activation)
@@ -194,7 +194,7 @@ def parameter_scale(parametrization: str, role: str, fan_in: int, fan_out: int, 
 
 def layer_scales(spec: ArchSpec, in_dim: int) -> Tuple[LayerScale, ...]:
     """The L+1 dense layers of ``spec`` on inputs of dimension ``in_dim``, input layer first."""
-    if not _is_int(in_dim) or in_dim < 1:
+    if not is_integer(in_dim) or in_dim < 1:
         raise ValueError(f"in_dim must be an integer >= 1, got {in_dim!r}")
     dims = (int(in_dim),) + spec.widths + (spec.out_dim,)
     last = len(dims) - 1
@@ -204,11 +204,11 @@ def layer_scales(spec: ArchSpec, in_dim: int) -> Tuple[LayerScale, ...]:
                  for layer, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:]), start=1))
 
 
-def _is_int(value: object) -> bool:
+def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
+def is_finite_real(value: object) -> bool:
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(float(value)))
 

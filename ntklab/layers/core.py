@@ -30,15 +30,13 @@ arithmetic that works on both.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ntklab.spec import LayerScale
+from ntklab.spec import LayerScale, is_integer, is_finite_real
 
 Shape = Tuple[int, ...]
 """A single input's shape: (d,) for vectors, (C, H, W) for images."""
@@ -356,7 +354,7 @@ def window_padding(size: int, window: int, stride: int, padding: str) -> Tuple[i
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -371,8 +369,7 @@ def check_pair(value, name: str) -> Tuple[int, int]:
 
 
 def check_real(value, name: str, minimum: float, strict: bool) -> float:
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum):
+    if not is_finite_real(value) or value < minimum or (strict and value == minimum):
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
     return float(value)
 
