@@ -88,6 +88,10 @@ def _phase(cfg) -> Optional[Dict]:
     return _run_app(cfg, "phase", "ntklab.commands.phase:run")
 
 
+def _regress(cfg) -> Optional[Dict]:
+    return _run_app(cfg, "regress", "ntklab.commands.regress:run")
+
+
 def _collect(args: List[str]) -> int:
     from ntklab.collect import main as collect_main
 
@@ -102,6 +106,8 @@ COMMANDS: Dict[str, Tuple[str, Callable, Optional[str]]] = {
                  "spectrum"),
     "phase": ("freeze and chaos: chi_1 phase diagram, normalised NTK and condition number against depth", _phase,
               "phase"),
+    "regress": ("kernel regression with a model's analytic NNGP and NTK (the CNTK for CNNs) on train/test data",
+                _regress, "regress"),
     "collect": ("gather run directories (a multirun sweep) into one table: PATH/results.csv", _collect, None),
 }
 

@@ -7,7 +7,8 @@ A run directory is any folder holding the ``config.yaml`` a training run writes 
 ``initial.kernel_to_limit``, ``max.pred_gap_analytic``, ``fitted.kernel_change_step_exponent``,
 ``timing.per_step_s``, ``eta_max.analytic``, ...). Nothing is dropped silently:
 
-    ok, diverged, failed   as summary.json says (``results.STATUSES``; a failed run keeps its ``error``)
+    ok, diverged, failed   as summary.json (a ``regress`` run's regression.json) says (``results.STATUSES``;
+                           a failed run keeps its ``error``)
     unfinished             no summary.json yet (running, killed, or waiting to resume): its last
                            metrics record fills the ``final.*`` columns and ``steps_done`` (as it
                            does for a failed run)
@@ -64,6 +65,8 @@ def run_row(run_dir: Path) -> Dict[str, object]:
     """The table row of one run directory; raises ValueError naming the file that cannot be read."""
     run_dir = Path(run_dir)
     config_path, summary_path = run_dir / results.CONFIG, run_dir / results.SUMMARY
+    if not summary_path.exists() and (run_dir / results.REGRESSION).exists():
+        summary_path = run_dir / results.REGRESSION        # a regress run's summary
     row: Dict[str, object] = {"run_dir": str(run_dir.resolve())}
     if not config_path.exists() and not summary_path.exists():
         row["status"] = MISSING     # a sweep's job that left nothing (killed before it started)

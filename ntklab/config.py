@@ -15,8 +15,9 @@ interpolates them, so ``width=4096`` works as users type it (``model.width=4096`
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import II, MISSING
 
@@ -33,9 +34,10 @@ PLOT_FORMATS = ("png", "pdf", "svg")    # of the spectrum and phase figures
 
 
 @dataclass
-class ModelConfig:
-    """The architecture (:class:`ntklab.ArchSpec`); out_dim comes from the data's targets."""
+class MLPConfig:
+    """``model=mlp``: the fully connected net (:class:`ntklab.ArchSpec`); out_dim comes from the data's targets."""
 
+    name: str = "mlp"
     depth: int = II("depth")
     width: int = II("width")
     activation: str = "relu"
@@ -47,8 +49,41 @@ class ModelConfig:
 
 
 @dataclass
+class CNNConfig:
+    """``model=cnn``: the convolutional net of :func:`ntklab.nets.cnn_layers` on images (N, C, H, W).
+
+    ``width`` is the channels of every conv layer and ``depth`` the number of conv blocks, both from
+    the top level, so the sweep presets over width and depth apply unchanged.
+    """
+
+    name: str = "cnn"
+    depth: int = II("depth")            # conv blocks (conv + activation [+ 2×2 avg pool])
+    width: int = II("width")            # channels
+    kernel_size: int = 3
+    strides: List[int] = field(default_factory=list)       # one per block; empty: all 1
+    padding: str = "same"
+    pool_after: List[int] = field(default_factory=list)    # blocks (1..depth) followed by a 2×2 avg pool
+    readout: str = "gap"                # gap (global average pool) | flatten
+    activation: str = "relu"
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
+    bias: bool = True
+    parametrization: str = II("parametrization")
+    alpha: Optional[float] = None       # lazy scale, as for the MLP
+
+
+MODEL_SCHEMAS = {"mlp": MLPConfig, "cnn": CNNConfig}
+
+
+def wants_images(model_cfg) -> bool:
+    """Whether the model config takes images (N, C, H, W) rather than vectors."""
+    return model_cfg.get("name", "mlp") == "cnn"
+
+
+@dataclass
 class DataConfig:
-    """Arguments of :func:`ntklab.data.load_dataset` (see its docstring for each)."""
+    """Arguments of :func:`ntklab.data.load_dataset` (see its docstring for each), but ``images``:
+    the model decides whether the inputs arrive as images (:func:`wants_images`)."""
 
     name: str = "sphere"
     n_train: int = 256
@@ -65,6 +100,7 @@ class DataConfig:
     center_targets: bool = False
     targets: str = "scalar"
     classes: Optional[List[int]] = None
+    balanced: bool = True               # real sets: each split balanced over the classes
     root: Optional[str] = None
     seed: int = 0
 
@@ -112,7 +148,7 @@ class TrainConfig:
     width: int = 1024
     depth: int = 2
     parametrization: str = "ntk"
-    model: ModelConfig = MISSING
+    model: Any = MISSING                # MLPConfig (model=mlp) or CNNConfig (model=cnn)
     data: DataConfig = MISSING
     optim: OptimConfig = MISSING
     track: TrackConfig = MISSING
@@ -120,6 +156,27 @@ class TrainConfig:
     dtype: str = "float32"              # of the network; kernels and predictions are float64
     seed: int = 0                       # the network's initialisation
     stop_after: Optional[int] = None    # end this invocation after this many steps (resumable)
+
+
+@dataclass
+class RegressConfig:
+    """The composed config of ``python -m ntklab regress``: kernel regression (t = ∞) with the analytic
+    NNGP and NTK of ``model`` on ``data`` (see :mod:`ntklab.commands.regress`)."""
+
+    width: int = 1024                   # enters the kernels under "standard" and "mup" only
+    depth: int = 2
+    parametrization: str = "ntk"
+    model: Any = MISSING                # MLPConfig (model=mlp) or CNNConfig (model=cnn)
+    data: DataConfig = MISSING
+    device: str = "auto"
+    dtype: str = "float64"              # of the kernel arithmetic; float32 only for speed
+    ridge: float = 0.0                  # σ² = ridge × mean diagonal of the train kernel (neural-tangents' diag_reg)
+    ridges: List[float] = field(default_factory=list)  # candidates chosen on a held-out part of the train set
+    validation_fraction: float = 0.2    # the held-out part's share when ridges are given
+    block_size: int = 256               # inputs per side of a saved kernel block
+    seed: int = 0                       # of the held-out split
+    progress: bool = True               # tqdm progress bar over the kernel blocks
+    stop_after_blocks: Optional[int] = None   # end this invocation after this many new blocks (resumable)
 
 
 def register_configs() -> None:
@@ -130,8 +187,12 @@ def register_configs() -> None:
     # The group options (configs/model/*.yaml, ...) merge into TrainConfig's typed fields, so they
     # are checked against ModelConfig, DataConfig, ... without a schema of their own.
     store.store(name="train_schema", node=TrainConfig)
+    # configs/model/<name>.yaml names its schema in its defaults list, so model=cnn is typed as a CNNConfig
+    for name, schema in MODEL_SCHEMAS.items():
+        store.store(group="model", name=f"{name}_schema", node=schema)
     store.store(name="spectrum_schema", node=SpectrumConfig)
     store.store(name="phase_schema", node=PhaseConfig)
+    store.store(name="regress_schema", node=RegressConfig)
     # hydra/launcher=local (configs/hydra/launcher/local.yaml) is ntklab's own launcher plugin.
     # Hydra finds plugins by scanning the hydra_plugins namespace, which an editable install's
     # import hook hides from that scan, so it is registered here as well.
@@ -156,12 +217,75 @@ def build_spec(model_cfg, out_dim: int) -> ArchSpec:
         raise ConfigError(f"model.{name}", message[len(name):].lstrip(": ")) from None
 
 
+# the model config's field behind a layer's error ("conv: stride must be ..." → model.strides)
+_LAYER_ARGUMENTS = {"out_channels": "width", "out_dim": "width", "stride": "strides"}
+
+
+def build_arch(model_cfg, in_shape, out_dim: int):
+    """The model config as (architecture, ArchSpec or None) for inputs of shape ``in_shape``.
+
+    model=mlp lowers its :class:`ArchSpec` (:func:`ntklab.nets.mlp_layers`); model=cnn builds
+    :func:`ntklab.nets.cnn_layers`. The architecture is bound to ``in_shape`` here, so a net that
+    does not fit its inputs (images for an MLP, a "valid" kernel larger than the image) fails now,
+    as a ConfigError naming the model field and the layer.
+    """
+    from ntklab.layers import bind
+    from ntklab.nets import cnn_layers, mlp_layers
+
+    in_shape = tuple(int(n) for n in in_shape)
+    name = model_cfg.get("name", "mlp")
+    if name == "mlp":
+        if len(in_shape) != 1:
+            raise ConfigError("model", f"model=mlp takes vectors, but the data are images of shape {in_shape}; "
+                                       "use model=cnn for images")
+        spec = build_spec(model_cfg, out_dim)
+        return mlp_layers(spec), spec
+    check_choice("model.name", name, tuple(MODEL_SCHEMAS))
+    if len(in_shape) != 3:
+        raise ConfigError("model", f"model=cnn takes images (C, H, W), but the data are vectors of shape {in_shape}; "
+                                   "use an image data set (digits, mnist, fashion_mnist, cifar10)")
+    try:
+        arch = cnn_layers(model_cfg.depth, model_cfg.width, out_dim, kernel_size=model_cfg.kernel_size,
+                          strides=list(model_cfg.strides), padding=model_cfg.padding,
+                          pool_after=list(model_cfg.pool_after), readout=model_cfg.readout,
+                          activation=model_cfg.activation, sigma_w=model_cfg.sigma_w, sigma_b=model_cfg.sigma_b,
+                          bias=model_cfg.bias, parametrization=model_cfg.parametrization)
+    except ValueError as err:
+        raise _model_error(str(err)) from None
+    try:
+        bind(arch, in_shape)
+    except ValueError as err:       # "layer 4 (conv(...)): the 3x3 kernel is larger than the 2x2 input ..."
+        raise ConfigError("model", f"does not fit inputs of shape {in_shape}: {err}") from None
+    return arch, None
+
+
+def _model_error(message: str) -> ConfigError:
+    """A layer's or cnn_layers' ValueError as a ConfigError on the model field it is about: the
+    messages start with the argument ("readout must be ...") or the layer and argument ("conv: stride ...")."""
+    layer, _, rest = message.partition(": ")
+    if layer in ("conv", "dense", "activation") and rest:
+        if layer == "activation":
+            return ConfigError("model.activation", rest.removeprefix("activation: "))
+        argument = rest.split(" ")[0]
+        detail = re.sub(r"^\(\w+\) ", "", rest[len(argument):].lstrip())     # "(channels) must be ..."
+        return ConfigError(f"model.{_LAYER_ARGUMENTS.get(argument, argument)}", detail)
+    argument = message.split(" ")[0]
+    return ConfigError(f"model.{argument}", message[len(argument):].lstrip())
+
+
 def _at_least(field_name: str, value, minimum, kind: str = "an integer") -> None:
     if value < minimum:
         raise ConfigError(field_name, f"must be {kind} >= {minimum}, got {value!r}")
 
 
-_GROUPS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "track": TrackConfig}
+_GROUPS = {"data": DataConfig, "optim": OptimConfig, "track": TrackConfig}
+
+
+def _group_schema(key: str, node):
+    """The schema of config group ``key`` (the model's by its name), or None for a plain field."""
+    if key == "model":
+        return MODEL_SCHEMAS.get(node.get("name", "mlp"), MLPConfig)
+    return _GROUPS.get(key)
 
 
 def check_known_keys(cfg, schema, prefix: str = "") -> None:
@@ -172,8 +296,8 @@ def check_known_keys(cfg, schema, prefix: str = "") -> None:
     for key in cfg.keys():
         if key not in fields:
             raise ConfigError(f"{prefix}{key}", "is not a config field", allowed=fields)
-        nested = _GROUPS.get(key) if not prefix else None
-        if nested is not None and cfg[key] is not None:
+        nested = _group_schema(key, cfg[key]) if not prefix and cfg[key] is not None else None
+        if nested is not None:
             check_known_keys(cfg[key], nested, f"{key}.")
 
 
@@ -230,7 +354,7 @@ class SpectrumConfig:
     width: int = 1024                   # enters the kernels of "standard", "mup" (NNGP) and "meanfield"
     depth: int = 2
     parametrization: str = "ntk"
-    model: ModelConfig = MISSING
+    model: MLPConfig = MISSING
     kind: str = "both"                  # nngp | ntk | both
     domain: str = "boolean_cube"        # boolean_cube ({±1}^d) | sphere (radius √d in R^d)
     d: int = 128                        # input dimension

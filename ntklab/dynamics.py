@@ -51,6 +51,15 @@ def mse_loss(fx: Tensor, y: Tensor) -> Tensor:
     return 0.5 * ((torch.as_tensor(fx) - y) ** 2).mean(dim=tuple(range(-y.dim(), 0)))
 
 
+def accuracy(fx: Tensor, y: Tensor) -> float:
+    """Fraction of points classified right: argmax for one-hot targets; for scalar two-valued targets
+    (±1, possibly centred) the side of the midpoint between the two values."""
+    if y.shape[1] == 1:
+        midpoint = (y.max() + y.min()) / 2
+        return ((fx > midpoint) == (y > midpoint)).double().mean().item()
+    return (fx.argmax(1) == y.argmax(1)).double().mean().item()
+
+
 def max_learning_rate(k_train_train: Tensor, out_dim: int = 1, fraction: float = 1.0) -> float:
     """η_max = 2Nk / λ_max(Θ), times ``fraction``: the largest η for which discrete gradient
     descent on the linearised model converges (|1 − ηλ/(Nk)| < 1 for every eigenvalue).

@@ -5,36 +5,44 @@ cores and memory allow.
 
 The estimate is a lower bound on the largest terms, not a measurement: the parameters held four
 times (θ, θ_0 for param_drift, the gradient, the momentum buffer or optimizer state), the
-activations of the largest batch through every layer four times (forward values, derivatives,
-the structured NTK's per-layer features, autograd's saved tensors), and the float64 kernels on the
-train set (analytic Θ and Σ, the empirical Θ̂_0 and its test×train block).
+outputs of every dense or conv layer on the largest batch four times (forward values,
+derivatives, the structured NTK's per-layer features, autograd's saved tensors), and the float64
+kernels on the train set (analytic Θ and Σ, the empirical Θ̂_0 and its test×train block). The
+analytic CNTK's working memory is bounded separately (``analytic_kernels``' block_elements).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
-# input dimension of the real data sets (synthetic ones have data.dim)
-_IN_DIMS = {"digits": 64, "mnist": 784, "cifar10": 3072}
 PROCESS_BYTES = 400 * 2 ** 20     # a Python process with torch imported, before any tensor (measured ~350 MB)
 
 
-def run_bytes(cfg, in_dim: Optional[int] = None, out_dim: Optional[int] = None) -> int:
-    """Bytes a training run of ``cfg`` needs at least (see the module's docstring); ``in_dim`` and
-    ``out_dim`` default to what the data config implies."""
-    data, model, track = cfg.data, cfg.model, cfg.track
-    in_dim = in_dim or _IN_DIMS.get(data.name, data.dim)
-    out_dim = out_dim or (10 if data.targets == "onehot" else 1)
+def run_bytes(cfg, in_shape: Optional[Sequence[int]] = None, out_dim: Optional[int] = None) -> int:
+    """Bytes a training run of ``cfg`` needs at least (see the module's docstring); ``in_shape`` (one
+    input's shape) and ``out_dim`` default to what the data config implies. Raises ConfigError for a
+    model config that cannot be built."""
+    from ntklab.config import build_arch, wants_images
+    from ntklab.data import IMAGE_SHAPES
+    from ntklab.layers import bind
+
+    data, track = cfg.data, cfg.track
+    if in_shape is None:
+        image = IMAGE_SHAPES.get(data.name)     # synthetic sets are vectors of data.dim
+        in_shape = (int(data.dim),) if image is None else image if wants_images(cfg.model) else (math.prod(image),)
+    if out_dim is None:
+        out_dim = (len(data.classes) if data.get("classes") else 10) if data.targets == "onehot" else 1
     itemsize = 8 if cfg.dtype == "float64" else 4
-    width, depth = int(model.width), int(model.depth)
-    widths = [in_dim] + [width] * depth + [out_dim]
-    n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    arch, _ = build_arch(cfg.model, in_shape, out_dim)
+    layers = bind(arch, in_shape).parametrized()
+    n_params = sum(node.layer.parameter_count(node) for node in layers)
+    features_per_row = sum(math.prod(node.out_shape) for node in layers)
     n_train, n_test = int(data.n_train), int(data.n_test)
-    rows = max(n_train, n_test)
-    activations = 4 * rows * width * depth * itemsize
+    activations = 4 * max(n_train, n_test) * features_per_row * itemsize
     k = out_dim if n_train * out_dim <= track.full_kernel_limit else 1
     kernels = 8 * (3 * (n_train * k) ** 2 + n_test * n_train)
     return 4 * n_params * itemsize + activations + kernels

@@ -44,6 +44,7 @@ SUMMARY = "summary.json"
 KERNELS = "kernels.pt"
 PREDICTIONS = "predictions.pt"
 CHECKPOINT = "checkpoint.pt"
+REGRESSION = "regression.json"     # the summary of a ``regress`` run (it has no metrics)
 # summary.json's status; a run directory whose status is FINISHED is not run again
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 STATUSES = (OK, DIVERGED, FAILED)
@@ -336,3 +337,31 @@ def read_summary(run_dir: Path) -> Optional[Dict]:
     if not isinstance(summary, dict):
         raise ValueError(f"{path} holds no JSON object")
     return summary
+
+
+def check_same_config(run_dir: Path, config: Dict, not_compared: Sequence[str] = ()) -> None:
+    """A run directory holds one run: save ``config`` as its config.yaml, or, when one is there,
+    refuse (ConfigError on hydra.run.dir, naming the fields that differ) a config that differs from
+    it in anything but the dotted fields ``not_compared`` (those that do not change the results)."""
+    from omegaconf import OmegaConf
+
+    from ntklab.errors import ConfigError
+
+    def comparable(tree: Dict) -> Dict:
+        tree = OmegaConf.create(tree)
+        for dotted in not_compared:
+            parent, _, leaf = dotted.rpartition(".")
+            node = OmegaConf.select(tree, parent) if parent else tree
+            if node is not None and leaf in node:
+                del node[leaf]
+        return flatten(OmegaConf.to_container(tree))
+
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        save_config(path, config)
+        return
+    before, now = comparable(OmegaConf.to_container(OmegaConf.load(path))), comparable(config)
+    if before != now:
+        changed = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+        raise ConfigError("hydra.run.dir", f"{run_dir} holds a run with a different config "
+                          f"(differs in {', '.join(changed)}); choose a new run directory")

@@ -3,11 +3,14 @@
 Fixtures and collection hooks live in conftest.py; no test module imports from another one.
 """
 
+import json
 import os
 import subprocess
 import sys
 
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def random_inputs(n, d, generator, dtype=torch.float64):
@@ -73,3 +76,18 @@ def stop_all(processes):
         if process.poll() is None:
             process.kill()
         process.communicate()
+
+
+# ----------------------------------------------------------------------------- figure scripts
+
+def draw(script, table, out_dir, *extra):
+    """Run scripts/SCRIPT.py on ``table``; check the PNG and PDF and return the numbers it saved
+    with them (STEM.json)."""
+    stem = out_dir / script
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", f"{script}.py"), str(table),
+                           "--out", str(stem), *extra], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    png = stem.with_suffix(".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000      # an empty axes alone is ~5 kB
+    assert stem.with_suffix(".pdf").stat().st_size > 1000
+    return json.loads(stem.with_suffix(".json").read_text())

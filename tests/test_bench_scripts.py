@@ -93,3 +93,18 @@ def test_max_rel_diff_and_skips():
                                     cntk_size=4, max_seconds=60.0)
     skipped = {cell["name"] for cell in bench.make_cells(args) if "skip" in cell}
     assert skipped == {"empirical ntvp, width 4096, N = 1024", "analytic tanh (quadrature), N = 1000"}
+
+
+def test_bench_regress_quick_run_prints_consistent_throughput():
+    """scripts/bench_regress.py --quick: every table row present, entries/s = n(n+1)/2 / seconds."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_regress.py"), "--device", "cpu",
+                           "--quick"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| gap") or
+            line.startswith("| flatten")]
+    assert [row[0][2:] for row in rows] == ["gap", "flatten"]
+    for row in rows:
+        n, seconds, rate = int(row[1]), float(row[3]), float(row[4].rstrip(" |").replace(",", ""))
+        # seconds are printed to 1e-3 and the rate to a unit: recomputed, it agrees to those roundings
+        assert rate == pytest.approx(n * (n + 1) / 2 / seconds, rel=0.6e-3 / seconds, abs=0.5)
+    assert "| 50 |" in done.stdout

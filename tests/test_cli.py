@@ -28,7 +28,7 @@ def test_help_lists_the_subcommands(tmp_path):
 def test_train_help_shows_the_config(tmp_path):
     out, err, code = ntklab("train", "--help", cwd=tmp_path)
     assert code == 0, err
-    for text in ("python -m ntklab train", "data: cifar10, circle, digits, gaussian, mnist, parity, sphere", "width: 1024", "lr_unit: eta_max"):
+    for text in ("python -m ntklab train", "data: cifar10, circle, digits, fashion_mnist, gaussian, mnist, parity, sphere", "width: 1024", "lr_unit: eta_max"):
         assert text in out, text
 
 
@@ -66,6 +66,7 @@ INVALID = {
     "optim.lr=-1": (2, ["optim.lr", "> 0"]),
     "data=mnist": (2, ["data.root", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
     "data=cifar10": (2, ["data.root", "data_batch_1", "test_batch"]),
+    "data=fashion_mnist": (2, ["data.root", "FashionMNIST/raw", "/usr/share/datasets/fashion-mnist"]),
     "track.quantities=[kernel_drift]": (2, ["track.quantities", "kernel_change"]),
     f"seed={2 ** 70}": (2, ["seed", "[0, 2**62 - 1]"]),
     "seed=-1": (2, ["seed", "[0, 2**62 - 1]"]),          # the rule data.seed follows too

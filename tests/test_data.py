@@ -5,7 +5,6 @@ import math
 import os
 import pickle
 import re
-import struct
 
 import numpy as np
 import pytest
@@ -16,11 +15,9 @@ from ntklab.data import DATASET_NAMES, NORMALIZATIONS, Dataset, load_dataset
 from ntklab.errors import ConfigError
 from ntklab.nets import build_mlp
 from ntklab.spec import ArchSpec
+from tests.data_files import CIFAR_NAMES, IDX_NAMES, cifar_rows, idx_bytes, mnist_images, write_cifar, write_idx_set
 
 SYNTHETIC = ("circle", "sphere", "gaussian", "parity")
-MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-CIFAR_NAMES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
 def tensors(data):
@@ -30,8 +27,9 @@ def tensors(data):
 # --- shapes and the public constants ----------------------------------------------------------
 
 def test_public_constants():
-    assert DATASET_NAMES == ("circle", "sphere", "gaussian", "parity", "digits", "mnist", "cifar10")
-    assert NORMALIZATIONS == ("default", "none", "unit", "sqrt_dim", "standardize")
+    assert DATASET_NAMES == ("circle", "sphere", "gaussian", "parity", "digits", "mnist", "fashion_mnist", "cifar10")
+    assert NORMALIZATIONS == ("default", "none", "unit", "sqrt_dim", "standardize", "per_image",
+                              "channel_standardize")
 
 
 @pytest.mark.parametrize("name, in_dim", [("circle", 2), ("sphere", 7), ("gaussian", 7), ("parity", 7),
@@ -257,40 +255,16 @@ def test_digits_too_many_points():
     assert err.value.field == "data.n_train" and "n_train + n_test = 400" in str(err.value)
 
 
-# --- MNIST from IDX files ---------------------------------------------------------------------
+# --- MNIST and Fashion-MNIST from IDX files ---------------------------------------------------
+# The files written here hold one image per label, so a label names its image; a balanced draw
+# over ten classes cannot be made from them, and these tests of reading and plain sampling use
+# balanced=False (balanced subsets: tests/test_image_data.py).
 
-def _idx(array, magic):
-    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
-def _mnist_images(n, offset):
-    """n distinct 28×28 uint8 images: pixel values (7·i + j + 31·offset_image) mod 256, none blank."""
-    pixels = (7 * np.arange(28)[:, None] + np.arange(28)[None, :])[None] + 31 * (offset + np.arange(n))[:, None, None]
-    return (pixels % 255 + 1).astype(np.uint8)
-
-
-def write_mnist(folder, gz=False, n_train=6, n_test=4):
-    """Train images labelled 0..5 and test images labelled 9, 8, 7, 6: a label names its image."""
-    folder.mkdir(parents=True, exist_ok=True)
-    content = {
-        MNIST_NAMES[0]: _idx(_mnist_images(n_train, 0), 0x803),
-        MNIST_NAMES[1]: _idx(np.arange(n_train, dtype=np.uint8), 0x801),
-        MNIST_NAMES[2]: _idx(_mnist_images(n_test, 100), 0x803),
-        MNIST_NAMES[3]: _idx(np.arange(9, 9 - n_test, -1).astype(np.uint8), 0x801),
-    }
-    for name, raw in content.items():
-        if gz:
-            with gzip.open(folder / (name + ".gz"), "wb") as file:
-                file.write(raw)
-        else:
-            (folder / name).write_bytes(raw)
-    return {"train": _mnist_images(n_train, 0), "test": _mnist_images(n_test, 100)}
-
-
-@pytest.mark.parametrize("gz, subdir", [(False, ""), (True, ""), (False, "MNIST/raw"), (True, "MNIST/raw")])
-def test_mnist_reads_idx_files(tmp_path, gz, subdir):
-    images = write_mnist(tmp_path / subdir if subdir else tmp_path, gz=gz)
-    data = load_dataset("mnist", n_train=6, n_test=4, root=str(tmp_path), normalize="none")
+@pytest.mark.parametrize("name, torchvision_dir", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw")])
+@pytest.mark.parametrize("gz, in_subdir", [(False, False), (True, False), (False, True), (True, True)])
+def test_idx_sets_read_idx_files(tmp_path, name, torchvision_dir, gz, in_subdir):
+    images = write_idx_set(tmp_path / torchvision_dir if in_subdir else tmp_path, gz=gz)
+    data = load_dataset(name, n_train=6, n_test=4, root=str(tmp_path), normalize="none", balanced=False)
     assert data.x_train.shape == (6, 784) and data.x_test.shape == (4, 784)
     assert sorted(data.labels_train.tolist()) == [0, 1, 2, 3, 4, 5]
     assert sorted(data.labels_test.tolist()) == [6, 7, 8, 9]
@@ -302,57 +276,58 @@ def test_mnist_reads_idx_files(tmp_path, gz, subdir):
 
 
 def test_mnist_samples_without_replacement_and_respects_sizes(tmp_path):
-    write_mnist(tmp_path)
-    data = load_dataset("mnist", n_train=3, n_test=2, root=tmp_path, seed=1)
+    write_idx_set(tmp_path)
+    data = load_dataset("mnist", n_train=3, n_test=2, root=tmp_path, seed=1, balanced=False)
     assert len(set(data.labels_train.tolist())) == 3 and len(set(data.labels_test.tolist())) == 2
     torch.testing.assert_close(data.x_train.norm(dim=1), torch.full((3,), 28.0, dtype=torch.float64),
                                rtol=0, atol=1e-12)   # default "sqrt_dim": ‖x‖ = √784
-    filtered = load_dataset("mnist", n_train=2, n_test=1, root=tmp_path, classes=[8, 4, 1], targets="onehot")
+    filtered = load_dataset("mnist", n_train=2, n_test=1, root=tmp_path, classes=[8, 4, 1], targets="onehot",
+                            balanced=False)
     assert sorted(filtered.labels_train.tolist()) == [1, 4] and filtered.labels_test.tolist() == [8]
     onehot = {8: [1.0, 0.0, 0.0], 4: [0.0, 1.0, 0.0], 1: [0.0, 0.0, 1.0]}
     assert filtered.y_train.tolist() == [onehot[int(label)] for label in filtered.labels_train]
     assert filtered.y_test.tolist() == [onehot[8]]
     with pytest.raises(ConfigError) as err:
-        load_dataset("mnist", n_train=7, n_test=2, root=tmp_path)
+        load_dataset("mnist", n_train=7, n_test=2, root=tmp_path, balanced=False)
     assert err.value.field == "data.n_train" and "only 6" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        load_dataset("mnist", n_train=2, n_test=2, root=tmp_path, classes=[1, 2, 6])
+        load_dataset("mnist", n_train=2, n_test=2, root=tmp_path, classes=[1, 2, 6], balanced=False)
     assert err.value.field == "data.n_test" and "only 1" in str(err.value)
 
 
-@pytest.mark.parametrize("name, root_kind", [("mnist", None), ("mnist", "absent"), ("mnist", "empty"),
-                                             ("cifar10", None), ("cifar10", "absent"), ("cifar10", "empty")])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+@pytest.mark.parametrize("root_kind", [None, "absent", "empty"])
 def test_missing_files_name_every_expected_file(tmp_path, name, root_kind):
     root = {None: None, "absent": tmp_path / "nowhere", "empty": tmp_path}[root_kind]
     with pytest.raises(ConfigError) as err:
         load_dataset(name, root=root)
     message = str(err.value)
     assert err.value.field == "data.root" and message.startswith("data.root")
-    assert all(file in message for file in (MNIST_NAMES if name == "mnist" else CIFAR_NAMES))
-    if name == "mnist":
-        assert ".gz" in message and "MNIST/raw" in message
-    else:
-        assert "cifar-10-batches-py" in message
+    assert all(file in message for file in (CIFAR_NAMES if name == "cifar10" else IDX_NAMES))
+    where = {"mnist": ["MNIST/raw", ".gz", "mnist.pkl.gz"], "cifar10": ["cifar-10-batches-py"],
+             "fashion_mnist": ["FashionMNIST/raw", ".gz", "/usr/share/datasets/fashion-mnist"]}[name]
+    assert all(text in message for text in where), message
+    assert "\n" not in message     # one line, as the command line prints it
     if root is not None:
         assert str(root) in message
 
 
 def test_partly_missing_mnist_names_the_missing_file(tmp_path):
-    write_mnist(tmp_path)
-    os.remove(tmp_path / MNIST_NAMES[3])
+    write_idx_set(tmp_path)
+    os.remove(tmp_path / IDX_NAMES[3])
     with pytest.raises(ConfigError) as err:
         load_dataset("mnist", root=tmp_path, n_train=2, n_test=2)
-    assert str(err.value).startswith(f"data.root: {MNIST_NAMES[3]} not found in {tmp_path}")
+    assert str(err.value).startswith(f"data.root: {IDX_NAMES[3]} not found in {tmp_path}")
 
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_bad_idx_magic_names_the_file(tmp_path, gz):
-    write_mnist(tmp_path)
-    path = tmp_path / MNIST_NAMES[0]
-    raw = _idx(_mnist_images(6, 0), 0x801)   # a label magic number on the image file
+    write_idx_set(tmp_path)
+    path = tmp_path / IDX_NAMES[0]
+    raw = idx_bytes(mnist_images(6, 0), 0x801)   # a label magic number on the image file
     os.remove(path)
     if gz:
-        path = tmp_path / (MNIST_NAMES[0] + ".gz")
+        path = tmp_path / (IDX_NAMES[0] + ".gz")
         with gzip.open(path, "wb") as file:
             file.write(raw)
     else:
@@ -364,35 +339,18 @@ def test_bad_idx_magic_names_the_file(tmp_path, gz):
 
 
 def test_truncated_idx_and_broken_gzip_name_the_file(tmp_path):
-    write_mnist(tmp_path)
-    labels = tmp_path / MNIST_NAMES[1]
+    write_idx_set(tmp_path)
+    labels = tmp_path / IDX_NAMES[1]
     labels.write_bytes(labels.read_bytes()[:-1])
     with pytest.raises(ConfigError, match=re.escape(f"{labels}: IDX header gives shape")):
         load_dataset("mnist", root=tmp_path, n_train=2, n_test=2)
     os.remove(labels)
-    (tmp_path / (MNIST_NAMES[1] + ".gz")).write_bytes(b"not gzip at all")
-    with pytest.raises(ConfigError, match=re.escape(f"cannot read {tmp_path / MNIST_NAMES[1]}.gz")):
+    (tmp_path / (IDX_NAMES[1] + ".gz")).write_bytes(b"not gzip at all")
+    with pytest.raises(ConfigError, match=re.escape(f"cannot read {tmp_path / IDX_NAMES[1]}.gz")):
         load_dataset("mnist", root=tmp_path, n_train=2, n_test=2)
 
 
 # --- CIFAR-10 from pickled batches ------------------------------------------------------------
-
-def _cifar_rows(first, n):
-    """n distinct uint8 rows of 3072 pixels: pixel p of global row r is (5r + p) mod 256."""
-    index = first + np.arange(n)
-    return ((index[:, None] * 5 + np.arange(3072)[None, :]) % 256).astype(np.uint8)
-
-
-def write_cifar(folder, rows=6):
-    """Batches of ``rows`` rows; global row r (train 0..29, test 30..) has label r mod 10."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for b, name in enumerate(CIFAR_NAMES):
-        index = b * rows + np.arange(rows)
-        batch = {b"batch_label": b"test", b"data": _cifar_rows(b * rows, rows),
-                 b"labels": [int(r % 10) for r in index]}
-        with open(folder / name, "wb") as file:
-            pickle.dump(batch, file, protocol=2)
-
 
 @pytest.mark.parametrize("subdir", ["", "cifar-10-batches-py"])
 def test_cifar10_reads_pickled_batches(tmp_path, subdir):
@@ -401,7 +359,7 @@ def test_cifar10_reads_pickled_batches(tmp_path, subdir):
     assert data.x_train.shape == (30, 3072) and data.x_test.shape == (6, 3072) and data.out_dim == 10
     for x, labels, first in ((data.x_train, data.labels_train, 0), (data.x_test, data.labels_test, 30)):
         index = (x[:, 0] * 255).round().long() // 5   # pixel 0 of row r < 52 is 5r: the row's number
-        expected = torch.from_numpy(_cifar_rows(0, 36)).double()[index] / 255
+        expected = torch.from_numpy(cifar_rows(0, 36)).double()[index] / 255
         assert torch.equal(x, expected)
         assert torch.equal(labels, index % 10)
         assert sorted(index.tolist()) == list(range(first, first + x.shape[0]))

@@ -20,7 +20,7 @@ from ntklab.collect import collect, read_table, write_table
 from ntklab.scaling import fit_power_law, fit_with_bootstrap
 from ntklab.train import run
 from ntklab.train.trainer import load_data
-from tests.helpers import compose_train, metrics, ntklab
+from tests.helpers import compose_train, draw, metrics, ntklab
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "data.n_train=16", "data.n_test=16", "data.dim=4", "optim.steps=30", "track.log_steps=6",
@@ -120,19 +120,6 @@ def small_sweep(tmp_path_factory):
     for folder in (sweep, circle, lazy):
         write_table(collect([folder])[0], folder / "results.csv")
     return {"sweep": sweep, "circle": circle, "alpha": lazy}
-
-
-def draw(script, table, out_dir, *extra):
-    """Run scripts/SCRIPT.py on ``table``; check the PNG and PDF and return the numbers it saved
-    with them (STEM.json)."""
-    stem = out_dir / script
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), str(table),
-                           "--out", str(stem), *extra], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    png = stem.with_suffix(".png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000      # an empty axes alone is ~5 kB
-    assert stem.with_suffix(".pdf").stat().st_size > 1000
-    return json.loads(stem.with_suffix(".json").read_text())
 
 
 def least_squares(x, y):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -16,8 +17,9 @@ class Dataset:
 
     Attributes:
         name: the data set's name (one of ``DATASET_NAMES``).
-        x_train: (N, d) inputs; y_train: (N, k) targets (k = 1 for scalar targets).
-        x_test: (M, d) inputs; y_test: (M, k) targets.
+        x_train: (N, d) inputs, or (N, C, H, W) images in torch's layout; y_train: (N, k) targets
+            (k = 1 for scalar targets).
+        x_test: (M, d) or (M, C, H, W) inputs, the same shape per point as x_train; y_test: (M, k) targets.
         labels_train, labels_test: (N,) and (M,) int64 class labels of a classification set
             (the original labels, 0..9), else None.
         extras: anything else a set carries, e.g. the circle's angles ``gamma_train`` (N,) and
@@ -38,22 +40,27 @@ class Dataset:
     def __post_init__(self) -> None:
         for split, x, y, labels in (("train", self.x_train, self.y_train, self.labels_train),
                                     ("test", self.x_test, self.y_test, self.labels_test)):
-            if x.dim() != 2 or y.dim() != 2:
-                raise ValueError(f"x_{split} and y_{split} must be 2-D, got shapes "
+            if x.dim() not in (2, 4) or y.dim() != 2:
+                raise ValueError(f"x_{split} must be (N, d) or (N, C, H, W) and y_{split} (N, k), got shapes "
                                  f"{tuple(x.shape)} and {tuple(y.shape)}")
             if x.shape[0] != y.shape[0]:
                 raise ValueError(f"x_{split} has {x.shape[0]} rows but y_{split} has {y.shape[0]}")
             if labels is not None and tuple(labels.shape) != (x.shape[0],):
                 raise ValueError(f"labels_{split} must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
-        if self.x_test.shape[1] != self.x_train.shape[1] or self.y_test.shape[1] != self.y_train.shape[1]:
+        if self.x_test.shape[1:] != self.x_train.shape[1:] or self.y_test.shape[1] != self.y_train.shape[1]:
             raise ValueError(
                 f"train and test disagree in shape: x {tuple(self.x_train.shape)} vs {tuple(self.x_test.shape)}, "
                 f"y {tuple(self.y_train.shape)} vs {tuple(self.y_test.shape)}")
 
     @property
+    def in_shape(self) -> Tuple[int, ...]:
+        """The shape of one input: (d,) or (C, H, W)."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
     def in_dim(self) -> int:
-        """Input dimension d."""
-        return self.x_train.shape[1]
+        """The number of input features d = the product of :attr:`in_shape` (C·H·W for images)."""
+        return math.prod(self.in_shape)
 
     @property
     def out_dim(self) -> int:
@@ -84,3 +91,8 @@ class Dataset:
                        x_test=data(self.x_test), y_test=data(self.y_test),
                        labels_train=meta(self.labels_train), labels_test=meta(self.labels_test),
                        extras={key: meta(value) for key, value in self.extras.items()})
+
+    def flattened(self) -> "Dataset":
+        """A copy with inputs reshaped to (N, d), d = :attr:`in_dim` (C order: channel, row, column);
+        the same numbers. Flat inputs come back unchanged."""
+        return replace(self, x_train=self.x_train.flatten(1), x_test=self.x_test.flatten(1))

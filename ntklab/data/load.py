@@ -3,7 +3,9 @@
 The order matters and is fixed: targets are computed on the raw inputs (the teacher, the
 polynomial and the circle's x_1 x_2 see the inputs as drawn), label noise goes on the train
 targets, the normalisation then rescales the inputs, and centring subtracts the (noisy) train
-mean of the targets.
+mean of the targets. The real sets are built and normalised as images (N, C, H, W) and
+flattened to (N, C·H·W) at the very end unless ``images=True``, so both layouts hold the same
+numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from ntklab.spec import ArchSpec
 DATASET_NAMES = SYNTHETIC_NAMES + CLASSIFICATION_NAMES
 TARGET_KINDS = ("scalar", "onehot")
 DEFAULT_NORMALIZATION = {"circle": "none", "sphere": "none", "gaussian": "none", "parity": "none",
-                         "digits": "sqrt_dim", "mnist": "sqrt_dim", "cifar10": "sqrt_dim"}
+                         "digits": "sqrt_dim", "mnist": "sqrt_dim", "fashion_mnist": "sqrt_dim",
+                         "cifar10": "sqrt_dim"}
 
 
 def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int = 10,
@@ -35,7 +38,8 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
                  teacher_depth: int = 1, teacher_width: int = 256, teacher_activation: str = "erf",
                  noise: float = 0.0, normalize: str = "default", center_targets: bool = False,
                  targets: str = "scalar", classes: Optional[Sequence[int]] = None,
-                 root: Optional[str] = None, seed: int = 0) -> Dataset:
+                 balanced: bool = True, images: bool = False, root: Optional[str] = None,
+                 seed: int = 0) -> Dataset:
     """Load data set ``name`` (one of ``DATASET_NAMES``) as float64 CPU tensors.
 
     Args:
@@ -48,13 +52,22 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
         teacher_depth, teacher_width, teacher_activation: the teacher MLP (NTK parametrization,
             σ_w = 1, σ_b = 0), built from seed + ``synthetic.TEACHER_SEED_OFFSET``.
         noise: standard deviation of Gaussian noise added to the train targets (all sets).
-        normalize: one of ``NORMALIZATIONS``; "default" is "none" for the synthetic sets and
-            "sqrt_dim" for digits, mnist and cifar10.
-        center_targets: subtract the train mean of each target column from both splits.
-        targets: "scalar" (y of shape (N, 1)) or, for digits/mnist/cifar10 only, "onehot".
-        classes: labels to keep for digits/mnist/cifar10 (distinct ints in 0..9, at least two;
-            None keeps all ten).
-        root: directory holding the MNIST or CIFAR-10 files (see :mod:`ntklab.data.readers`).
+        normalize: one of ``NORMALIZATIONS`` (formulas in :mod:`ntklab.data.transforms`); "default"
+            is "none" for the synthetic sets and "sqrt_dim" for the real ones. "channel_standardize"
+            needs a real (image) set.
+        center_targets: subtract the train mean of each target column from both splits (one-hot
+            targets of ten balanced classes, n_train a multiple of ten, become exactly 0.9 for the
+            true class and −0.1 for the others).
+        targets: "scalar" (y of shape (N, 1)) or, for the real sets only, "onehot".
+        classes: labels to keep for the real sets (distinct ints in 0..9, at least two; None keeps
+            all ten).
+        balanced: real sets only (the synthetic ones ignore it): draw each split balanced over
+            ``classes``, ⌊n/k⌋ points per class and one more for each of the first n mod k classes
+            in ``classes`` order (:mod:`ntklab.data.real`); False draws n points regardless of class.
+        images: real sets only: x of shape (N, C, H, W) (digits 1×8×8, mnist and fashion_mnist
+            1×28×28, cifar10 3×32×32) instead of (N, C·H·W); the same numbers either way.
+        root: directory holding the MNIST, Fashion-MNIST or CIFAR-10 files (see
+            :mod:`ntklab.data.readers`).
         seed: integer in [0, 2**62 - 1] (:func:`ntklab.errors.check_seed`, the rule of every seed); the
             same arguments give the same tensors on every machine.
 
@@ -73,8 +86,9 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
     check_choice("data.normalize", normalize, NORMALIZATIONS)
     if not isinstance(noise, numbers.Real) or isinstance(noise, bool) or not math.isfinite(noise) or noise < 0:
         raise ConfigError("data.noise", f"must be a finite number >= 0, got {noise!r}")
-    if not isinstance(center_targets, bool):
-        raise ConfigError("data.center_targets", f"must be true or false, got {center_targets!r}")
+    for argument, value in (("center_targets", center_targets), ("balanced", balanced), ("images", images)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"data.{argument}", f"must be true or false, got {value!r}")
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise ConfigError("data.root", f"must be a directory path, got {root!r}")
     teacher_spec = _teacher_spec(teacher_depth, teacher_width, teacher_activation)
@@ -88,13 +102,16 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
         if classes is not None:
             raise ConfigError("data.classes", f"only {', '.join(CLASSIFICATION_NAMES)} have classes; "
                                               f"leave it unset for {name!r}")
+        if images:
+            raise ConfigError("data.name", f"{name!r} has flat inputs; images=true needs an image data set",
+                              allowed=CLASSIFICATION_NAMES)
         if name == "parity" and parity_bits > dim:
             raise ConfigError("data.parity_bits", f"must be between 1 and dim = {dim}, got {parity_bits}")
         data = make_synthetic(name, n_train=n_train, n_test=n_test, dim=dim, target=target, degree=degree,
                               parity_bits=parity_bits, teacher_spec=teacher_spec, seed=seed)
     else:
         data = make_real(name, n_train=n_train, n_test=n_test, targets=targets, classes=classes,
-                         root=root, seed=seed)
+                         balanced=balanced, root=root, seed=seed)
 
     y_train, y_test = data.y_train, data.y_test
     if noise > 0:
@@ -104,7 +121,8 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
     x_train, x_test = transforms.normalize_inputs(data.x_train, data.x_test, mode)
     if center_targets:
         y_train, y_test = transforms.center_targets(y_train, y_test)
-    return replace(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    data = replace(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return data if images else data.flattened()
 
 
 def _integer(value, argument: str, minimum: int) -> int:

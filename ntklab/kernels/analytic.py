@@ -87,10 +87,9 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     x1, x2 = check_inputs(x1, x2, dtype=dtype, device=device)
     root = bind(arch, x1.shape[1:])
-    if len(root.out_shape) != 1:
-        raise ValueError(f"the net ends with shape {root.out_shape}; kernels are defined for nets that end with "
-                         "vectors (flatten() or global_avg_pool(), then dense)")
-    check_limit(root)
+    problem = _limit_problem(root)
+    if problem is not None:
+        raise ValueError(problem)
     options = KernelOptions(method, quadrature_degree)
     _check_duals(root, options)
 
@@ -129,6 +128,31 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
         nngp.diagonal().copy_(diag1.nngp)
         ntk.diagonal().copy_(diag1.ntk)
     return Kernels(nngp, ntk)
+
+
+def limit_problem(arch: Union[Layer, ArchSpec], in_shape) -> Optional[str]:
+    """Why :func:`analytic_kernels` cannot compute ``arch``'s kernels on inputs of shape ``in_shape``
+    (a layer without an infinite-width rule, a composition whose rules are not the limit, a net that
+    does not end with vectors), or None when it can. Raises ValueError when ``arch`` does not fit
+    ``in_shape`` at all."""
+    if isinstance(arch, ArchSpec):
+        return None
+    return _limit_problem(bind(arch, in_shape))
+
+
+def _limit_problem(root: Node) -> Optional[str]:
+    if len(root.out_shape) != 1:
+        return (f"the net ends with shape {root.out_shape}; kernels are defined for nets that end with "
+                "vectors (flatten() or global_avg_pool(), then dense)")
+    for node in root.leaves():
+        if not node.layer.has_analytic_rule:
+            return (f"{node.describe()} has no infinite-width rule; analytic kernels cannot be computed for a net "
+                    "that contains it (its empirical kernels can)")
+    try:
+        check_limit(root)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _self_pairs(root: Node, x: Tensor, options: KernelOptions, block_elements: int):

@@ -84,8 +84,13 @@ class Layer:
         return state.map(apply, with_variances=self.needs_variances)
 
     def rule(self, node: "Node", part: "Part", q1, q2, state: "KernelState") -> "Part":
-        raise ValueError(f"{node.describe()} has no infinite-width rule; analytic kernels cannot be computed "
-                         "for a net that contains it (its empirical kernels can)")
+        raise NotImplementedError(f"{node.describe()} has no infinite-width rule")
+
+    @property
+    def has_analytic_rule(self) -> bool:
+        """Whether the layer has an infinite-width kernel rule (it overrides :meth:`kernel` or :meth:`rule`);
+        :func:`ntklab.kernels.limit_problem` names the first layer of a net that has none."""
+        return type(self).rule is not Layer.rule or type(self).kernel is not Layer.kernel
 
     # -- structured empirical NTK
     def ntk_gram(self, module, a1: Tensor, d1: Tensor, a2: Tensor, d2: Tensor, full: bool) -> Tensor:

@@ -18,6 +18,7 @@ input ("same" padding).
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -45,11 +46,20 @@ class _Parametrized(Layer):
     def _scale(self, fan_in: int, fan_out: int, role: str) -> LayerScale:
         return parameter_scale(self.parametrization, role, fan_in, fan_out, self.sigma_w, self.sigma_b, self.bias)
 
-    def _draw(self, node: Node, weight_shape, generator: torch.Generator) -> dict:
-        scale = node.scale
-        params = {"weight": torch.randn(*weight_shape, generator=generator, dtype=torch.float64) * scale.weight_std}
+    def weight_shape(self, node: Node) -> Tuple[int, ...]:
+        """The shape of W (out features or channels first); b has W's first dimension."""
+        raise NotImplementedError
+
+    def parameter_count(self, node: Node) -> int:
+        """Entries of W and b."""
+        shape = self.weight_shape(node)
+        return math.prod(shape) + (shape[0] if node.scale.has_bias else 0)
+
+    def init(self, node: Node, generator: torch.Generator) -> dict:
+        scale, shape = node.scale, self.weight_shape(node)
+        params = {"weight": torch.randn(*shape, generator=generator, dtype=torch.float64) * scale.weight_std}
         if scale.has_bias:
-            params["bias"] = torch.randn(weight_shape[0], generator=generator, dtype=torch.float64) * scale.bias_std
+            params["bias"] = torch.randn(shape[0], generator=generator, dtype=torch.float64) * scale.bias_std
         return params
 
     @staticmethod
@@ -94,8 +104,8 @@ class Dense(_Parametrized):
     def scale(self, in_shape: Shape, out_shape: Shape, role: str) -> LayerScale:
         return self._scale(in_shape[0], self.out_dim, role)
 
-    def init(self, node: Node, generator: torch.Generator) -> dict:
-        return self._draw(node, (self.out_dim, node.in_shape[0]), generator)
+    def weight_shape(self, node: Node) -> Tuple[int, ...]:
+        return (self.out_dim, node.in_shape[0])
 
     def forward(self, module, a: Tensor) -> Tensor:
         scale = module.node.scale
@@ -155,8 +165,8 @@ class Conv(_Parametrized):
         kh, kw = self.kernel_size
         return self._scale(in_shape[0] * kh * kw, self.out_channels, role)
 
-    def init(self, node: Node, generator: torch.Generator) -> dict:
-        return self._draw(node, (self.out_channels, node.in_shape[0]) + self.kernel_size, generator)
+    def weight_shape(self, node: Node) -> Tuple[int, ...]:
+        return (self.out_channels, node.in_shape[0]) + self.kernel_size
 
     def _pad(self, node: Node) -> Tuple[int, int, int, int]:
         _, (top, bottom, _), (left, right, _) = self._geometry(node.in_shape)

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from ntklab.data import Dataset
-from ntklab.dynamics import max_learning_rate, mse_loss, mse_predictor
+from ntklab.dynamics import accuracy, max_learning_rate, mse_loss, mse_predictor
 from ntklab.kernels import analytic_kernels
-from ntklab.nets import MLP
+from ntklab.nets import Net
 from ntklab.ntk import empirical_ntk
 
 
@@ -79,7 +79,7 @@ class ReferenceKernels:
         return self._eta_max[kind]
 
 
-def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: bool, probe_size: int,
+def reference_kernels(model: Net, data: Dataset, *, analytic: bool, empirical: bool, probe_size: int,
                       full_kernel_limit: int, outputs: Optional["NetworkOutputs"] = None) -> ReferenceKernels:
     """Kernels and outputs at θ_0 (see :class:`ReferenceKernels`).
 
@@ -101,11 +101,11 @@ def reference_kernels(model: MLP, data: Dataset, *, analytic: bool, empirical: b
                                  test_row(model, x_test))
     if analytic:
         x_train64, x_test64 = x_train.double(), x_test.double()
-        kernels = analytic_kernels(model.spec, x_train64)
+        kernels = analytic_kernels(model.arch, x_train64)
         reference.analytic_train = kernels.ntk
         reference.analytic_nngp_probe = kernels.nngp[: reference.probe_size, : reference.probe_size]
-        reference.analytic_test = analytic_kernels(model.spec, x_test64, x_train64).ntk
-        reference.test_row_analytic = analytic_kernels(model.spec, x_test64[:1], x_test64).ntk[0]
+        reference.analytic_test = analytic_kernels(model.arch, x_test64, x_train64).ntk
+        reference.test_row_analytic = analytic_kernels(model.arch, x_test64[:1], x_test64).ntk[0]
     if empirical:
         k = data.out_dim
         outputs = "full" if 1 < k and data.n_train * k <= full_kernel_limit else "mean"
@@ -125,7 +125,7 @@ class NetworkOutputs:
     f(x; θ_0) is kept for those rather than a copy of the initial network.
     """
 
-    def __init__(self, model: MLP, data: Dataset, alpha: Optional[float] = None):
+    def __init__(self, model: Net, data: Dataset, alpha: Optional[float] = None):
         self.alpha = alpha
         if alpha is not None:
             with torch.no_grad():
@@ -136,7 +136,7 @@ class NetworkOutputs:
         """The factor 1/α² on the loss whose gradient is followed (1 without α)."""
         return 1.0 if self.alpha is None else self.alpha ** -2
 
-    def __call__(self, model: MLP, x: Tensor, split: str, rows: Optional[Tensor] = None) -> Tensor:
+    def __call__(self, model: Net, x: Tensor, split: str, rows: Optional[Tensor] = None) -> Tensor:
         """Outputs on ``x`` = the ``split`` set ("train" or "test"), or its ``rows`` (a mini-batch)."""
         f = model(x)
         if self.alpha is None:
@@ -145,16 +145,17 @@ class NetworkOutputs:
         return self.alpha * (f - f0)
 
 
-def test_row(model: MLP, x_test: Tensor) -> Tensor:
+def test_row(model: Net, x_test: Tensor) -> Tensor:
     """Θ̂(x*_0, x*_j) for every test point j, (M,) float64: one row of the test kernel, which for the
     circle data (equally spaced angles) is the curve Θ̂(x_0, x(γ)) of Jacot et al. (2018), Fig. 1."""
     return empirical_ntk(model, x_test[:1], x_test, method="structured").double()[0]
 
 
-def parameter_groups(model: MLP) -> Dict[str, List[Tensor]]:
-    """Trainable tensors by layer: ``{"layer_1": [W, b], ..., "layer_{L+1}": [...]}`` (readout last)."""
-    return {f"layer_{i}": [p for p in layer.parameters() if p.requires_grad]
-            for i, layer in enumerate(model.layers, start=1)}
+def parameter_groups(model: Net) -> Dict[str, List[Tensor]]:
+    """Trainable tensors by parametrized layer (dense or conv), in forward order:
+    ``{"layer_1": [W, b], ..., "layer_{L+1}": [...]}`` (readout last)."""
+    return {f"layer_{i}": [p for p in (layer.weight, layer.bias) if p is not None and p.requires_grad]
+            for i, layer in enumerate(model.parametrized_modules(), start=1)}
 
 
 class Tracker:
@@ -170,7 +171,7 @@ class Tracker:
         quantities: names from ``ntklab.quantities.OPTIONAL`` to measure.
     """
 
-    def __init__(self, model: MLP, data: Dataset, reference: ReferenceKernels, learning_rate: float,
+    def __init__(self, model: Net, data: Dataset, reference: ReferenceKernels, learning_rate: float,
                  log_steps: Sequence[int], quantities: Sequence[str], outputs: Optional[NetworkOutputs] = None):
         self.data = data
         self.outputs = outputs or NetworkOutputs(model, data)
@@ -195,7 +196,7 @@ class Tracker:
                 "train_loss": mse_loss(outputs.train, self.y_train),
                 "test_loss": mse_loss(outputs.test, self.y_test)}
 
-    def measure(self, model: MLP, step: int) -> Dict[str, object]:
+    def measure(self, model: Net, step: int) -> Dict[str, object]:
         """The metrics record of one log step (plain Python numbers, JSON-ready)."""
         row = self._row[int(step)]
         with torch.no_grad():
@@ -205,8 +206,8 @@ class Tracker:
                                      "train_loss": mse_loss(f_train, self.y_train).item(),
                                      "test_loss": mse_loss(f_test, self.y_test).item()}
         if self.data.labels_train is not None:
-            record["train_accuracy"] = _accuracy(f_train, self.y_train)
-            record["test_accuracy"] = _accuracy(f_test, self.y_test)
+            record["train_accuracy"] = accuracy(f_train, self.y_train)
+            record["test_accuracy"] = accuracy(f_test, self.y_test)
         for kind, predicted in self.predictions.items():
             record[f"pred_train_loss_{kind}"] = predicted["train_loss"][row].item()
             record[f"pred_test_loss_{kind}"] = predicted["test_loss"][row].item()
@@ -224,7 +225,7 @@ class Tracker:
                 record[f"pred_gap_{kind}"] = gap.pow(2).mean().sqrt().item()
         return record
 
-    def test_outputs(self, model: MLP, step: int) -> Dict[str, Optional[Tensor]]:
+    def test_outputs(self, model: Net, step: int) -> Dict[str, Optional[Tensor]]:
         """The network's test outputs now and the predictions for this step, each (M, k) float64."""
         with torch.no_grad():
             outputs = {"network": self.outputs(model, self.data.x_test, "test").double()}
@@ -234,11 +235,11 @@ class Tracker:
             outputs[kind] = None if predicted is None or row is None else predicted["test"][row]
         return outputs
 
-    def probe_ntk(self, model: MLP) -> Tensor:
+    def probe_ntk(self, model: Net) -> Tensor:
         """Θ̂_t on the probe set, float64."""
         return empirical_ntk(model, self.probe, method="structured").double()
 
-    def _param_drift(self, model: MLP) -> Dict[str, object]:
+    def _param_drift(self, model: Net) -> Dict[str, object]:
         per_layer, total = {}, 0.0
         with torch.no_grad():
             for name, params in parameter_groups(model).items():
@@ -255,12 +256,3 @@ def _squared_norm(tensors: Sequence[Tensor]) -> float:
 def _relative_distance(a: Tensor, b: Tensor) -> float:
     """‖a − b‖_F / ‖b‖_F."""
     return ((a - b).norm() / b.norm()).item()
-
-
-def _accuracy(fx: Tensor, y: Tensor) -> float:
-    """Fraction of points classified right: argmax for one-hot targets; for scalar two-valued targets
-    (±1, possibly centred) the side of the midpoint between the two values."""
-    if y.shape[1] == 1:
-        midpoint = (y.max() + y.min()) / 2
-        return ((fx > midpoint) == (y > midpoint)).double().mean().item()
-    return (fx.argmax(1) == y.argmax(1)).double().mean().item()

@@ -29,16 +29,22 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from ntklab import results
-from ntklab.config import build_spec, validate
+from ntklab.config import build_arch, validate, wants_images
 from ntklab.data import Dataset, load_dataset
 from ntklab.dynamics import mse_loss
 from ntklab.errors import ConfigError
-from ntklab.nets import MLP, build_mlp
+from ntklab.kernels import limit_problem
+from ntklab.layers import Layer
+from ntklab.nets import Net, build_mlp, build_net
 from ntklab.quantities import TRACKED
 from ntklab.spec import ArchSpec
 from ntklab.train.tracking import NetworkOutputs, ReferenceKernels, Tracker, reference_kernels, test_row
 
 log = logging.getLogger(__name__)
+
+# Tracked quantities that compare the network with its infinite-width limit: left out (with the
+# reason in the summary) for a net whose layers have no analytic kernel rule.
+LIMIT_QUANTITIES = ("kernel_to_limit", "pred_gap_analytic")
 
 # Config fields that do not change what a run computes, so a resumed run may differ in them.
 _NOT_COMPARED = ("stop_after", "track.progress", "track.plots", "track.save_kernels", "track.checkpoint_every")
@@ -60,19 +66,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_data(data_cfg) -> Dataset:
-    """The data set of the data config (its fields are load_dataset's arguments)."""
+def load_data(data_cfg, images: bool = False) -> Dataset:
+    """The data set of the data config (its fields are load_dataset's arguments); ``images``: as
+    (N, C, H, W) for a convolutional model, else flat (N, d)."""
     arguments = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
-    return load_dataset(arguments.pop("name"), **arguments)
+    arguments["images"] = images
+    name = arguments.pop("name")
+    try:
+        return load_dataset(name, **arguments)
+    except ConfigError as err:
+        if images and err.field == "data.name":     # say which choice asked for images
+            raise ConfigError("data", f"model=cnn takes images, but data={name} has vectors; use an image data set",
+                              allowed=err.allowed) from None
+        raise
 
 
-def learning_rate(optim_cfg, spec: ArchSpec, reference: ReferenceKernels) -> float:
+def hidden_width(model: Net) -> Optional[int]:
+    """The largest output width (features or channels) of the net's parametrized layers before its
+    readout; None for a net with no hidden layer."""
+    nodes = model.root.parametrized()[:-1]
+    return max(node.out_shape[0] for node in nodes) if nodes else None
+
+
+def learning_rate(optim_cfg, model: Net, reference: ReferenceKernels) -> float:
     """η = lr × unit × width factor (see :class:`ntklab.config.OptimConfig`)."""
     lr = float(optim_cfg.lr)
     if optim_cfg.lr_unit != "absolute":
         lr *= reference.eta_max(optim_cfg.lr_unit)
-    if optim_cfg.lr_width_scaling == "inverse" and spec.depth > 0:
-        lr *= optim_cfg.base_width / max(spec.widths)
+    width = hidden_width(model)
+    if optim_cfg.lr_width_scaling == "inverse" and width is not None:
+        lr *= optim_cfg.base_width / width
     return lr
 
 
@@ -107,31 +130,6 @@ class _Clock:
         now = time.perf_counter()
         setattr(self.timing, bucket, getattr(self.timing, bucket) + now - self._last)
         self._last = now
-
-
-def _comparable(config: Dict) -> Dict:
-    config = OmegaConf.create(config)
-    for dotted in _NOT_COMPARED:
-        parent, _, leaf = dotted.rpartition(".")
-        node = OmegaConf.select(config, parent) if parent else config
-        if node is not None and leaf in node:
-            del node[leaf]
-    return OmegaConf.to_container(config)
-
-
-def _check_same_config(run_dir: Path, config: Dict) -> None:
-    """A run directory holds one run: resuming with a different config is an error."""
-    path = run_dir / results.CONFIG
-    if not path.exists():
-        results.save_config(path, config)
-        return
-    before = _comparable(OmegaConf.to_container(OmegaConf.load(path)))
-    now = _comparable(config)
-    if before != now:
-        before, now = results.flatten(before), results.flatten(now)
-        changed = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
-        raise ConfigError("hydra.run.dir", f"{run_dir} holds a run with a different config "
-                          f"(differs in {', '.join(changed)}); choose a new run directory")
 
 
 def run(cfg, run_dir: Path) -> Dict:
@@ -169,15 +167,19 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
         config = OmegaConf.to_container(cfg, resolve=True)
         finished = _read_summary(run_dir)
         if finished is not None and finished.get("status") in results.FINISHED:
-            _check_same_config(run_dir, config)
+            results.check_same_config(run_dir, config, _NOT_COMPARED)
             log.info("%s already holds a finished run (status %s); nothing to do", run_dir, finished["status"])
             return finished
         device = resolve_device(cfg.device)
         dtype = getattr(torch, cfg.dtype)
-        data = load_data(cfg.data)
-        spec = build_spec(cfg.model, data.out_dim)
+        data = load_data(cfg.data, images=wants_images(cfg.model))
+        arch, spec = build_arch(cfg.model, data.x_train.shape[1:], data.out_dim)
+        no_limit = limit_problem(spec or arch, data.x_train.shape[1:])
+        if no_limit is not None and cfg.optim.lr_unit == "eta_max":
+            raise ConfigError("optim.lr_unit", f"eta_max is 2Nk/λ_max of the analytic NTK, which this model has not "
+                              f"({no_limit}); use eta_max_empirical or absolute")
         _check_memory(cfg, device, data)
-        _check_same_config(run_dir, config)
+        results.check_same_config(run_dir, config, _NOT_COMPARED)
     except ConfigError as err:
         _record_refusal(run_dir, cfg, err)
         raise
@@ -185,7 +187,7 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
         (run_dir / results.SUMMARY).unlink()
     clock = _Clock(device)
     try:
-        state = _set_up(cfg, config, run_dir, device, dtype, data, spec, clock)
+        state = _set_up(cfg, config, run_dir, device, dtype, data, arch, spec, no_limit, clock)
         _resume(state)
         _loop(state)
         if state.status == results.STOPPED:
@@ -205,7 +207,7 @@ def _check_memory(cfg, device: torch.device, data: Dataset) -> None:
     """Refuse a run its device cannot hold, before allocating anything (:mod:`ntklab.resources`)."""
     from ntklab import resources
 
-    need, have = resources.run_bytes(cfg, data.in_dim, data.out_dim), resources.available_bytes(device)
+    need, have = resources.run_bytes(cfg, data.x_train.shape[1:], data.out_dim), resources.available_bytes(device)
     if need > have:
         raise ConfigError("model.width", f"this run needs at least {resources.gigabytes(need)} of memory but {device} "
                           f"has {resources.gigabytes(have)} available; use a smaller width, depth or data set, or "
@@ -235,7 +237,7 @@ class _RunState:
     run_dir: Path
     device: torch.device
     data: Dataset                        # on the run's device, in its dtype
-    model: MLP
+    model: Net                           # an MLP for model=mlp
     outputs: NetworkOutputs              # what is trained: f, or the lazy-scaled α(f − f_0)
     reference: ReferenceKernels
     tracker: Tracker
@@ -247,6 +249,7 @@ class _RunState:
     n_params: int
     loss_0: float                        # initial train loss: divergence is measured against it
     log_steps: FrozenSet[int]
+    no_limit: Optional[str] = None       # why the net has no analytic kernels (limit quantities left out)
     step: int = 0                        # gradient steps done
     metrics_bytes: int = 0               # metrics.jsonl's length at the checkpoint resumed from
     metrics_sha256: Optional[str] = None  # and the SHA-256 of those bytes, as the checkpoint vouches
@@ -300,21 +303,30 @@ class _RunState:
 
 
 def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch.dtype, data: Dataset,
-            spec: ArchSpec, clock: _Clock) -> _RunState:
+            arch: Layer, spec: Optional[ArchSpec], no_limit: Optional[str], clock: _Clock) -> _RunState:
     """The network at θ_0, its reference kernels and predictions, the learning rate and the optimizer
-    (the time spent is charged to setup)."""
+    (the time spent is charged to setup). ``spec`` is the MLP's (None for other nets); ``no_limit``
+    says why the net has no analytic kernels (None when it has them)."""
     optim, track = cfg.optim, cfg.track
     schedule = log_schedule(int(optim.steps), track.log_steps)
     data = data.to(device, dtype)
-    model = build_mlp(spec, in_dim=data.in_dim, seed=cfg.seed, device=device, dtype=dtype)
+    in_shape = tuple(data.x_train.shape[1:])
+    if spec is not None:
+        model = build_mlp(spec, in_dim=in_shape[0], seed=cfg.seed, device=device, dtype=dtype)
+    else:
+        model = build_net(arch, in_shape, seed=cfg.seed, device=device, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("run directory %s | %s | %d parameters | device %s (%s), %s", run_dir, spec, n_params,
-             device, results.device_name(device), cfg.dtype)
+    log.info("run directory %s | %s | %d parameters | device %s (%s), %s", run_dir, spec or arch.describe(),
+             n_params, device, results.device_name(device), cfg.dtype)
 
     if track.probe_size > data.n_train:
         log.warning("track.probe_size=%d is more than the %d train points: the probe set is all of them",
                     track.probe_size, data.n_train)
     quantities = list(track.quantities)
+    if no_limit is not None:
+        left_out = [name for name in quantities if name in LIMIT_QUANTITIES]
+        quantities = [name for name in quantities if name not in LIMIT_QUANTITIES]
+        log.warning("no analytic kernels for this model (%s): %s left out", no_limit, ", ".join(left_out) or "nothing")
     if cfg.model.alpha is not None and cfg.model.alpha > 10 and dtype == torch.float32:
         log.warning("model.alpha=%g in float32: parameter steps shrink like 1/alpha and fall below float32's "
                     "rounding of the weights at large alpha; use dtype=float64 for lazy-scale sweeps", cfg.model.alpha)
@@ -323,7 +335,7 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
         model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit, outputs=outputs,
         analytic=optim.lr_unit == "eta_max" or bool({"kernel_to_limit", "pred_gap_analytic"} & set(quantities)),
         empirical=optim.lr_unit == "eta_max_empirical" or "pred_gap_linear" in quantities)
-    lr = learning_rate(optim, spec, reference)
+    lr = learning_rate(optim, model, reference)
     eta_max = {kind: reference.eta_max(unit) for kind, unit, kernel in (
         ("analytic", "eta_max", reference.analytic_train), ("empirical", "eta_max_empirical", reference.empirical_train))
         if kernel is not None}
@@ -335,7 +347,8 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
     clock.lap("setup")
     return _RunState(cfg=cfg, config=config, run_dir=run_dir, device=device, data=data, model=model, outputs=outputs,
                      reference=reference, tracker=tracker, optimizer=optimizer, batches=batches, clock=clock, lr=lr,
-                     eta_max=eta_max, n_params=n_params, loss_0=loss_0, log_steps=frozenset(schedule))
+                     eta_max=eta_max, n_params=n_params, loss_0=loss_0, log_steps=frozenset(schedule),
+                     no_limit=no_limit)
 
 
 def _resume(state: _RunState) -> None:
@@ -445,7 +458,9 @@ def _summarize(state: _RunState) -> Dict:
         "learning_rate": state.lr, "eta_max": eta_max,
         "lr_over_eta_max": state.lr / eta_max["analytic"] if "analytic" in eta_max else None,
         "n_params": state.n_params, "n_train": data.n_train, "n_test": data.n_test, "in_dim": data.in_dim,
-        "out_dim": data.out_dim, "probe_size": reference.probe_size, "linear_kernel": reference.linear_kernel,
+        "in_shape": list(data.x_train.shape[1:]), "out_dim": data.out_dim,
+        "analytic_limit": ({"available": True} if state.no_limit is None
+                           else {"available": False, "reason": state.no_limit, "left_out": list(LIMIT_QUANTITIES)}), "probe_size": reference.probe_size, "linear_kernel": reference.linear_kernel,
         **results.environment(state.device, state.cfg.dtype)}
     if track.plots:
         from ntklab.plots import plot_run
@@ -477,7 +492,7 @@ def _cpu(tensor):
     return None if tensor is None else tensor.detach().double().cpu()
 
 
-def _save_kernels(run_dir: Path, model: MLP, tracker: Tracker, reference: ReferenceKernels) -> None:
+def _save_kernels(run_dir: Path, model: Net, tracker: Tracker, reference: ReferenceKernels) -> None:
     results.save_torch(run_dir / results.KERNELS, {
         "probe_x": _cpu(tracker.probe), "ntk_empirical_init": _cpu(reference.probe_ntk_init),
         "ntk_empirical_final": _cpu(tracker.probe_ntk(model)), "ntk_analytic": _cpu(reference.analytic_probe),
@@ -487,7 +502,7 @@ def _save_kernels(run_dir: Path, model: MLP, tracker: Tracker, reference: Refere
         "ntk_test_row_analytic": _cpu(reference.test_row_analytic)})
 
 
-def _save_predictions(run_dir: Path, model: MLP, tracker: Tracker, reference: ReferenceKernels, data: Dataset,
+def _save_predictions(run_dir: Path, model: Net, tracker: Tracker, reference: ReferenceKernels, data: Dataset,
                       step: int) -> None:
     outputs = tracker.test_outputs(model, step)
     results.save_torch(run_dir / results.PREDICTIONS, {

@@ -1,0 +1,269 @@
+"""The ``regress`` command: kernel regression with a model's analytic NNGP and NTK, at t = ∞.
+
+For each kernel K (the NNGP Σ, the NTK Θ) of ``model`` on the train inputs X and test inputs X*,
+
+    f(X*) = K(X*, X) (K(X, X) + σ² I)⁻¹ Y,     σ² = ridge × mean diag K(X, X)
+
+(the mean prediction of an infinitely wide net trained to convergence on the MSE loss — Bayesian
+for Σ, by gradient descent for Θ — Lee et al. 2019, Arora et al. 2019), with the ridge fixed or
+chosen from ``ridges`` on a held-out part of the train set. Files in the run directory:
+
+    regression.json   test accuracy (classification sets) and MSE for each kernel, the ridges tried
+                      and chosen, timings (kernel entries per second, solve), the config
+    kernel_blocks/    the kernel matrix in blocks of block_size × block_size inputs (train × train on
+                      and above the diagonal, test × train), each saved as it finishes: a killed job
+                      continues with the blocks it lacks, and a finished directory reuses them all
+                      (re-running with other ridges only solves again)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ntklab import results
+from ntklab.config import RegressConfig, build_arch, check_known_keys, wants_images
+from ntklab.data import Dataset
+from ntklab.dynamics import accuracy, mse_loss, mse_predictor
+from ntklab.errors import ConfigError, check_choice, check_seed
+from ntklab.kernels import analytic_kernels, limit_problem
+
+log = logging.getLogger(__name__)
+
+REGRESSION_JSON = results.REGRESSION
+BLOCKS = "kernel_blocks"
+KINDS = ("nngp", "ntk")
+# Fields that change only the solve, not the kernels: a run directory's blocks serve any of them.
+_NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed", "progress", "stop_after_blocks")
+
+
+def validate(cfg) -> None:
+    """Check the regress config's own fields (model and data are checked where they are built)."""
+    check_known_keys(cfg, RegressConfig)
+    check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
+    check_choice("dtype", cfg.dtype, ("float32", "float64"))
+    for name, value in [("ridge", cfg.ridge)] + [("ridges", r) for r in cfg.ridges]:
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(name, f"must be finite numbers >= 0, got {value!r}")
+    if not 0 < cfg.validation_fraction < 1:
+        raise ConfigError("validation_fraction", f"must lie in (0, 1), got {cfg.validation_fraction!r}")
+    if cfg.block_size < 1:
+        raise ConfigError("block_size", f"must be an integer >= 1, got {cfg.block_size!r}")
+    check_seed("seed", cfg.seed)
+    if cfg.stop_after_blocks is not None and cfg.stop_after_blocks < 1:
+        raise ConfigError("stop_after_blocks", f"must be an integer >= 1, got {cfg.stop_after_blocks!r}")
+
+
+def run(cfg, run_dir: Path) -> Dict:
+    """Compute the kernels (or the blocks still missing), solve, write regression.json; returns it.
+
+    With ``stop_after_blocks`` an invocation may end before the kernels are complete: it returns
+    {"status": "stopped", ...} and a later one continues.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with results.locked(run_dir):
+        try:
+            return _run_locked(cfg, run_dir)
+        except Exception as err:
+            # a failed attempt says why in regression.json (collect shows it), unless the directory
+            # already holds a finished result, which stays as it is
+            path = run_dir / REGRESSION_JSON
+            try:
+                finished = json.loads(path.read_text()).get("status") == results.OK
+            except (OSError, ValueError, AttributeError):        # none yet, or not a summary
+                finished = False
+            if not finished:
+                results.write_json(path, {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
+                                          "traceback": traceback.format_exc(),
+                                          "config": OmegaConf.to_container(cfg, resolve=False)})
+            raise
+
+
+def _run_locked(cfg, run_dir: Path) -> Dict:
+    from ntklab.train.trainer import load_data, resolve_device
+
+    blocks_dir = run_dir / BLOCKS
+    blocks_dir.mkdir(exist_ok=True)
+    for folder in (run_dir, blocks_dir):
+        for leftover in results.remove_leftovers(folder):
+            log.warning("removed %s, left by an interrupted write", leftover)
+    validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    data = load_data(cfg.data, images=wants_images(cfg.model))
+    arch, spec = build_arch(cfg.model, data.in_shape, data.out_dim)
+    problem = limit_problem(spec or arch, data.in_shape)
+    if problem is not None:
+        raise ConfigError("model", f"has no analytic kernels: {problem}")
+    device = resolve_device(cfg.device)
+    results.check_same_config(run_dir, config, _NOT_COMPARED)
+
+    grid = BlockGrid(data.n_train, data.n_test, int(cfg.block_size))
+    done = compute_blocks(spec or arch, data, grid, blocks_dir, device=device, dtype=getattr(torch, cfg.dtype),
+                          progress=cfg.progress, stop_after=cfg.stop_after_blocks)
+    if done < len(grid.blocks):
+        log.info("stopped with %d of %d kernel blocks done (stop_after_blocks); run again to continue",
+                 done, len(grid.blocks))
+        return {"status": results.STOPPED, "blocks_done": done, "blocks": len(grid.blocks)}
+    train, test, kernel_seconds = assemble(grid, blocks_dir)
+    started = time.perf_counter()
+    solved = {kind: solve(train[kind], test[kind], data, cfg) for kind in KINDS}
+    solve_seconds = time.perf_counter() - started
+    entries = grid.entries
+    summary = {
+        "status": results.OK, "n_train": data.n_train, "n_test": data.n_test, "in_shape": list(data.in_shape),
+        "out_dim": data.out_dim, "arch": arch.describe(), "kernels": solved,
+        "timings": {"kernel_s": kernel_seconds, "kernel_entries": entries,
+                    "entries_per_s": entries / max(kernel_seconds, 1e-12), "solve_s": solve_seconds},
+        **results.environment(device, cfg.dtype), "config": config}
+    results.write_json(run_dir / REGRESSION_JSON, summary)
+    log.info("kernel regression on %d train / %d test points: %s", data.n_train, data.n_test,
+             ", ".join(f"{kind} test accuracy {r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None
+                       else f"{kind} test mse {r['test_mse']:.4g}" for kind, r in solved.items()))
+    return summary
+
+
+# ----------------------------------------------------------------------------- the kernel in blocks
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """The blocks of the (N + M) × N kernel [K(X, X); K(X*, X)]: ("train", r, c) for train row block
+    r ≤ column block c (the lower triangle mirrors them), ("test", r, c) for every test row block."""
+
+    n_train: int
+    n_test: int
+    size: int
+
+    def chunks(self, n: int) -> List[slice]:
+        return [slice(start, min(start + self.size, n)) for start in range(0, n, self.size)]
+
+    @property
+    def blocks(self) -> List[Tuple[str, int, int]]:
+        columns = range(len(self.chunks(self.n_train)))
+        return ([("train", r, c) for r in columns for c in columns if c >= r]
+                + [("test", r, c) for r in range(len(self.chunks(self.n_test))) for c in columns])
+
+    @property
+    def entries(self) -> int:
+        """Kernel entries (pairs of inputs) computed: the train triangle and the test block."""
+        return self.n_train * (self.n_train + 1) // 2 + self.n_test * self.n_train
+
+    @staticmethod
+    def file_name(block: Tuple[str, int, int]) -> str:
+        split, r, c = block
+        return f"{split}_{r:05d}_{c:05d}.pt"
+
+
+def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, device, dtype: torch.dtype,
+                   progress: bool = True, stop_after: Optional[int] = None) -> int:
+    """Compute and save every block of ``grid`` that ``blocks_dir`` lacks; returns how many exist.
+
+    Each block file holds the NNGP and NTK of its pairs, float64 on the CPU, and the seconds it
+    took. A diagonal train block is the symmetric kernel of its inputs (exact ρ = 1 on its diagonal).
+    """
+    rows = {"train": grid.chunks(grid.n_train), "test": grid.chunks(grid.n_test)}
+    inputs = {"train": data.x_train, "test": data.x_test}
+    missing = [b for b in grid.blocks if not (blocks_dir / grid.file_name(b)).exists()]
+    done = len(grid.blocks) - len(missing)
+    bar = tqdm(total=len(grid.blocks), initial=done, desc="kernel blocks", unit="block",
+               disable=None if progress else True, dynamic_ncols=True)
+    try:
+        for count, block in enumerate(missing):
+            if stop_after is not None and count >= stop_after:
+                break
+            split, r, c = block
+            x_rows = inputs[split][rows[split][r]].to(device, torch.float64)
+            x_cols = data.x_train[rows["train"][c]].to(device, torch.float64)
+            started = time.perf_counter()
+            kernels = (analytic_kernels(arch, x_rows, dtype=dtype) if split == "train" and r == c
+                       else analytic_kernels(arch, x_rows, x_cols, dtype=dtype))
+            nngp, ntk = kernels.nngp.double().cpu(), kernels.ntk.double().cpu()   # waits for the device
+            results.save_torch(blocks_dir / grid.file_name(block),
+                               {"nngp": nngp, "ntk": ntk, "seconds": time.perf_counter() - started})
+            done += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    return done
+
+
+def assemble(grid: BlockGrid, blocks_dir: Path):
+    """({kind: K(X, X) (N, N)}, {kind: K(X*, X) (M, N)}, seconds the blocks took in all), float64."""
+    rows = {"train": grid.chunks(grid.n_train), "test": grid.chunks(grid.n_test)}
+    columns = rows["train"]
+    train = {kind: torch.empty(grid.n_train, grid.n_train, dtype=torch.float64) for kind in KINDS}
+    test = {kind: torch.empty(grid.n_test, grid.n_train, dtype=torch.float64) for kind in KINDS}
+    seconds = 0.0
+    for block in grid.blocks:
+        split, r, c = block
+        path = blocks_dir / grid.file_name(block)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise results.RunDirCorrupt(path, f"cannot be read ({type(err).__name__}); delete it to recompute "
+                                              "that block") from err
+        seconds += float(saved["seconds"])
+        target = train if split == "train" else test
+        for kind in KINDS:
+            target[kind][rows[split][r], columns[c]] = saved[kind]
+            if split == "train" and c != r:
+                target[kind][columns[c], rows[split][r]] = saved[kind].T
+    return train, test, seconds
+
+
+# ----------------------------------------------------------------------------- the solve
+
+def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Dict:
+    """Kernel regression with one kernel: the ridge (chosen on a held-out split when ``cfg.ridges``
+    is given), test accuracy and MSE."""
+    y_train, y_test = data.y_train.double(), data.y_test.double()
+    classification = data.labels_test is not None
+    tried = []
+    ridge = float(cfg.ridge)
+    if cfg.ridges:
+        fit, held_out = _held_out_split(data.n_train, cfg.validation_fraction, cfg.seed)
+        for candidate in sorted(float(r) for r in cfg.ridges):
+            predicted = predict(k_train[fit][:, fit], k_train[held_out][:, fit], y_train[fit], candidate)
+            tried.append({"ridge": candidate, **_scores(predicted, y_train[held_out], classification)})
+        # best held-out accuracy (classification) or MSE; ties go to the smallest ridge
+        key = (lambda t: -t["accuracy"]) if classification else (lambda t: t["mse"])
+        ridge = min(tried, key=key)["ridge"]
+    predicted = predict(k_train, k_test, y_train, ridge)
+    scores = _scores(predicted, y_test, classification)
+    return {"ridge": ridge, "test_accuracy": scores.get("accuracy"), "test_mse": scores["mse"],
+            "held_out": tried or None}
+
+
+def predict(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float) -> Tensor:
+    """K(X*, X) (K(X, X) + ridge·mean diag·I)⁻¹ Y: the t = ∞ prediction of :func:`ntklab.mse_predictor`
+    from f_0 = 0 (one eigendecomposition; rounding-level eigenvalues are dropped, a pseudo-inverse)."""
+    return mse_predictor(k_train, y_train, ridge=ridge)(math.inf, 0.0, 0.0, k_test).test
+
+
+def _scores(predicted: Tensor, y: Tensor, classification: bool) -> Dict[str, float]:
+    """MSE as 1/(Mk) Σ‖f − y‖² (twice :func:`mse_loss`) and, for classification, the accuracy."""
+    scores = {"mse": 2 * mse_loss(predicted, y).item()}
+    if classification:
+        scores["accuracy"] = accuracy(predicted, y)
+    return scores
+
+
+def _held_out_split(n: int, fraction: float, seed: int):
+    """(fit rows, held-out rows) of a seeded permutation of the n train points; both non-empty."""
+    if n < 2:
+        raise ConfigError("ridges", f"choosing a ridge needs at least 2 train points, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    held = min(max(1, round(fraction * n)), n - 1)
+    return torch.from_numpy(np.sort(order[held:])), torch.from_numpy(np.sort(order[:held]))

@@ -1,0 +1,180 @@
+"""``python -m ntklab regress``: kernel regression with the analytic NNGP and NTK, checked against the
+same solve done directly (analytic_kernels and torch.linalg.solve), ridge selection on a held-out
+split checked by hand, and a killed job that resumes to the identical result.
+"""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ntklab import analytic_kernels
+from ntklab.collect import read_table
+from ntklab.commands import regress
+from ntklab.errors import ConfigError
+from ntklab.nets import cnn_layers
+from ntklab.train.trainer import load_data
+from tests.helpers import compose_config, draw, ntklab, start_ntklab, stop_all
+
+# flatten readout: its kernel needs only the spatial diagonal, so these stay fast (GAP is tested in test_cntk.py)
+SMALL = ["data.n_train=40", "data.n_test=30", "width=4", "depth=1", "model.readout=flatten", "device=cpu",
+         "block_size=16", "progress=false"]
+
+
+def _direct(cfg, ridge=0.0):
+    """The kernels and the solve written out: (K + σ²I) α = Y by LU, f* = K* α, per kernel."""
+    data = load_data(cfg.data, images=True)
+    arch = cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    train = analytic_kernels(arch, data.x_train)
+    test = analytic_kernels(arch, data.x_test, data.x_train)
+    out = {}
+    for kind in ("nngp", "ntk"):
+        k_train, k_test = getattr(train, kind), getattr(test, kind)
+        k_train = k_train + ridge * k_train.diagonal().mean() * torch.eye(len(k_train), dtype=torch.float64)
+        predicted = k_test @ torch.linalg.solve(k_train, data.y_train)
+        out[kind] = {"accuracy": (predicted.argmax(1) == data.labels_test).double().mean().item(),
+                     "mse": (predicted - data.y_test).pow(2).mean().item()}
+    return data, out
+
+
+def test_regress_matches_the_solve_done_directly(tmp_path):
+    cfg = compose_config("regress", SMALL)
+    summary = regress.run(cfg, tmp_path / "run")
+    assert summary == json.loads((tmp_path / "run" / regress.REGRESSION_JSON).read_text())
+    data, direct = _direct(cfg)
+    # balanced one-hot targets centred by the train mean: 0.9 for the class, −0.1 elsewhere
+    assert torch.allclose(data.y_train.unique(), torch.tensor([-0.1, 0.9], dtype=torch.float64), atol=1e-15)
+    for kind in ("nngp", "ntk"):
+        result = summary["kernels"][kind]
+        # the command's eigendecomposition and LU agree to rounding on a well-conditioned kernel:
+        # the MSE to 1e-8 relative; accuracies are counts over 30 points and must match exactly
+        assert result["test_accuracy"] == direct[kind]["accuracy"]
+        assert result["test_mse"] == pytest.approx(direct[kind]["mse"], rel=1e-8)
+        assert 0.5 < result["test_accuracy"] <= 1.0          # a CNTK on digits is far above chance (0.1)
+    entries = 40 * 41 // 2 + 30 * 40
+    assert summary["timings"]["kernel_entries"] == entries
+
+
+def test_ridges_are_chosen_on_a_held_out_split_and_the_blocks_are_reused(tmp_path):
+    run_dir = tmp_path / "run"
+    regress.run(compose_config("regress", SMALL), run_dir)
+    blocks = sorted((run_dir / regress.BLOCKS).iterdir())
+    stamps = [p.stat().st_mtime_ns for p in blocks]
+    ridges = [0.0, 0.1, 10.0]
+    cfg = compose_config("regress", SMALL + [f"ridges=[{','.join(map(str, ridges))}]", "validation_fraction=0.25"])
+    summary = regress.run(cfg, run_dir)         # other ridges: same kernels, solved again
+    assert [p.stat().st_mtime_ns for p in sorted((run_dir / regress.BLOCKS).iterdir())] == stamps
+    data = load_data(cfg.data, images=True)
+    fit, held_out = regress._held_out_split(40, 0.25, 0)
+    assert len(held_out) == 10 and sorted(torch.cat([fit, held_out]).tolist()) == list(range(40))
+    arch = cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    kernels = analytic_kernels(arch, data.x_train)
+    for kind in ("nngp", "ntk"):
+        k = getattr(kernels, kind)
+        k_fit = k[fit][:, fit]
+        scores = []
+        for ridge in ridges:
+            system = k_fit + ridge * k_fit.diagonal().mean() * torch.eye(len(fit), dtype=torch.float64)
+            predicted = k[held_out][:, fit] @ torch.linalg.solve(system, data.y_train[fit])
+            scores.append((predicted.argmax(1) == data.labels_train[held_out]).double().mean().item())
+        tried = summary["kernels"][kind]["held_out"]
+        assert [t["accuracy"] for t in tried] == scores
+        best = max(scores)
+        assert summary["kernels"][kind]["ridge"] == ridges[scores.index(best)]     # first of the best
+        _, direct = _direct(cfg, ridge=summary["kernels"][kind]["ridge"])
+        assert summary["kernels"][kind]["test_accuracy"] == direct[kind]["accuracy"]
+
+
+def test_a_killed_regress_resumes_to_the_identical_result(tmp_path):
+    # a GAP readout (the full spatial covariance) makes each block slow enough to be caught mid-run
+    overrides = ["data.n_train=30", "data.n_test=12", "width=4", "depth=1", "device=cpu", "block_size=6",
+                 "progress=false"]
+    total = len(regress.BlockGrid(30, 12, 6).blocks)            # 15 train + 10 test blocks
+    blocks_dir = tmp_path / "killed" / regress.BLOCKS
+    process = start_ntklab("regress", *overrides, "hydra.run.dir=killed", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if blocks_dir.is_dir() and len(list(blocks_dir.glob("*.pt"))) >= 3:
+                break
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate()
+    finally:
+        stop_all([process])
+    saved = len(list(blocks_dir.glob("*.pt")))
+    assert 3 <= saved < total, saved            # killed part-way
+    resumed = regress.run(compose_config("regress", overrides), tmp_path / "killed")
+    whole = regress.run(compose_config("regress", overrides), tmp_path / "whole")
+    assert resumed["kernels"] == whole["kernels"]
+    assert len(list(blocks_dir.glob("*.pt"))) == total
+
+
+@pytest.fixture(scope="module")
+def regress_sweep(tmp_path_factory):
+    """`regress -m` over n_train and readout, collected: the table of +sweep=cntk in miniature."""
+    root = tmp_path_factory.mktemp("regress_sweep")
+    out, err, code = ntklab("regress", "-m", "data.n_train=20,30", "model.readout=flatten,gap", "data.n_test=10",
+                            "width=4", "depth=1", "device=cpu", "progress=false", "hydra.sweep.dir=sweep", cwd=root)
+    assert code == 0, err
+    out, err, code = ntklab("collect", "sweep", cwd=root)
+    assert code == 0, err
+    return root / "sweep" / "results.csv"
+
+
+def test_a_regress_sweep_collects_into_one_table(regress_sweep):
+    """One ok row per job, each with the test accuracy of both kernels its regression.json says."""
+    table = read_table(regress_sweep)
+    assert sorted(zip(table["data.n_train"], table["model.readout"])) == [
+        (20, "flatten"), (20, "gap"), (30, "flatten"), (30, "gap")]
+    assert (table["status"] == "ok").all()
+    for _, row in table.iterrows():
+        summary = json.loads((Path(row["run_dir"]) / regress.REGRESSION_JSON).read_text())
+        for kind in ("nngp", "ntk"):
+            assert row[f"kernels.{kind}.test_accuracy"] == summary["kernels"][kind]["test_accuracy"]
+
+
+def test_the_cntk_figure_shows_the_accuracies_and_the_fitted_gap(regress_sweep, tmp_path):
+    """scripts/fig_cntk.py: each method's accuracy by n as the regress jobs measured it, and the
+    trained CNNs' accuracy by channels and their prediction gap's power law, refitted here by hand."""
+    out, err, code = ntklab("train", "-m", "model=cnn", "data=digits", "width=4,16", "seed=0,1", "depth=1",
+                            "model.readout=flatten", "data.n_train=20", "data.n_test=10", "optim.steps=20",
+                            "track.log_steps=3", "track.probe_size=8", "track.progress=false", "track.plots=false",
+                            "track.save_kernels=false", "device=cpu", "hydra.sweep.dir=trained", cwd=tmp_path)
+    assert code == 0, err
+    assert ntklab("collect", "trained", cwd=tmp_path)[2] == 0
+    numbers = draw("fig_cntk", regress_sweep, tmp_path, "--trained", str(tmp_path / "trained" / "results.csv"))
+    table = read_table(regress_sweep)
+    for readout, kind, method in (("gap", "ntk", "CNTK-GAP"), ("flatten", "nngp", "NNGP-V")):
+        for n in (20, 30):
+            row = table[(table["model.readout"] == readout) & (table["data.n_train"] == n)]
+            assert numbers["kernel"][method][str(n)] == row[f"kernels.{kind}.test_accuracy"].item()
+    trained = read_table(tmp_path / "trained" / "results.csv")
+    for width in (4, 16):
+        assert numbers["trained"]["accuracy"][str(width)] == pytest.approx(
+            trained.loc[trained["model.width"] == width, "final.test_accuracy"].mean(), rel=1e-12)
+    # the fitted exponent of the gap: least squares on log-log over the four runs (two seeds a width)
+    slope = np.polyfit(np.log(trained["model.width"]), np.log(trained["final.pred_gap_analytic"]), 1)[0]
+    assert numbers["trained"]["pred_gap_fit"]["exponent"] == pytest.approx(slope, rel=1e-9)
+
+
+def test_a_failed_regress_says_why_in_regression_json(tmp_path):
+    with pytest.raises(ConfigError):
+        regress.run(compose_config("regress", SMALL + ["model.readout=max"]), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / regress.REGRESSION_JSON).read_text())
+    assert summary["status"] == "failed" and "model.readout: must be one of gap, flatten" in summary["error"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ridge=-1"], "ridge: must be finite numbers >= 0"),
+    (["validation_fraction=1.0"], "validation_fraction: must lie in (0, 1)"),
+    (["data=sphere", "data.targets=scalar"], "model=cnn takes images"),
+])
+def test_bad_regress_configs_name_the_field(tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        regress.run(compose_config("regress", SMALL + overrides), tmp_path / "run")
+    assert message in str(err.value)
