@@ -70,6 +70,11 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
         E[φ'(u)φ'(v)] = a + (1−a)² (π − θ) / (2π)
 
     For a = 0 the first line is √(q1 q2)/(2π) (sin θ + (π − θ) cos θ), the relu formula of docs/design.md.
+    With √(q1 q2) cos θ = cov and π/2 − θ = arcsin ρ they regroup into what the code evaluates, one
+    arcsin and no arccos or sin:
+
+        E[φ'(u)φ'(v)] = ((1+a)/2)² + (1−a)² arcsin(ρ) / (2π)
+        E[φ(u)φ(v)]   = c √(q1 q2) sin θ + cov · E[φ'(u)φ'(v)],   c = ((1−a)/2)² · 2/π
 
     Where a variance is 0 (q1 = 0: u = 0 almost surely, as for the input x = 0 of a net without
     biases) E[φ(u)φ(v)] = φ(0)E[φ(v)] = 0, and E[φ'(u)φ'(v)] = φ'(0) E[φ'(v)] with
@@ -77,34 +82,33 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
     value the finite net's derivative takes (torch's relu and sign give 0 there, the leaky relu
     ``where(x > 0, 1, a)`` gives a), so the limit agrees with every finite net and with quadrature.
     """
-    even = ((1.0 + slope) / 2.0) ** 2
-    odd = ((1.0 - slope) / 2.0) ** 2
+    sin_scale = ((1.0 - slope) / 2.0) ** 2 * 2.0 / math.pi       # c above
+    dphi_at_zero = ((1.0 + slope) / 2.0) ** 2                     # E[φ'(u)φ'(v)] at ρ = 0
+    dphi_slope = (1.0 - slope) ** 2 / (2.0 * math.pi)
 
     def dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
-        # In place on four fresh arrays: the CNTK calls this on blocks of millions of entries, where
-        # an allocation per operation (page faults, a pass each) costs 3-5× the arithmetic.
+        # Two arrays of cov's size, the results, and every step in place on them: the CNTK calls this on
+        # blocks of millions of entries, where each operation is a pass through memory and each
+        # allocation costs page faults besides.
+        shape = torch.broadcast_shapes(q1.shape, q2.shape, cov.shape)
         # √(q1 q2) in one rounding, not √q1·√q2: for a self pair (q1 = q2 = cov) it makes ρ = 1
         # exactly, where arccos would turn a 1-ulp error into ~1e-8 (tests/test_kernels.py sees it)
-        norm = torch.mul(q1, q2).sqrt_()
-        if norm.shape != cov.shape:
-            norm = norm.expand_as(cov)
-        # ρ = 0 where a variance is 0 (see safe_correlation)
-        rho = torch.div(cov, norm.clamp_min(torch.finfo(cov.dtype).tiny)).clamp_(-1.0, 1.0)
-        theta = torch.arccos(rho)
-        sin_theta = torch.mul(rho, rho).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
-        # odd · (2/π) √(q1 q2) (sin θ + (π/2 − θ) cos θ)  [+ even · cov]
-        e_phi = torch.neg(theta).add_(math.pi / 2.0).mul_(rho).add_(sin_theta).mul_(norm).mul_(odd * 2.0 / math.pi)
-        if even:
-            e_phi = e_phi.add_(cov, alpha=even)
-        # a + (1 − a)² (π − θ)/(2π)
-        e_dphi = theta.neg_().add_(math.pi).mul_((1.0 - slope) ** 2 / (2.0 * math.pi))
-        if slope:
-            e_dphi = e_dphi.add_(slope)
-        zero1, zero2 = q1 == 0, q2 == 0
-        if bool(zero1.any()) or bool(zero2.any()):
-            mean_derivative = lambda zero: torch.where(zero, derivative_at_zero, (1.0 + slope) / 2.0)
-            degenerate = mean_derivative(zero1) * mean_derivative(zero2)
-            e_dphi = torch.where(zero1 | zero2, degenerate, e_dphi)
+        rho = torch.mul(q1, q2, out=cov.new_empty(shape)).sqrt_()
+        # a zero variance (or q1 q2 below the dtype's range) leaves √(q1 q2) = 0 somewhere: ρ = 0 there
+        # (see safe_correlation)
+        degenerate = rho.numel() > 0 and bool(q1.amin() * q2.amin() == 0)
+        rho = torch.div(cov, rho.clamp_min_(torch.finfo(cov.dtype).tiny) if degenerate else rho, out=rho)
+        rho = rho.clamp_(-1.0, 1.0)
+        # c √(q1 q2) sin θ = √(c² q1 q2 (1 − ρ)(1 + ρ)): exactly 0 at ρ = ±1 however the products round
+        e_phi = torch.mul(q1 * (sin_scale * sin_scale), q2, out=cov.new_empty(shape))
+        e_phi = e_phi.addcmul_(e_phi, rho, value=-1.0).addcmul_(e_phi, rho).sqrt_()
+        e_dphi = torch.add(cov.new_full((), dphi_at_zero), rho.arcsin_(), alpha=dphi_slope, out=rho)
+        e_phi = e_phi.addcmul_(cov, e_dphi)
+        if degenerate:
+            zero1, zero2 = q1 == 0, q2 == 0
+            if bool(zero1.any()) or bool(zero2.any()):
+                mean_derivative = lambda zero: torch.where(zero, derivative_at_zero, (1.0 + slope) / 2.0)
+                e_dphi = torch.where(zero1 | zero2, mean_derivative(zero1) * mean_derivative(zero2), e_dphi)
         return e_phi, e_dphi
 
     return dual
@@ -120,6 +124,32 @@ def _erf_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
     # in place on two fresh arrays (see _leaky_relu_dual)
     e_phi = torch.mul(cov, 2.0).div_(torch.sqrt(a)).clamp_(-1.0, 1.0).arcsin_().mul_(2.0 / math.pi)
     e_dphi = torch.mul(cov, cov).mul_(-4.0).add_(a).rsqrt_().mul_(4.0 / math.pi)
+    return e_phi, e_dphi
+
+
+def _gelu_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
+    r"""Dual of φ(x) = gelu(x) = x Φ(x), Φ the standard normal distribution function:
+
+        E[φ(u)φ(v)]   = cov/4 + cov/(2π) · arctan(cov/s) + (q1 q2 s² + cov²) / (2π P s)
+        E[φ'(u)φ'(v)] = 1/4 + arctan(cov/s)/(2π) + cov (P + s² (2 + q1 + q2)) / (2π P s³)
+
+    with P = (1 + q1)(1 + q2) and s = √(P − cov²) ≥ √(1 + q1 + q2). Derivation: Φ(u) = P(ξ ≤ u) for
+    an independent ξ ~ N(0, 1), so E[φ(u)φ(v)] = E[u v 1{u − ξ1 ≥ 0} 1{v − ξ2 ≥ 0}], a Gaussian
+    orthant moment of (u, v, u − ξ1, v − ξ2) (arctan(cov/s) = arcsin(cov/√P)); the second line is its
+    derivative in cov (Price's theorem). At cov = 0 they give E[φ(u)]E[φ(v)] = q1 q2 / (2π √P) and
+    E[φ'(u)]E[φ'(v)] = 1/4. s never vanishes, so unlike relu's the formulas stay smooth at ρ = ±1.
+    """
+    # in place on five fresh arrays of the block's size (see _leaky_relu_dual)
+    q12 = torch.mul(q1, q2)
+    # P − cov² = 1 + q1 + q2 + (q1 q2 − cov²): the bracket is ≥ 0 (Cauchy–Schwarz) up to rounding
+    s2 = torch.mul(cov, cov).neg_().add_(q12).clamp_(min=0.0).add_(q1).add_(q2).add_(1.0)
+    s = torch.sqrt(s2)
+    quarter_plus_angle = torch.atan2(cov, s).div_(2.0 * math.pi).add_(0.25)      # 1/4 + arctan(cov/s)/(2π)
+    p = torch.mul(q1 + 1.0, q2 + 1.0)
+    two_pi_p_s = s.mul_(p).mul_(2.0 * math.pi)
+    e_dphi = torch.mul(s2, torch.add(q1, q2).add_(2.0)).add_(p).mul_(cov).div_(two_pi_p_s).div_(s2)
+    e_dphi.add_(quarter_plus_angle)
+    e_phi = s2.mul_(q12).addcmul_(cov, cov).div_(two_pi_p_s).addcmul_(cov, quarter_plus_angle)
     return e_phi, e_dphi
 
 
@@ -164,6 +194,18 @@ def _precise_erf_dual(q1, q2, cov):
 
     a = (1 + 2 * q1) * (1 + 2 * q2)
     return 2 / mpmath.pi * mpmath.asin(2 * cov / mpmath.sqrt(a)), 4 / mpmath.pi / mpmath.sqrt(a - 4 * cov * cov)
+
+
+def _precise_gelu_dual(q1, q2, cov):
+    """:func:`_gelu_dual` in mpmath."""
+    import mpmath
+
+    p = (1 + q1) * (1 + q2)
+    s2 = p - cov * cov
+    s = mpmath.sqrt(s2)
+    angle = mpmath.atan2(cov, s)
+    return (cov / 4 + cov * angle / (2 * mpmath.pi) + (q1 * q2 * s2 + cov * cov) / (2 * mpmath.pi * p * s),
+            mpmath.mpf(1) / 4 + angle / (2 * mpmath.pi) + cov * (p + s2 * (2 + q1 + q2)) / (2 * mpmath.pi * p * s2 * s))
 
 
 def _precise_identity_dual(q1, q2, cov):
@@ -255,7 +297,7 @@ _REGISTRY: "dict[str, Callable[[], Activation]]" = {
     "tanh": lambda: Activation("tanh", torch.tanh, lambda x: 1.0 - torch.tanh(x) ** 2),
     "sigmoid": lambda: Activation("sigmoid", torch.sigmoid, _sigmoid_derivative),
     "softplus": lambda: Activation("softplus", torch.nn.functional.softplus, torch.sigmoid),
-    "gelu": lambda: Activation("gelu", torch.nn.functional.gelu, _gelu_derivative),
+    "gelu": lambda: Activation("gelu", torch.nn.functional.gelu, _gelu_derivative, _gelu_dual, _precise_gelu_dual),
     "silu": lambda: Activation("silu", torch.nn.functional.silu, _silu_derivative),
 }
 

@@ -22,7 +22,7 @@ from typing import Any, List, Optional
 from omegaconf import II, MISSING
 
 from ntklab.errors import ConfigError, check_choice, check_seed
-from ntklab.quantities import OPTIONAL
+from ntklab.quantities import DEFAULT, OPTIONAL
 from ntklab.spec import ArchSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -30,6 +30,7 @@ DTYPES = ("float32", "float64")
 LR_UNITS = ("absolute", "eta_max", "eta_max_empirical")
 LR_WIDTH_SCALINGS = ("none", "inverse")
 QUANTITIES = OPTIONAL                   # the choices of track.quantities (ntklab.quantities)
+DEFAULT_QUANTITIES = DEFAULT           # its default: the spectral quantities are opt-in
 PLOT_FORMATS = ("png", "pdf", "svg")    # of the spectrum and phase figures
 
 
@@ -131,8 +132,13 @@ class OptimConfig:
 class TrackConfig:
     """What is measured at the log steps and how often the run is checkpointed."""
 
-    quantities: List[str] = field(default_factory=lambda: list(QUANTITIES))
+    quantities: List[str] = field(default_factory=lambda: list(DEFAULT_QUANTITIES))   # any of QUANTITIES
     probe_size: int = 64                # first points of the train set, for kernel_change/kernel_to_limit
+    # the opt-in spectral quantities (ntk_top_eigenvalues, sharpness, gauss_newton_share):
+    spectrum_points: Optional[int] = None   # on the first this-many train points; null: all of them
+    top_eigenvalues: int = 1            # how many of the top eigenvalues of Θ̂ and of the Hessian to record
+    lanczos_steps: int = 20             # most Hessian-vector products per measurement; it stops earlier once
+    lanczos_tol: float = 0.01           # each top Hessian eigenvalue's estimated error is at most this × λ_max
     log_steps: int = 40                 # log-spaced log steps in [1, steps], plus step 0
     checkpoint_every: int = 250         # steps; 0 disables checkpoints
     full_kernel_limit: int = 2048       # linear prediction uses the full (N,N,k,k) NTK while N·k ≤ this
@@ -327,6 +333,14 @@ def validate(cfg) -> None:
     for name in track.quantities:
         check_choice("track.quantities", name, QUANTITIES)
     _at_least("track.probe_size", track.probe_size, 1)
+    if track.spectrum_points is not None:
+        _at_least("track.spectrum_points", track.spectrum_points, 1)
+    _at_least("track.top_eigenvalues", track.top_eigenvalues, 1)
+    if not (math.isfinite(track.lanczos_tol) and track.lanczos_tol > 0):
+        raise ConfigError("track.lanczos_tol", f"must be a finite number > 0, got {track.lanczos_tol!r}")
+    if track.lanczos_steps < track.top_eigenvalues:
+        raise ConfigError("track.lanczos_steps", f"must be at least track.top_eigenvalues = {track.top_eigenvalues} "
+                          f"(one Hessian-vector product per Lanczos step), got {track.lanczos_steps!r}")
     _at_least("track.log_steps", track.log_steps, 1)
     _at_least("track.checkpoint_every", track.checkpoint_every, 0)
     _at_least("track.full_kernel_limit", track.full_kernel_limit, 0)

@@ -6,6 +6,8 @@ needed), saved by the one :func:`save_figure` (which the figure scripts use too)
     loss.png   train and test loss against step: the network (solid), the analytic NTK's
                kernel-regression prediction (dashed) and the linearised network's (dotted)
     drift.png  param_drift, kernel_change, kernel_to_limit and the prediction gaps against step, log-log
+    stability.png  (with the spectral quantities) η·λ_max(H) and η·λ_max(Θ̂)/(Nk) against step, with
+               the edge 2, above the train loss
 
 ``spectrum`` (:func:`plot_spectrum`) and ``phase`` (:func:`plot_phase`), from their summaries:
 
@@ -36,7 +38,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
 from ntklab import results  # noqa: E402
-from ntklab.quantities import OPTIONAL  # noqa: E402
+from ntklab.quantities import DEFAULT  # noqa: E402
 
 
 def save_figure(fig, stem: Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 120) -> List[Path]:
@@ -81,7 +83,7 @@ def plot_run(run_dir: Path, records: Optional[List[Dict]] = None) -> List[Path]:
     paths += save_figure(fig, run_dir / "loss", formats=("png",))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in OPTIONAL:
+    for name in DEFAULT:
         steps, values = _series(records, name)
         if steps:
             ax.plot(steps, values, "o-", markersize=3, label=name)
@@ -89,6 +91,21 @@ def plot_run(run_dir: Path, records: Optional[List[Dict]] = None) -> List[Path]:
            title="distance from the kernel regime")
     ax.legend(fontsize=8)
     paths += save_figure(fig, run_dir / "drift", formats=("png",))
+
+    spectral = [(name, label) for name, label in (("eta_sharpness", "η·λ_max(H)"), ("eta_ntk", "η·λ_max(Θ̂)/(Nk)"))
+                if any(name in r for r in records)]
+    if spectral:
+        fig, (ax_loss, ax) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
+        steps, values = _series(records, "train_loss")
+        ax_loss.plot(steps, values, "-", color="C0")
+        ax_loss.set(xscale="log", yscale="log", ylabel="train loss")
+        for name, label in spectral:
+            steps, values = _series(records, name)
+            ax.plot(steps, values, "o-", markersize=2, label=label)
+        ax.axhline(2.0, color="k", linestyle="--", linewidth=1, label="2 (edge of stability)")
+        ax.set(xscale="log", xlabel="step", ylabel="step size × curvature", title="stability: η·sharpness against 2")
+        ax.legend(fontsize=8)
+        paths += save_figure(fig, run_dir / "stability", formats=("png",))
     return paths
 
 

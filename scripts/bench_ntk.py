@@ -17,7 +17,16 @@ each a pass over the batch), calibrated so that 1.2e9 is about 30 s on 2 CPU cor
 Width 4096 with N = 4096 shows the structured method inside its default memory budget
 (ntklab.ntk.DEFAULT_MEMORY_BUDGET, 1 GiB of features per chunk, the kernel itself aside).
 
-Analytic kernel table: NNGP + NTK in float64 for depth 3 on N inputs (x2 = x1).
+Analytic kernel table: NNGP + NTK in float64 for depth 3 on N inputs (x2 = x1), closed forms
+(relu, erf, gelu).
+
+Quadrature table: the same for activations without a closed form (tanh, sigmoid, softplus, silu and
+mish given only as a callable), by ``ntklab.kernels.quadrature_dual``, best of --repeats calls (one
+call from N = 4000), and the largest relative difference max|K − K_ref| / max|K_ref| (NNGP and NTK)
+from every pair through the polar rule alone at 16 nodes per panel (``polar_dual(act, degree=32)``)
+on the first --check-n inputs. Then the same at large pre-activation variance (depth 6, σ_w = 4).
+neural-tangents' figures in its column were measured earlier on this machine, not side by side
+(scripts/bench_vs_neural_tangents.py measures side by side).
 
 Dynamics table: ``mse_predictor`` on N = 4000 train points (one float64 eigendecomposition),
 then outputs on 1000 test points and losses at 100 times from it.
@@ -36,11 +45,17 @@ import time
 import torch
 
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
+from ntklab.activations import Activation, from_callable, get_activation
 from ntklab.dynamics import max_learning_rate, mse_predictor
+from ntklab.kernels.quadrature import polar_dual
 from ntklab.results import environment
 
 DEPTH = 3
 IN_DIM = 32
+
+NEURAL_TANGENTS_TANH_SECONDS = {200: 4.3, 1000: 93.0}
+"""neural-tangents 0.6.5 ``stax.ElementwiseNumerical(jnp.tanh, deg=25)`` (its default Gauss–Hermite degree),
+the same depth-3 NNGP + NTK in float64 (jax 0.4.25, CPU), measured earlier on this 2-core AMD EPYC machine."""
 
 
 def structured_flops(n: int, width: int, depth: int = DEPTH, in_dim: int = IN_DIM) -> float:
@@ -154,14 +169,57 @@ def analytic_table(args) -> None:
     print("\n### Analytic NNGP + NTK, float64, depth 3, x2 = x1\n")
     print("| activation | N | seconds | path |")
     print("|---|---:|---:|---|")
-    for activation, sizes in [("relu", args.analytic_n), ("erf", args.analytic_n), ("tanh", [200])]:
-        for n in sizes:
+    for activation in ("relu", "erf", "gelu"):
+        for n in args.analytic_n:
             spec = ArchSpec(depth=3, width=512, activation=activation, sigma_w=1.4, sigma_b=0.1)
             x = torch.randn(n, IN_DIM, dtype=torch.float64, device=args.device)
-            repeats = 1 if activation == "tanh" else args.repeats
+            seconds = _best_time(lambda: analytic_kernels(spec, x), args.device, args.repeats)
+            print(f"| {activation} | {n} | {seconds:.3f} | closed form |", flush=True)
+
+
+def mish() -> Activation:
+    """x·tanh(softplus(x)), known to ntklab only as a callable (φ' by autograd)."""
+    return from_callable(lambda x: x * torch.tanh(torch.nn.functional.softplus(x)), name="mish (callable)")
+
+
+QUADRATURE_ACTIVATIONS = {"tanh": lambda: get_activation("tanh"), "sigmoid": lambda: get_activation("sigmoid"),
+                          "softplus": lambda: get_activation("softplus"), "silu": lambda: get_activation("silu"),
+                          "mish (callable)": mish}
+
+
+def polar_difference(spec: ArchSpec, x: torch.Tensor) -> float:
+    """max |K − K_ref| / max |K_ref| over NNGP and NTK, K_ref with every pair through the polar rule (16 nodes per panel)."""
+    from dataclasses import replace
+
+    act = spec.act
+    reference = replace(spec, activation=Activation(act.name, act.fn, act.derivative, dual=polar_dual(act, degree=32)))
+    fast, slow = analytic_kernels(spec, x), analytic_kernels(reference, x)
+    return max(float((a - b).abs().max() / b.abs().max()) for a, b in [(fast.nngp, slow.nngp), (fast.ntk, slow.ntk)])
+
+
+def quadrature_table(args) -> None:
+    cases = [(3, 1.4, n) for n in args.quadrature_n] + [(6, 4.0, n) for n in args.large_variance_n]
+    print("\n### Analytic NNGP + NTK without a closed form (Mehler series, collinear and polar rules), float64, "
+          "σ_b = 0.1, x2 = x1\n")
+    print(f"| activation | depth | σ_w | N | seconds | max rel. diff. vs polar rule (first {args.check_n} inputs) | "
+          "neural-tangents s (deg 25, measured earlier) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    load_before = os.getloadavg()[0]
+    for name, make in QUADRATURE_ACTIVATIONS.items():
+        checked = set()
+        for depth, sigma_w, n in cases:
+            spec = ArchSpec(depth=depth, width=512, activation=make(), sigma_w=sigma_w, sigma_b=0.1)
+            x = torch.randn(n, IN_DIM, dtype=torch.float64, device=args.device)
+            repeats = args.repeats if n < 4000 else 1
             seconds = _best_time(lambda: analytic_kernels(spec, x), args.device, repeats)
-            path = "closed form" if spec.act.dual is not None else "quadrature (default degree)"
-            print(f"| {activation} | {n} | {seconds:.3f} | {path} |", flush=True)
+            difference = ""
+            if (depth, sigma_w) not in checked:
+                difference = f"{polar_difference(spec, x[: args.check_n]):.1e}"
+                checked.add((depth, sigma_w))
+            nt = NEURAL_TANGENTS_TANH_SECONDS.get(n, "") if name == "tanh" and depth == 3 else ""
+            print(f"| {name} | {depth} | {sigma_w:g} | {n} | {seconds:.3f} | {difference} | {nt} |", flush=True)
+    # other processes on the cores slow torch's threads far more than the work itself: say how busy it was
+    print(f"\n1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
 
 
 def dynamics_table(args) -> None:
@@ -191,16 +249,25 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[128, 1024, 4096])
     parser.add_argument("--methods", nargs="+", default=["structured", "jacobian", "ntvp"])
     parser.add_argument("--analytic-n", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--quadrature-n", type=int, nargs="+", default=[200, 1000, 4000])
+    parser.add_argument("--large-variance-n", type=int, nargs="+", default=[200, 1000],
+                        help="N for the depth-6, σ_w = 4 rows of the quadrature table")
+    parser.add_argument("--check-n", type=int, default=16,
+                        help="inputs on which the quadrature table checks against the polar rule")
     parser.add_argument("--dynamics-n", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's choice)")
     parser.add_argument("--max-work", type=float, default=1.2e9,
                         help="skip jacobian/ntvp cases whose estimated work is above this (~30 s on 2 CPU cores)")
     parser.add_argument("--skip-empirical", action="store_true")
     parser.add_argument("--skip-analytic", action="store_true")
+    parser.add_argument("--skip-quadrature", action="store_true")
     parser.add_argument("--skip-dynamics", action="store_true")
     parser.add_argument("--case", nargs=3, metavar=("METHOD", "WIDTH", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.case:
         method, width, n = args.case[0], int(args.case[1]), int(args.case[2])
@@ -215,6 +282,8 @@ def main() -> None:
         empirical_table(args, rate)
     if not args.skip_analytic:
         analytic_table(args)
+    if not args.skip_quadrature:
+        quadrature_table(args)
     if not args.skip_dynamics:
         dynamics_table(args)
 

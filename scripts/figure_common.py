@@ -44,6 +44,26 @@ def finished_runs(path: Path) -> pd.DataFrame:
     return runs
 
 
+def ended_runs(path: Path) -> pd.DataFrame:
+    """The runs of a table that ended, ok or diverged (the step-size figures show both); an error if none."""
+    table = read_table(path)
+    if table.empty or "status" not in table:
+        raise SystemExit(f"no runs in {path}")
+    runs = table[table["status"].isin([results.OK, results.DIVERGED])].copy()
+    if runs.empty:
+        raise SystemExit(f"no ok or diverged runs in {path}; statuses: {table['status'].value_counts().to_dict()}")
+    return runs
+
+
+def step_size_ratio(runs: pd.DataFrame) -> pd.Series:
+    """η/η_max of each run, η_max = 2Nk/λ_max of its own empirical NTK at init where the run computed
+    it (optim.lr_unit=eta_max_empirical, as +sweep=eos), else of the analytic NTK."""
+    if "eta_max.empirical" in runs and runs["eta_max.empirical"].notna().all():
+        return runs["learning_rate"] / runs["eta_max.empirical"]
+    require(runs, ["lr_over_eta_max"], "the runs need an η_max (optim.lr_unit eta_max or eta_max_empirical)")
+    return runs["lr_over_eta_max"]
+
+
 def require(runs: pd.DataFrame, columns, why: str) -> None:
     """Exit with a message naming the columns a figure needs and the table lacks."""
     missing = [c for c in columns if c not in runs or runs[c].isna().all()]

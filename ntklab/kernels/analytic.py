@@ -17,7 +17,6 @@ same order as before the layers existed, so its numbers did not change.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -26,7 +25,7 @@ from torch import Tensor
 
 from ntklab.kernels.quadrature import DEFAULT_QUADRATURE_DEGREE
 from ntklab.layers.combinators import check_limit
-from ntklab.layers.core import KernelOptions, KernelState, Layer, Node, Part, Replay, bind
+from ntklab.layers.core import KernelOptions, KernelState, Layer, Node, Part, Replay, bind, variance_prefix
 from ntklab.spec import ArchSpec
 from ntklab.tensor_checks import check_inputs, check_kernel_scale
 
@@ -94,20 +93,28 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
     _check_duals(root, options)
 
     # First pass: the self pairs (x, x) of every input, recording the variances every layer reads.
-    diag1, recorded1 = _self_pairs(root, x1, options, block_elements)
-    check_kernel_scale(diag1.ntk, "x1", x1)       # NaN from inf − inf otherwise
+    # Their kernels are results only for diagonal=True and x2=None (the diagonal, below); otherwise
+    # the pass stops after the last layer that reads variances, which for a net that pools only at
+    # its end (a global average pool) never carries a full (H·W)² covariance.
+    symmetric = x2 is None
+    prefix = None if diagonal or symmetric or not root.full_in else variance_prefix(root)
+    self_root = root if prefix is None else prefix
+    diag1, recorded1 = _self_pairs(self_root, x1, options, block_elements)
+    check_kernel_scale(diag1.ntk.movedim(-1, 0), "x1", x1)       # NaN from inf − inf otherwise
     if diagonal:
         return diag1
-    symmetric = x2 is None
-    diag2, recorded2 = (diag1, recorded1) if symmetric else _self_pairs(root, x2, options, block_elements)
+    diag2, recorded2 = (diag1, recorded1) if symmetric else _self_pairs(self_root, x2, options, block_elements)
     if not symmetric:
-        check_kernel_scale(diag2.ntk, "x2", x2)
+        check_kernel_scale(diag2.ntk.movedim(-1, 0), "x2", x2)
     x2 = x1 if symmetric else x2
     n1, n2 = x1.shape[0], x2.shape[0]
     nngp = torch.empty(n1, n2, dtype=dtype, device=x1.device)
     ntk = torch.empty_like(nngp)
+    # As many columns as fit, then rows: the columns are the arrays' fastest axis (pairs last), and a
+    # row's variances broadcast along them, so long rows keep every elementwise loop long. A
+    # symmetric kernel then wastes nothing on the lower triangle where a block is a single row.
     pairs = max(1, block_elements // _entries_per_pair(root))
-    cols_per_block = min(n2, max(1, math.isqrt(pairs)))
+    cols_per_block = min(n2, pairs)
     rows_per_block = max(1, pairs // cols_per_block)
     for row_start in range(0, n1, rows_per_block):
         rows = slice(row_start, min(row_start + rows_per_block, n1))
@@ -156,20 +163,19 @@ def _limit_problem(root: Node) -> Optional[str]:
 
 
 def _self_pairs(root: Node, x: Tensor, options: KernelOptions, block_elements: int):
-    """(Kernels (N,) of the pairs (x_i, x_i), the variances each layer read: a list of (N, …) arrays)."""
-    nngp = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    ntk = torch.empty_like(nngp)
-    chunks = []
+    """(Kernels of the pairs (x_i, x_i) at the end of ``root``: (N,) for a whole net, (…, N) for a
+    :func:`~ntklab.layers.core.variance_prefix`; the variances each layer read: a list of (…, N) arrays)."""
+    outputs, chunks = [], []
     rows_per_block = max(1, block_elements // _entries_per_pair(root))
     for start in range(0, x.shape[0], rows_per_block):
-        rows = slice(start, start + rows_per_block)
-        state = input_state(x[rows], None, root.full_in, options)
+        state = input_state(x[start: start + rows_per_block], None, root.full_in, options)
         state.recorder = []
         state = root.layer.kernel(root, state)
-        nngp[rows], ntk[rows] = state.diag1.nngp, state.diag1.ntk
+        outputs.append(state.diag1)
         chunks.append(state.recorder)
-    recorded = [torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*chunks)]
-    return Kernels(nngp, ntk), recorded
+    joined = lambda arrays: torch.cat(arrays, dim=-1) if len(arrays) > 1 else arrays[0]
+    recorded = [joined(parts) for parts in zip(*chunks)]
+    return Kernels(joined([part.nngp for part in outputs]), joined([part.ntk for part in outputs])), recorded
 
 
 def input_state(x1: Tensor, x2: Optional[Tensor], full: bool, options: KernelOptions,
@@ -177,7 +183,8 @@ def input_state(x1: Tensor, x2: Optional[Tensor], full: bool, options: KernelOpt
     """The input kernel of the pairs (x1_i, x2_j) and of the self pairs (module docstring); NTK 0.
 
     x2=None gives only the self pairs of x1; ``self_pairs=False`` only the block (its variances
-    then come from a :class:`~ntklab.layers.core.Replay`).
+    then come from a :class:`~ntklab.layers.core.Replay`). Images give contiguous (H, W, H, W, b1, b2)
+    or (H, W, b1, b2) arrays, the pairs last (see :mod:`ntklab.layers.core`).
     """
     if x1.dim() == 2:
         d = x1.shape[1]
@@ -187,14 +194,18 @@ def input_state(x1: Tensor, x2: Optional[Tensor], full: bool, options: KernelOpt
         spatial = ()
     else:
         c, h, w = x1.shape[1:]
+        pairs = lambda a, b: (a.shape[0], b.shape[0])
         flat1 = x1.reshape(x1.shape[0], c, h * w)
         flat2 = None if x2 is None else x2.reshape(x2.shape[0], c, h * w)
+        # einsum may return a permuted view: every rule after assumes the contiguous layout (its
+        # elementwise operations against the (…, b1, 1) and (…, 1, b2) variances run up to 40× slower
+        # on another)
         if full:
-            pair = lambda a, b: torch.einsum("acs,bct->abst", a, b).reshape(a.shape[0], b.shape[0], h, w, h, w) / c
-            own = lambda a: torch.einsum("acs,act->ast", a, a).reshape(a.shape[0], h, w, h, w) / c
+            pair = lambda a, b: torch.einsum("acs,bct->stab", a, b).contiguous().div_(c).view(h, w, h, w, *pairs(a, b))
+            own = lambda a: torch.einsum("acs,act->sta", a, a).contiguous().div_(c).view(h, w, h, w, a.shape[0])
         else:
-            pair = lambda a, b: torch.einsum("acs,bcs->abs", a, b).reshape(a.shape[0], b.shape[0], h, w) / c
-            own = lambda a: (a * a).sum(dim=1).reshape(a.shape[0], h, w) / c
+            pair = lambda a, b: torch.einsum("acs,bcs->sab", a, b).contiguous().div_(c).view(h, w, *pairs(a, b))
+            own = lambda a: (a * a).sum(dim=1).T.contiguous().div_(c).view(h, w, a.shape[0])
         block = None if x2 is None else pair(flat1, flat2)
         diag1 = own(flat1) if self_pairs else None
         diag2 = own(flat2) if self_pairs and x2 is not None else None

@@ -16,13 +16,24 @@ O(H·W) per pair instead of O((H·W)²). Vectors have one number per pair.
 
 A :class:`KernelState` holds up to three :class:`Part` s that travel through the layers together:
 
-    block  the pairs (x1_i, x2_j) of a block, leading axes (b1, b2)
-    diag1  the pairs (x1_i, x1_i), leading axis (b1,)     — their spatial diagonal gives Var u
-    diag2  the pairs (x2_j, x2_j), leading axis (b2,)     — and Var v, for activations and layer norm
+    block  the pairs (x1_i, x2_j) of a block, trailing axes (b1, b2)
+    diag1  the pairs (x1_i, x1_i), trailing axis (b1,)     — their spatial diagonal gives Var u
+    diag2  the pairs (x2_j, x2_j), trailing axis (b2,)     — and Var v, for activations and layer norm
 
 so every layer sees the variances of its own input. :func:`ntklab.analytic_kernels` runs the self
 pairs of all inputs once first, recording those variances (``recorder``), and then each block
 alone, reading them back (:class:`Replay`): a block then costs no self-pair work of its own.
+
+The spatial axes come first, e.g. (H, W, H, W, b1, b2), and the arrays are contiguous: the pairs
+are the fastest axis, so the position shifts of conv and pooling move contiguous runs of all the
+block's pairs at once (with positions last, an 8×8 image's shifts would move runs of 7 numbers).
+
+The arrays of a state are its own: a rule may overwrite the NTK it is given, and the NNGP too
+except in a recording pass (:attr:`KernelState.may_overwrite_nngp`), whose recorded variances are
+views of NNGP arrays that an activation may pass on unchanged (the identity's dual returns its
+input). Rules work in place where they can: on blocks of millions of entries every operation is a
+pass through memory and every new array costs page faults besides.
+
 Arrays are float64 (or float32) torch tensors, or numpy object arrays of mpmath numbers for the
 high-precision recursion of :mod:`ntklab.spectra` (vector nets only); the rules use broadcasting
 arithmetic that works on both.
@@ -30,7 +41,7 @@ arithmetic that works on both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -190,6 +201,33 @@ def _bind(layer: Layer, in_shape: Shape, path: str, count: List[int]) -> Node:
     return Node(layer, in_shape, tuple(out_shape), path)
 
 
+def variance_prefix(root: Node) -> Optional[Node]:
+    """A copy of the bound tree ``root`` that stops after the last top-level layer reading variances
+    (activations, layer norm; None if there is none), annotated for its own end.
+
+    Run over the self pairs with a recorder, it records every variance the whole net reads, and
+    where no pooling lies before those layers it carries only spatial diagonals: O(H·W) per input
+    instead of the O((H·W)²) of the whole net's self pairs before a global average pool.
+    """
+    from ntklab.layers.combinators import Serial
+
+    reads = lambda node: any(leaf.layer.needs_variances for leaf in node.leaves())
+    if not reads(root):
+        return None
+    if isinstance(root.layer, Serial):
+        last = max(i for i, child in enumerate(root.children) if reads(child))
+        prefix = replace(root, out_shape=root.children[last].out_shape,
+                         children=[_copy_tree(child) for child in root.children[: last + 1]])
+    else:
+        prefix = _copy_tree(root)
+    _annotate_spatial(prefix, full_output_needed=False)
+    return prefix
+
+
+def _copy_tree(node: Node) -> Node:
+    return replace(node, children=[_copy_tree(child) for child in node.children])
+
+
 def _annotate_spatial(node: Node, full_output_needed: bool) -> bool:
     """Set full_in/full_out on every node, output to input; returns node.full_in."""
     from ntklab.layers.combinators import Residual, Serial
@@ -213,7 +251,7 @@ def _annotate_spatial(node: Node, full_output_needed: bool) -> bool:
 
 @dataclass
 class Part:
-    """NNGP and NTK of a set of input pairs: leading pair axes, then the spatial axes (if any)."""
+    """NNGP and NTK of a set of input pairs: the spatial axes (if any), then the pair axes."""
 
     nngp: Any
     ntk: Any
@@ -252,6 +290,11 @@ class KernelState:
     def parts(self):
         return [(name, getattr(self, name)) for name in ("block", "diag1", "diag2") if getattr(self, name) is not None]
 
+    @property
+    def may_overwrite_nngp(self) -> bool:
+        """Whether rules may overwrite the NNGP arrays they are given (see the module docstring)."""
+        return self.recorder is None
+
     def map(self, fn: Callable[[Part, Any, Any], Part], with_variances: bool = False,
             spatial: Optional[Tuple[int, ...]] = None, full: Optional[bool] = None) -> "KernelState":
         """Apply ``fn(part, q1, q2)`` to every part. With ``with_variances``, q1 and q2 are the
@@ -267,25 +310,25 @@ class KernelState:
                            self.options, self.recorder, self.replay)
 
     def variances(self, name: str):
-        """(q1, q2) of part ``name``, broadcastable against its arrays (see :meth:`map`)."""
+        """(q1, q2) of part ``name``, broadcastable against its arrays (see :meth:`map`); the
+        position variances q are (…, n): (H, W, n) for images, (n,) for vectors."""
+        ones = (1,) * len(self.spatial)
         if name == "block":
             if self.replay is not None:
                 q1, q2 = self.replay.next()
             else:
                 q1 = _position_variances(self.diag1.nngp, self.full)
                 q2 = _position_variances((self.diag2 or self.diag1).nngp, self.full)
-            spatial_axes = len(self.spatial)
-            if self.full:     # (b1, 1, H, W, 1, 1) and (1, b2, 1, 1, H, W)
-                return (_reshape(q1, (q1.shape[0], 1) + q1.shape[1:] + (1,) * spatial_axes),
-                        _reshape(q2, (1, q2.shape[0]) + (1,) * spatial_axes + q2.shape[1:]))
-            return _reshape(q1, (q1.shape[0], 1) + q1.shape[1:]), _reshape(q2, (1, q2.shape[0]) + q2.shape[1:])
+            if self.full:     # (H, W, 1, 1, b1, 1) and (1, 1, H, W, 1, b2)
+                return (_reshape(q1, q1.shape[:-1] + ones + (q1.shape[-1], 1)),
+                        _reshape(q2, ones + q2.shape[:-1] + (1, q2.shape[-1])))
+            return _reshape(q1, q1.shape + (1,)), _reshape(q2, q2.shape[:-1] + (1, q2.shape[-1]))
         part = getattr(self, name)
         q = _position_variances(part.nngp, self.full)
         if self.recorder is not None:
             self.recorder.append(q)
-        if self.full:         # (n, H, W, 1, 1) and (n, 1, 1, H, W)
-            return (_reshape(q, q.shape + (1,) * len(self.spatial)),
-                    _reshape(q, (q.shape[0],) + (1,) * len(self.spatial) + q.shape[1:]))
+        if self.full:         # (H, W, 1, 1, n) and (1, 1, H, W, n)
+            return _reshape(q, q.shape[:-1] + ones + q.shape[-1:]), _reshape(q, ones + q.shape)
         return q, q
 
     def clone(self) -> "KernelState":
@@ -293,7 +336,7 @@ class KernelState:
                            self.spatial, self.full, self.options, self.recorder, self.replay)
 
     def to_diagonal(self) -> "KernelState":
-        """Drop the covariances between different positions: (…, H, W, H, W) → (…, H, W)."""
+        """Drop the covariances between different positions: (H, W, H, W, …) → (H, W, …)."""
         if not self.full:
             return self
         return self.map(lambda part, q1, q2: Part(spatial_diagonal(part.nngp), spatial_diagonal(part.ntk)),
@@ -304,7 +347,7 @@ class KernelState:
 class Replay:
     """Variances recorded by a pass over all self pairs, read back in the same order by the blocks.
 
-    recorded1[i], recorded2[i]: the i-th variance lookup's (n, …) position variances of x1's and x2's
+    recorded1[i], recorded2[i]: the i-th variance lookup's (…, n) position variances of x1's and x2's
     self pairs; rows, cols: the block's slices of them. Layers ask for variances in the order of the
     architecture, the same in both passes, so the i-th lookup of a block is the i-th recorded.
     """
@@ -316,20 +359,20 @@ class Replay:
     index: int = 0
 
     def next(self):
-        q1, q2 = self.recorded1[self.index][self.rows], self.recorded2[self.index][self.cols]
+        q1, q2 = self.recorded1[self.index][..., self.rows], self.recorded2[self.index][..., self.cols]
         self.index += 1
         return q1, q2
 
 
 def spatial_diagonal(kernel: Tensor) -> Tensor:
-    """(…, H, W, H, W) → (…, H, W): the entries at equal positions."""
-    h, w = kernel.shape[-2:]
-    flat = kernel.reshape(kernel.shape[:-4] + (h * w, h * w))
-    return flat.diagonal(dim1=-2, dim2=-1).reshape(kernel.shape[:-4] + (h, w))
+    """(H, W, H, W, …) → (H, W, …): the entries at equal positions (a view)."""
+    h, w, pairs = kernel.shape[0], kernel.shape[1], kernel.shape[4:]
+    flat = kernel.reshape((h * w, h * w) + pairs)
+    return flat.diagonal(dim1=0, dim2=1).movedim(-1, 0).reshape((h, w) + pairs)
 
 
 def _position_variances(nngp, full):
-    """Var at each position of the pairs (x, x) of a diagonal part: (n,) or (n, H, W)."""
+    """Var at each position of the pairs (x, x) of a diagonal part: (n,) or (H, W, n)."""
     return spatial_diagonal(nngp) if full else nngp
 
 
@@ -358,6 +401,38 @@ def window_padding(size: int, window: int, stride: int, padding: str) -> Tuple[i
     return total // 2, total - total // 2, out
 
 
+def window_sum(values: Tensor, axes, window: int, stride: int, before: int, after: int) -> Tensor:
+    """out[…, i, …] = Σ_{o < window} values[…, stride·i + o − before, …], moving every axis of
+    ``axes`` at once (entries outside count as 0): a new array, ⌊(size + before + after − window)/stride⌋
+    + 1 long along them. One strided slice per offset, summed: no im2col."""
+    size = values.shape[axes[0]]
+    padded = values
+    if before or after:
+        shape, inner = list(values.shape), [slice(None)] * values.dim()
+        for axis in axes:
+            shape[axis], inner[axis] = size + before + after, slice(before, before + size)
+        padded = values.new_zeros(shape)
+        padded[tuple(inner)] = values
+    out_size = (size + before + after - window) // stride + 1
+    pieces = []
+    for offset in range(window):
+        index = [slice(None)] * values.dim()
+        for axis in axes:
+            index[axis] = slice(offset, offset + stride * (out_size - 1) + 1, stride)
+        pieces.append(padded[tuple(index)])
+    return _sum_of(pieces)
+
+
+def _sum_of(pieces) -> Tensor:
+    """((p0 + p1) + p2) + …, a new array (the first addition allocates it: no copy of p0)."""
+    if len(pieces) == 1:
+        return pieces[0].clone(memory_format=torch.contiguous_format)
+    out = torch.add(pieces[0], pieces[1])
+    for piece in pieces[2:]:
+        out.add_(piece)
+    return out
+
+
 def check_int(value, name: str, minimum: int = 1) -> int:
     if not is_integer(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -383,5 +458,5 @@ def is_tensor(array) -> bool:
     return isinstance(array, Tensor)
 
 
-__all__ = ["Layer", "Node", "bind", "Part", "KernelState", "KernelOptions", "Replay", "Shape", "spatial_diagonal",
-           "window_padding", "PADDINGS"]
+__all__ = ["Layer", "Node", "bind", "variance_prefix", "Part", "KernelState", "KernelOptions", "Replay", "Shape",
+           "spatial_diagonal", "window_padding", "window_sum", "PADDINGS"]

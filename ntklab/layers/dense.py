@@ -13,7 +13,8 @@ after an activation), Θ_in its NTK (0 for the first layer), σ_w²_eff = (weigh
 Θ = Σ + σ_w² Θ_in; under "standard" c·fan_in = fan_in and c' = 1 (the kernel grows with width).
 For conv (neural-tangents' convention), E_in and Θ_in at the output positions (s, s') are the
 means over the k_h·k_w offsets o of the input's at (stride·s + o, stride·s' + o), zero outside the
-input ("same" padding).
+input ("same" padding). Kernel arrays are (H, W, H, W, pairs…) or (H, W, pairs…) (see
+:mod:`ntklab.layers.core`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ntklab.layers.core import (PADDINGS, Layer, Node, Part, Shape, check_int, check_pair, check_real, is_tensor,
-                                window_padding)
+                                window_padding, window_sum)
 from ntklab.spec import PARAMETRIZATIONS, LayerScale, parameter_scale
 
 
@@ -63,15 +64,26 @@ class _Parametrized(Layer):
         return params
 
     @staticmethod
-    def _affine_rule(scale: LayerScale, nngp, ntk) -> Part:
-        """The rule of the module docstring on (already offset-averaged) E_in and Θ_in."""
-        ntk_weight = scale.weight_ntk_factor * scale.fan_in
-        if is_tensor(ntk):
-            # ntk is the state's own array (never shared), so in place; nngp may be a recorded variance: not
-            ntk = ntk.mul_(scale.weight_variance).add_(nngp, alpha=ntk_weight).add_(scale.bias_ntk_factor)
-        else:
-            ntk = ntk * scale.weight_variance + nngp * ntk_weight + scale.bias_ntk_factor
-        return Part(scale.weight_variance * nngp + scale.bias_variance, ntk)
+    def _affine_rule(scale: LayerScale, nngp, ntk, count: int = 1, owned: bool = False) -> Part:
+        """The rule of the module docstring with E_in = nngp / count and Θ_in = ntk / count.
+
+        The conv rule passes the sums over its ``count`` window offsets and the division is folded
+        into the constants, which saves a pass over each array. ntk is the state's own array and is
+        updated in place; so is nngp where ``owned`` (the conv's offset sum), else it may be a recorded
+        variance (see :mod:`ntklab.layers.core`) and is not. Constants that are 0 (σ_b = 0) cost no pass.
+        """
+        weight_variance = scale.weight_variance / count
+        ntk_weight = scale.weight_ntk_factor * scale.fan_in / count
+        if not is_tensor(ntk):      # mpmath object arrays (the spectra's vector nets): count is 1
+            ntk = ntk * weight_variance + nngp * ntk_weight + scale.bias_ntk_factor
+            return Part(weight_variance * nngp + scale.bias_variance, ntk)
+        ntk = ntk.mul_(weight_variance).add_(nngp, alpha=ntk_weight)
+        if scale.bias_ntk_factor:
+            ntk = ntk.add_(scale.bias_ntk_factor)
+        nngp = nngp.mul_(weight_variance) if owned else nngp * weight_variance
+        if scale.bias_variance:
+            nngp = nngp.add_(scale.bias_variance)
+        return Part(nngp, ntk)
 
     def _extra(self) -> str:
         text = f"sigma_w={self.sigma_w:g}, sigma_b={self.sigma_b:g}"
@@ -181,9 +193,18 @@ class Conv(_Parametrized):
 
     def rule(self, node: Node, part: Part, q1, q2, state) -> Part:
         pad = self._pad(node)
-        average = _offset_average_full if state.full else _offset_average_diagonal
-        return self._affine_rule(node.scale, average(part.nngp, self.kernel_size, self.stride, pad),
-                                 average(part.ntk, self.kernel_size, self.stride, pad))
+        (kh, kw), (left, right, top, bottom) = self.kernel_size, pad
+        if self.stride == (1, 1) and top + bottom == kh - 1 and left + right == kw - 1:
+            # The output has the input's shape: the sums replace the arrays they are made from (the NTK
+            # always, the NNGP where the state may overwrite it), through one scratch array for both.
+            scratch = torch.empty_like(part.ntk)
+            ntk = _same_size_offset_sum(part.ntk, self.kernel_size, pad, state.full, scratch, out=part.ntk)
+            nngp = _same_size_offset_sum(part.nngp, self.kernel_size, pad, state.full, scratch,
+                                         out=part.nngp if state.may_overwrite_nngp else None)
+        else:
+            nngp = _offset_sum(part.nngp, self.kernel_size, self.stride, pad, state.full)
+            ntk = _offset_sum(part.ntk, self.kernel_size, self.stride, pad, state.full)
+        return self._affine_rule(node.scale, nngp, ntk, count=kh * kw, owned=True)
 
     def ntk_gram(self, module, a1, d1, a2, d2, full: bool) -> Tensor:
         """c Σ_{s,s'} (patch_s(x)·patch_s'(x')) (δ_s(x)·δ_s'(x')) + c' (Σ_s δ_s(x))·(Σ_s' δ_s'(x')).
@@ -254,82 +275,75 @@ def _times_delta_gram(gram: Tensor, d1: Tensor, d2: Tensor, full: bool) -> Tenso
     return gram.mul_(_delta_gram(d1, d2, False))
 
 
-def _offset_average_diagonal(kernel: Tensor, window, stride, pad) -> Tensor:
-    """(…, H, W) → (…, H', W'): mean over the window's offsets of zero-padded entries.
+def _offset_sum(kernel: Tensor, window, stride, pad, full: bool) -> Tensor:
+    """K'(s1, s2) = Σ_o K(stride·s1 + o, stride·s2 + o) over the window's offsets o, zero padded, a new
+    array (the conv rule divides by the count in its constants): (H, W, H, W, …) → (H', W', H', W', …)
+    if ``full``, else the spatial diagonal (H, W, …) → (H', W', …).
 
-    Separable strided slices, rows then columns (F.avg_pool2d on a one-channel view is 3-9× slower
-    on the CPU)."""
-    (kh, kw), (sh, sw) = window, stride
-    lead, (h, w) = kernel.shape[:-2], kernel.shape[-2:]
-    if (sh, sw) == (1, 1) and pad[2] + pad[3] == kh - 1 and pad[0] + pad[1] == kw - 1:
-        return _same_size_offset_average(kernel, window, pad, full=False)
-    padded = F.pad(kernel.reshape(-1, h, w), pad)
-    out_h, out_w = (padded.shape[1] - kh) // sh + 1, (padded.shape[2] - kw) // sw + 1
-    rows = None
-    for dh in range(kh):
-        piece = padded[:, dh: dh + sh * (out_h - 1) + 1: sh, :]
-        rows = piece.clone() if rows is None else rows.add_(piece)
-    out = None
-    for dw in range(kw):
-        piece = rows[:, :, dw: dw + sw * (out_w - 1) + 1: sw]
-        out = piece.clone() if out is None else out.add_(piece)
-    return out.div_(kh * kw).reshape(lead + (out_h, out_w))
-
-
-def _offset_average_full(kernel: Tensor, window, stride, pad) -> Tensor:
-    """(…, H, W, H, W) → (…, H', W', H', W'): K'(s1, s2) = mean_o K(stride·s1 + o, stride·s2 + o), zero padded.
-
-    Separable: the offsets along rows first (k_h strided slices), then along columns (k_w), so the
-    cost is (k_h + k_w) passes over the output, not k_h·k_w.
+    Separable: the offsets along rows first (k_h strided slices moving both positions), then along
+    columns (k_w), so the cost is (k_h + k_w) passes over the output, not k_h·k_w.
     """
-    (kh, kw), (sh, sw) = window, stride
-    left, right, top, bottom = pad
-    lead = kernel.shape[:-4]
-    h, w = kernel.shape[-2:]
-    if (sh, sw) == (1, 1) and top + bottom == kh - 1 and left + right == kw - 1:
-        return _same_size_offset_average(kernel, window, pad, full=True)
-    padded = F.pad(kernel.reshape((-1, h, w, h, w)), (left, right, top, bottom, left, right, top, bottom))
-    hp, wp = padded.shape[1], padded.shape[2]
-    out_h, out_w = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    rows = None
-    for dh in range(kh):
-        taken = slice(dh, dh + sh * (out_h - 1) + 1, sh)
-        piece = padded[:, taken, :, taken, :]
-        rows = piece.clone() if rows is None else rows.add_(piece)
-    out = None
-    for dw in range(kw):
-        taken = slice(dw, dw + sw * (out_w - 1) + 1, sw)
-        piece = rows[:, :, taken, :, taken]
-        out = piece.clone() if out is None else out.add_(piece)
-    out = out.div_(kh * kw)
-    return out.reshape(lead + out.shape[1:])
+    (kh, kw), (sh, sw), (left, right, top, bottom) = window, stride, pad
+    rows = window_sum(kernel, (0, 2) if full else (0,), kh, sh, top, bottom)
+    return window_sum(rows, (1, 3) if full else (1,), kw, sw, left, right)
 
 
-def _same_size_offset_average(kernel: Tensor, window, pad, full: bool) -> Tensor:
-    """The offset average for stride 1 and "same" padding, without padding a copy: the offset-0
-    term is the input itself and every other adds the overlapping block (the padded zeros add
-    nothing); ~1.5× faster than padding and slicing on large covariances. ``full``: the input is
-    (…, H, W, H, W) and each offset moves both positions; otherwise (…, H, W)."""
+def _same_size_offset_sum(kernel: Tensor, window, pad, full: bool, scratch: Optional[Tensor] = None,
+                          out: Optional[Tensor] = None) -> Tensor:
+    """:func:`_offset_sum` for stride 1 and "same" padding, where the output has the input's shape:
+    the offset-0 term is the input itself and every other adds the overlapping block (the padded
+    zeros add nothing), without padding a copy.
+
+    The row offsets go into ``scratch``, the column offsets from there into ``out`` (which may be
+    ``kernel`` itself: it is read only before); each is allocated when not given or not contiguous.
+    The diagonal and full forms add the same terms in the same order, so a pair's spatial diagonal is
+    the same number in both.
+    """
     (kh, kw) = window
     left, _, top, _ = pad
-    h, w = kernel.shape[-2:]
+    h, w = kernel.shape[:2]
     spatial = (h, w, h, w) if full else (h, w)
-    values = kernel.reshape((-1,) + spatial)
-    rows = _shift_sum(values, (1, 3) if full else (1,), h, top, kh)
-    return _shift_sum(rows, (2, 4) if full else (2,), w, left, kw).div_(kh * kw).reshape(kernel.shape)
+    values = kernel.reshape(spatial + (-1,))
+    as_values = lambda array: array.view(values.shape) if array is not None and array.is_contiguous() else None
+    rows = _shift_sum(values, (0, 2) if full else (0,), h, top, kh, out=as_values(scratch))
+    return _shift_sum(rows, (1, 3) if full else (1,), w, left, kw, out=as_values(out)).view(kernel.shape)
 
 
-def _shift_sum(values: Tensor, axes, size: int, before: int, count: int) -> Tensor:
-    """Σ over offsets o = −before … count−1−before of values shifted by o along ``axes`` together
-    (entries shifted in from outside count as 0)."""
-    out = values.clone()
-    for offset in range(-before, count - before):
-        if offset:
-            lo, hi = max(0, -offset), min(size, size - offset)
-            target, source = [slice(None)] * values.dim(), [slice(None)] * values.dim()
-            for axis in axes:
-                target[axis], source[axis] = slice(lo, hi), slice(lo + offset, hi + offset)
-            out[tuple(target)] += values[tuple(source)]
+def _shift_sum(values: Tensor, axes, size: int, before: int, count: int, out: Optional[Tensor] = None) -> Tensor:
+    """Σ over offsets o = −before … count−1−before of ``values`` shifted by o along ``axes`` together
+    (out[…, i, …, i', …] = Σ_o values[…, i + o, …, i' + o, …]; entries shifted in from outside count
+    as 0), into ``out`` (not overlapping ``values``) or a new array.
+
+    The first nonzero offset is added to the offset-0 term out of place, straight into ``out`` over
+    its overlap (the rest of ``out`` takes the offset-0 term alone, a copy of thin slabs), and every
+    further offset in place: no pass over the whole array only copies it.
+    """
+    out = torch.empty_like(values) if out is None else out
+    offsets = [offset for offset in range(-before, count - before) if offset]
+    if not offsets:
+        return out.copy_(values)
+
+    def overlap(offset):
+        lo, hi = max(0, -offset), min(size, size - offset)
+        target, source = [slice(None)] * values.dim(), [slice(None)] * values.dim()
+        for axis in axes:
+            target[axis], source[axis] = slice(lo, hi), slice(lo + offset, hi + offset)
+        return tuple(target), tuple(source), lo, hi
+
+    target, source, lo, hi = overlap(offsets[0])
+    torch.add(values[target], values[source], out=out[target])
+    # outside the overlap: the axes before `axis` inside [lo, hi), `axis` itself outside it
+    for i, axis in enumerate(axes):
+        for outside in (slice(0, lo), slice(hi, size)):
+            if outside.start < outside.stop:
+                index = [slice(None)] * values.dim()
+                for inner in axes[:i]:
+                    index[inner] = slice(lo, hi)
+                index[axis] = outside
+                out[tuple(index)] = values[tuple(index)]
+    for offset in offsets[1:]:
+        target, source, _, _ = overlap(offset)
+        out[target].add_(values[source])
     return out
 
 

@@ -78,7 +78,7 @@ def _precise_dual(act: Activation):
     """The activation's mpmath dual, vectorised over numpy object arrays."""
     if act.precise_dual is None:
         raise ValueError(f"activation {act.name!r} has no high-precision closed-form dual (relu, abs, leaky_relu, "
-                         "erf, identity and sin have one)")
+                         "erf, gelu, identity and sin have one)")
     return np.frompyfunc(act.precise_dual, 3, 2)
 
 

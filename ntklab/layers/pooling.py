@@ -7,7 +7,8 @@ Kernel rules (neural-tangents' stax): with K the input's NNGP or NTK over pairs 
     flatten:         K' = mean over s of K(s, s)                                       (the diagonal only)
 
 flatten followed by a dense layer of fan-in C·H·W gives σ_w²·(1/(C·H·W))Σ_{c,s} x_{c,s} x'_{c,s}
-in the limit, which is that mean. None of them has parameters.
+in the limit, which is that mean. None of them has parameters. Kernel arrays are (H, W, H, W, pairs…)
+or (H, W, pairs…) (see :mod:`ntklab.layers.core`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ntklab.layers.core import PADDINGS, Layer, Node, Part, Shape, check_pair, spatial_diagonal, window_padding
+from ntklab.layers.core import (PADDINGS, Layer, Node, Part, Shape, check_pair, spatial_diagonal, window_padding,
+                                window_sum)
 
 
 def _images(name: str, in_shape: Shape) -> None:
@@ -67,15 +69,14 @@ class AvgPool(Layer):
         return Part(self._pool_pairs(part.nngp, pad), self._pool_pairs(part.ntk, pad))
 
     def _pool_pairs(self, kernel: Tensor, pad) -> Tensor:
-        """(…, H, W, H, W): pool the second position, then the first."""
-        lead = kernel.shape[:-4]
-        h, w = kernel.shape[-2:]
-        second = F.avg_pool2d(F.pad(kernel.reshape(-1, 1, h, w), pad), self.window, self.stride)
-        ho, wo = second.shape[-2:]
-        second = second.reshape((-1, h, w, ho, wo)).permute(0, 3, 4, 1, 2).reshape(-1, 1, h, w)
-        both = F.avg_pool2d(F.pad(second, pad), self.window, self.stride)          # (P·ho·wo, 1, ho, wo)
-        both = both.reshape((-1, ho, wo, ho, wo)).permute(0, 3, 4, 1, 2)
-        return both.reshape(lead + (ho, wo, ho, wo))
+        """(H, W, H, W, …) → (H', W', H', W', …): each position's window summed on its own axes (rows
+        and columns of either position; the padded zeros count), then divided by the window pairs."""
+        left, right, top, bottom = pad
+        (kh, kw), (sh, sw) = self.window, self.stride
+        rows, cols = (kh, sh, top, bottom), (kw, sw, left, right)
+        for axis, (window, stride, before, after) in enumerate((rows, cols, rows, cols)):
+            kernel = window_sum(kernel, (axis,), window, stride, before, after)
+        return kernel.div_((kh * kw) ** 2)
 
 
 class GlobalAvgPool(Layer):
@@ -94,7 +95,7 @@ class GlobalAvgPool(Layer):
         return x.mean(dim=(2, 3))
 
     def rule(self, node: Node, part: Part, q1, q2, state) -> Part:
-        return Part(part.nngp.mean(dim=(-4, -3, -2, -1)), part.ntk.mean(dim=(-4, -3, -2, -1)))
+        return Part(part.nngp.mean(dim=(0, 1, 2, 3)), part.ntk.mean(dim=(0, 1, 2, 3)))
 
     def kernel(self, node, state):
         return _to_vectors(super().kernel(node, state))
@@ -121,7 +122,7 @@ class Flatten(Layer):
         if not state.spatial:
             return part
         diagonal = spatial_diagonal if state.full else (lambda k: k)
-        return Part(diagonal(part.nngp).mean(dim=(-2, -1)), diagonal(part.ntk).mean(dim=(-2, -1)))
+        return Part(diagonal(part.nngp).mean(dim=(0, 1)), diagonal(part.ntk).mean(dim=(0, 1)))
 
     def kernel(self, node, state):
         return _to_vectors(super().kernel(node, state))

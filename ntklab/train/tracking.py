@@ -16,6 +16,13 @@ and then, at step t, measures on the network
     pred_gap_*       RMS over test points and outputs of f_t(x*) − prediction_t(x*)
 
 Empirical kernels are the structured per-output mean kernel (``outputs="mean"``), cheap at any width.
+
+The opt-in spectral quantities (:class:`SpectrumTracker`, names in :mod:`ntklab.quantities`) are
+measured on the spectrum set (the first ``track.spectrum_points`` train points, all by default) of
+S points: the top eigenvalues of Θ̂_t there (the full (Sk, Sk) kernel when k > 1 and Sk ≤
+``full_kernel_limit``, else the per-output mean kernel, whose eigenvalues the full one repeats k
+times for a wide net), and those of the Hessian of the loss the run differentiates on those points
+(:mod:`ntklab.hessian`), compared with the step size: η·λ_max(Θ̂)/(Sk) and η·λ_max(H) against 2.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from torch import Tensor
 
 from ntklab.data import Dataset
 from ntklab.dynamics import accuracy, max_learning_rate, mse_loss, mse_predictor
+from ntklab.hessian import LossHessian, gauss_newton_share, lanczos
 from ntklab.kernels import analytic_kernels
 from ntklab.nets import Net
 from ntklab.ntk import empirical_ntk
+from ntklab.quantities import SPECTRAL
 
 
 @dataclass
@@ -131,6 +140,10 @@ class NetworkOutputs:
             with torch.no_grad():
                 self._f0 = {"train": model(data.x_train), "test": model(data.x_test)}
 
+    def initial(self, split: str) -> Optional[Tensor]:
+        """f(x; θ_0) on the ``split`` set (kept only with α; None without)."""
+        return None if self.alpha is None else self._f0[split]
+
     @property
     def loss_scale(self) -> float:
         """The factor 1/α² on the loss whose gradient is followed (1 without α)."""
@@ -169,11 +182,14 @@ class Tracker:
         learning_rate: η of the gradient steps (the predictions assume full-batch GD at this η).
         log_steps: the steps at which :meth:`measure` will be called.
         quantities: names from ``ntklab.quantities.OPTIONAL`` to measure.
+        spectrum: the :class:`SpectrumTracker` of the spectral quantities among them (None: none).
     """
 
     def __init__(self, model: Net, data: Dataset, reference: ReferenceKernels, learning_rate: float,
-                 log_steps: Sequence[int], quantities: Sequence[str], outputs: Optional[NetworkOutputs] = None):
+                 log_steps: Sequence[int], quantities: Sequence[str], outputs: Optional[NetworkOutputs] = None,
+                 spectrum: Optional["SpectrumTracker"] = None):
         self.data = data
+        self.spectrum = spectrum
         self.outputs = outputs or NetworkOutputs(model, data)
         self.reference = reference
         self.quantities = tuple(quantities)
@@ -223,6 +239,8 @@ class Tracker:
             if f"pred_gap_{kind}" in self.quantities and kind in self.predictions:
                 gap = f_test - self.predictions[kind]["test"][row]
                 record[f"pred_gap_{kind}"] = gap.pow(2).mean().sqrt().item()
+        if self.spectrum is not None:
+            record.update(self.spectrum.measure(model))
         return record
 
     def test_outputs(self, model: Net, step: int) -> Dict[str, Optional[Tensor]]:
@@ -247,6 +265,89 @@ class Tracker:
                 total += moved
                 per_layer[name] = math.sqrt(moved / max(_squared_norm(self.theta0[name]), 1e-300))
         return {"param_drift": math.sqrt(total) / self.theta0_norm, "param_drift_layers": per_layer}
+
+
+class SpectrumTracker:
+    """The spectral quantities (``ntk_top_eigenvalues``, ``sharpness``, ``gauss_newton_share``) on the
+    first ``points`` train points (all when None); see the module docstring and :mod:`ntklab.quantities`.
+
+    Each measurement is a deterministic function of θ_t (the Lanczos start is computed from θ_t and
+    a fixed seed), so resumed runs record the same numbers. Per log step it costs Θ̂_t on the
+    spectrum set and its eigendecomposition; with ``sharpness``, one vector-Jacobian product for the
+    Lanczos start (J_gᵀ of Θ̂'s top eigenvectors: G's top eigenvectors, which H's top is close to
+    wherever R is small) and then Hessian-vector products until the estimated relative error of each
+    top eigenvalue is below ``lanczos_tol`` (at most ``lanczos_steps``; one or two for a wide net at
+    init); with ``gauss_newton_share``, one Jacobian-vector product more. README "Speed" has the
+    measured costs.
+    """
+
+    SEED = 0        # of the random part of the Lanczos start vector
+
+    def __init__(self, data: Dataset, outputs: NetworkOutputs, learning_rate: float, quantities: Sequence[str], *,
+                 points: Optional[int] = None, top: int = 1, lanczos_steps: int = 20, lanczos_tol: float = 1e-2,
+                 full_kernel_limit: int = 2048):
+        unknown = set(quantities) - set(SPECTRAL)
+        if unknown:
+            raise ValueError(f"not spectral quantities: {', '.join(sorted(unknown))}")
+        n = data.n_train if points is None else min(int(points), data.n_train)
+        self.quantities = tuple(quantities)
+        self.x, self.y = data.x_train[:n], data.y_train[:n]
+        self.entries = n * data.out_dim                            # S·k
+        self.kernel = "full" if data.out_dim > 1 and self.entries <= full_kernel_limit else "mean"
+        self.alpha = outputs.alpha
+        self.f0 = None if outputs.alpha is None else outputs.initial("train")[:n]
+        self.learning_rate, self.top, self.lanczos_steps, self.lanczos_tol = learning_rate, top, lanczos_steps, lanczos_tol
+
+    @property
+    def points(self) -> int:
+        return self.x.shape[0]
+
+    def ntk_spectrum(self, model: Net):
+        """Θ̂_t on the spectrum set ((Sk, Sk) rows (point, output), or the (S, S) mean kernel), its top
+        ``top`` + 1 eigenvalues (descending) and their eigenvectors (columns), float64."""
+        kernel = empirical_ntk(model, self.x, method="auto", outputs=self.kernel).double()
+        if self.kernel == "full":
+            n, _, k, _ = kernel.shape
+            kernel = kernel.permute(0, 2, 1, 3).reshape(n * k, n * k)
+        values, vectors = torch.linalg.eigh(kernel)
+        top = min(self.top + 1, values.shape[0])
+        return kernel, values[-top:].flip(0), vectors[:, -top:].flip(1)
+
+    def measure(self, model: Net) -> Dict[str, object]:
+        record: Dict[str, object] = {}
+        kernel, below, eigenvectors = self.ntk_spectrum(model)     # one more than wanted: the gap below
+        values, vectors = below[: self.top], eigenvectors[:, : self.top]
+        if "ntk_top_eigenvalues" in self.quantities:
+            record["ntk_top_eigenvalues"] = values.tolist()
+            record["ntk_max_eigenvalue"] = values[0].item()
+            record["eta_ntk"] = self.learning_rate * values[0].item() / self.entries
+        if "sharpness" not in self.quantities and "gauss_newton_share" not in self.quantities:
+            return record
+        hessian = LossHessian(model, self.x, self.y, alpha=self.alpha, f0=self.f0)
+        k = hessian.y.shape[1]
+        # G = (s/(Sk)) J_gᵀJ_g has Θ̂/(Sk)'s spectrum exactly when Θ̂ is the full kernel (or k = 1);
+        # a k > 1 mean kernel's eigenvalues are G's k-fold, split apart at finite width
+        exact = self.kernel == "full" or k == 1
+        # start at G's top: J_gᵀ Σ_i u_i/√λ_i is the sum of its top unit eigenvectors
+        cotangent = vectors @ values.clamp_min(torch.finfo(torch.float64).tiny).rsqrt()    # (Sk,) or (S,)
+        if not exact:
+            cotangent = cotangent.unsqueeze(1).expand(-1, k) / k ** 0.5
+        start = hessian.gauss_newton_start(cotangent)
+        # G's gap below its top estimates H's, for the stopping rule's first steps
+        gap = (values[-1] - below[-1]).item() / self.entries if exact and below.shape[0] > values.shape[0] else None
+        spectrum = lanczos(hessian.hvp, hessian.dim, top=min(self.top, hessian.dim), max_steps=self.lanczos_steps,
+                           tol=self.lanczos_tol, start=start, gap=gap, dtype=hessian.dtype, device=hessian.device)
+        record["sharpness"] = spectrum.values[0].item()
+        record["hessian_top_eigenvalues"] = spectrum.values.tolist()
+        record["eta_sharpness"] = self.learning_rate * record["sharpness"]
+        record["lanczos_steps"] = spectrum.steps
+        if "gauss_newton_share" in self.quantities:
+            if spectrum.steps == 1 and exact:
+                # the Ritz vector is the start, G's top eigenvector: vᵀGv = λ_max(Θ̂)/(Sk), no product needed
+                record["gauss_newton_share"] = values[0].item() / self.entries / record["sharpness"]
+            else:
+                record["gauss_newton_share"] = gauss_newton_share(hessian, spectrum)
+        return record
 
 
 def _squared_norm(tensors: Sequence[Tensor]) -> float:

@@ -36,9 +36,11 @@ from ntklab.errors import ConfigError
 from ntklab.kernels import limit_problem
 from ntklab.layers import Layer
 from ntklab.nets import Net, build_mlp, build_net
-from ntklab.quantities import TRACKED
+from ntklab.quantities import SPECTRAL, TRACKED
 from ntklab.spec import ArchSpec
-from ntklab.train.tracking import NetworkOutputs, ReferenceKernels, Tracker, reference_kernels, test_row
+from ntklab.train.stability import classify
+from ntklab.train.tracking import (NetworkOutputs, ReferenceKernels, SpectrumTracker, Tracker, reference_kernels,
+                                   test_row)
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +260,10 @@ class _RunState:
     status: str = results.OK             # ok | diverged | stopped (stop_after)
     diverged_at: Optional[int] = None
     last_record: Optional[Dict] = None   # the last line written to metrics.jsonl
+    # the largest full-batch train loss seen at any step (the loss each step computes anyway): a
+    # catapult's spike can fall between log steps. None for mini-batch runs, and after resuming
+    # from a checkpoint that did not record it.
+    loss_peak: Optional[float] = None
 
     @property
     def steps(self) -> int:
@@ -297,6 +303,8 @@ class _RunState:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "metrics_bytes": self.writer.position, "metrics_sha256": self.writer.digest,
             "timing": dict(vars(self.clock.timing))}
+        if self.loss_peak is not None:
+            saved["loss_peak"] = self.loss_peak
         saved["checksum"] = results.content_digest(saved)     # verified by _resume
         results.save_torch(self.checkpoint_path, saved)
         self.clock.lap("other")
@@ -340,15 +348,20 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
         ("analytic", "eta_max", reference.analytic_train), ("empirical", "eta_max_empirical", reference.empirical_train))
         if kernel is not None}
     log.info("learning rate %.6g (eta_max: %s)", lr, ", ".join(f"{k} {v:.6g}" for k, v in eta_max.items()) or "-")
-    tracker = Tracker(model, data, reference, lr, schedule, quantities, outputs)
+    spectral = [name for name in quantities if name in SPECTRAL]
+    spectrum = SpectrumTracker(data, outputs, lr, spectral, points=track.spectrum_points, top=track.top_eigenvalues,
+                               lanczos_steps=track.lanczos_steps, lanczos_tol=track.lanczos_tol,
+                               full_kernel_limit=track.full_kernel_limit) if spectral else None
+    tracker = Tracker(model, data, reference, lr, schedule, quantities, outputs, spectrum=spectrum)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=optim.momentum)
     batches = torch.Generator().manual_seed(cfg.seed)
     loss_0 = mse_loss(reference.f0_train, tracker.y_train).item()
+    full_batch = optim.batch_size is None or optim.batch_size >= data.n_train
     clock.lap("setup")
     return _RunState(cfg=cfg, config=config, run_dir=run_dir, device=device, data=data, model=model, outputs=outputs,
                      reference=reference, tracker=tracker, optimizer=optimizer, batches=batches, clock=clock, lr=lr,
                      eta_max=eta_max, n_params=n_params, loss_0=loss_0, log_steps=frozenset(schedule),
-                     no_limit=no_limit)
+                     no_limit=no_limit, loss_peak=loss_0 if full_batch else None)
 
 
 def _resume(state: _RunState) -> None:
@@ -375,6 +388,7 @@ def _resume(state: _RunState) -> None:
         if saved["cuda_rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
         state.step, state.metrics_bytes = saved["step"], saved["metrics_bytes"]
+        state.loss_peak = saved.get("loss_peak") if state.loss_peak is not None else None
         state.metrics_sha256 = saved.get("metrics_sha256")
         clock = state.clock
         setup_now = clock.timing.setup      # this invocation's setup adds to the earlier ones
@@ -411,6 +425,8 @@ def _loop(state: _RunState) -> None:
             x, y = (data.x_train, data.y_train) if rows is None else (data.x_train[rows], data.y_train[rows])
             loss = mse_loss(state.outputs(state.model, x, "train", rows), y)
             loss_value = loss.item()
+            if state.loss_peak is not None and loss_value > state.loss_peak:
+                state.loss_peak = loss_value
             if not math.isfinite(loss_value) or loss_value > optim.divergence_factor * state.loss_0:
                 state.diverge(loss_value, f"loss {loss_value:.3g} (initial {state.loss_0:.3g})")
                 break
@@ -457,10 +473,14 @@ def _summarize(state: _RunState) -> Dict:
         "fitted": _fitted(measured),
         "learning_rate": state.lr, "eta_max": eta_max,
         "lr_over_eta_max": state.lr / eta_max["analytic"] if "analytic" in eta_max else None,
+        "peak_train_loss": state.loss_peak,
+        "regime": classify(measured, status=state.status, momentum=float(state.cfg.optim.momentum),
+                           loss_peak=state.loss_peak),
         "n_params": state.n_params, "n_train": data.n_train, "n_test": data.n_test, "in_dim": data.in_dim,
         "in_shape": list(data.x_train.shape[1:]), "out_dim": data.out_dim,
         "analytic_limit": ({"available": True} if state.no_limit is None
-                           else {"available": False, "reason": state.no_limit, "left_out": list(LIMIT_QUANTITIES)}), "probe_size": reference.probe_size, "linear_kernel": reference.linear_kernel,
+                           else {"available": False, "reason": state.no_limit, "left_out": list(LIMIT_QUANTITIES)}),
+        "probe_size": reference.probe_size, "linear_kernel": reference.linear_kernel,
         **results.environment(state.device, state.cfg.dtype)}
     if track.plots:
         from ntklab.plots import plot_run
@@ -470,6 +490,9 @@ def _summarize(state: _RunState) -> Dict:
             log.warning("plots failed: %s", err)
             summary["plots_error"] = f"{type(err).__name__}: {err}"
     state.clock.lap("other")
+    spectrum = state.tracker.spectrum
+    if spectrum is not None:
+        summary["spectrum"] = {"points": spectrum.points, "kernel": spectrum.kernel, "entries": spectrum.entries}
     summary["timing"] = state.clock.timing.as_dict(state.step)
     summary["config"] = state.config
     results.write_json(run_dir / results.SUMMARY, summary)
