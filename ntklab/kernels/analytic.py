@@ -194,17 +194,22 @@ def input_state(x1: Tensor, x2: Optional[Tensor], full: bool, options: KernelOpt
         spatial = ()
     else:
         c, h, w = x1.shape[1:]
-        pairs = lambda a, b: (a.shape[0], b.shape[0])
         flat1 = x1.reshape(x1.shape[0], c, h * w)
         flat2 = None if x2 is None else x2.reshape(x2.shape[0], c, h * w)
-        # einsum may return a permuted view: every rule after assumes the contiguous layout (its
-        # elementwise operations against the (…, b1, 1) and (…, 1, b2) variances run up to 40× slower
-        # on another)
+        # Every rule after assumes the contiguous layout (its elementwise operations against the
+        # (…, b1, 1) and (…, 1, b2) variances run up to 40× slower on another), hence .contiguous().
+        def pair(a, b):
+            if not full:
+                return torch.einsum("acs,bcs->sab", a, b).contiguous().div_(c).view(h, w, a.shape[0], b.shape[0])
+            # one product (S·b1, C) @ (C, S·b2), laid out (s, b1, t, b2): that is (s, t, b1, b2) already
+            # for a block of one row, as analytic_kernels' blocks are once x2 has more images than a
+            # block holds pairs (einsum's (b1, s, b2, t) would need a transposing copy every block)
+            product = a.permute(2, 0, 1).reshape(-1, c) @ b.permute(1, 2, 0).reshape(c, -1)
+            return product.view(h, w, a.shape[0], h, w, b.shape[0]).permute(0, 1, 3, 4, 2, 5).contiguous().div_(c)
+
         if full:
-            pair = lambda a, b: torch.einsum("acs,bct->stab", a, b).contiguous().div_(c).view(h, w, h, w, *pairs(a, b))
             own = lambda a: torch.einsum("acs,act->sta", a, a).contiguous().div_(c).view(h, w, h, w, a.shape[0])
         else:
-            pair = lambda a, b: torch.einsum("acs,bcs->sab", a, b).contiguous().div_(c).view(h, w, *pairs(a, b))
             own = lambda a: (a * a).sum(dim=1).T.contiguous().div_(c).view(h, w, a.shape[0])
         block = None if x2 is None else pair(flat1, flat2)
         diag1 = own(flat1) if self_pairs else None
