@@ -45,6 +45,11 @@ def _conv(channels, k, stride=1, padding="same", sigma_w=1.0, sigma_b=0.0, bias=
                 sigma_w=sigma_w, sigma_b=sigma_b, bias=bias, param=param)
 
 
+def _conv_transpose(channels, k, stride=1, padding="same", sigma_w=1.0, sigma_b=0.0, bias=True, param="ntk"):
+    return dict(kind="conv_transpose", channels=channels, k=_pair(k), stride=stride, padding=padding,
+                sigma_w=sigma_w, sigma_b=sigma_b, bias=bias, param=param)
+
+
 def _dense(out, sigma_w=1.0, sigma_b=0.0, bias=True, param="ntk"):
     return dict(kind="dense", out=out, sigma_w=sigma_w, sigma_b=sigma_b, bias=bias, param=param)
 
@@ -104,6 +109,22 @@ def _conv_geometry(size, k, stride, padding):
     return (size - k) // stride + 1, 0, 0
 
 
+def _transpose_geometry(size, k, stride, padding):
+    """neural-tangents' ConvTranspose (jax's ``lax.conv_transpose``) along one axis: (out, crop).
+
+    jax computes it as a stride-1 convolution of the input dilated by the stride ((size − 1)·stride + 1
+    long) padded by (a, b): "SAME" a + b = k + stride − 2 with a = k − 1 if stride > k − 1 else
+    ⌈(k + stride − 2)/2⌉; "VALID" a = k − 1, b = stride − 1 + max(k − stride, 0). Against torch's
+    uncropped ``conv_transpose2d`` output (size − 1)·stride + k long, which is that convolution with
+    a = b = k − 1, output position t is full position t + crop, crop = k − 1 − a."""
+    if padding == "same":
+        a = k - 1 if stride > k - 1 else math.ceil((k + stride - 2) / 2)
+        b = k + stride - 2 - a
+    else:
+        a, b = k - 1, stride - 1 + max(k - stride, 0)
+    return (size - 1) * stride + 1 + a + b - k + 1, k - 1 - a
+
+
 # --------------------------------------------------------------------------------------------
 # Route 1: the reference recursion on joint (M, H, W, M, H, W) covariances.
 # --------------------------------------------------------------------------------------------
@@ -157,6 +178,34 @@ def _ref_conv(layer, K, T, in_channels):
     return _ref_linear(layer, average_over_offsets(K), average_over_offsets(T), in_channels * kh * kw)
 
 
+def _ref_conv_transpose(layer, K, T, in_channels):
+    """Σ_out = σ_w²/(k_h k_w) Σ_o A_o Σ_in A_oᵀ (+ σ_b²) with A_o the 0/1 map sending input position i
+    to output t where stride·i + o = t + crop (per axis; the offset o is shared by both positions)."""
+    kh, kw = layer["k"]
+    s = layer["stride"]
+    M, H, W = K.shape[:3]
+    (Ho, crop_h), (Wo, crop_w) = (_transpose_geometry(H, kh, s, layer["padding"]),
+                                  _transpose_geometry(W, kw, s, layer["padding"]))
+
+    def spread(n_in, n_out, offset, crop):
+        A = torch.zeros(n_out, n_in, dtype=K.dtype)
+        for t in range(n_out):
+            for i in range(n_in):
+                if s * i + offset == t + crop:
+                    A[t, i] = 1.0
+        return A
+
+    def average_over_offsets(X):
+        out = torch.zeros(M, Ho, Wo, M, Ho, Wo, dtype=X.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                Ah, Aw = spread(H, Ho, i, crop_h), spread(W, Wo, j, crop_w)
+                out += torch.einsum("th,uw,ahwbij,vi,xj->atubvx", Ah, Aw, X, Ah, Aw)
+        return out / (kh * kw)
+
+    return _ref_linear(layer, average_over_offsets(K), average_over_offsets(T), in_channels * kh * kw)
+
+
 def _ref_linear(layer, avg_k, avg_t, fan_in):
     """Σ_out = σ_w² avg Σ_in + σ_b²;  Θ_out = (ntk) Σ_out + σ_w² avg Θ_in
     or (standard) fan_in·avg Σ_in + 1 + σ_w² avg Θ_in (bias terms only with a bias)."""
@@ -196,6 +245,10 @@ def _ref_layers(desc, K, T, channels):
         if kind == "conv":
             assert K.dim() == 6
             K, T = _ref_conv(layer, K, T, channels)
+            channels = layer["channels"]
+        elif kind == "conv_transpose":
+            assert K.dim() == 6
+            K, T = _ref_conv_transpose(layer, K, T, channels)
             channels = layer["channels"]
         elif kind == "dense":
             assert K.dim() == 2
@@ -280,12 +333,17 @@ def _finite_cnn(desc, in_shape, channels, seed):
         steps = []
         for layer in layers:
             kind = layer["kind"]
-            if kind in ("conv", "dense"):
+            if kind in ("conv", "conv_transpose", "dense"):
                 if kind == "conv":
                     c_in, H, W = shape
                     kh, kw = layer["k"]
                     fan_in, fan_out = c_in * kh * kw, layer["channels"]
                     w = normal(fan_out, c_in, kh, kw)
+                elif kind == "conv_transpose":
+                    c_in, H, W = shape
+                    kh, kw = layer["k"]
+                    fan_in, fan_out = c_in * kh * kw, layer["channels"]
+                    w = normal(c_in, fan_out, kh, kw)
                 else:
                     (fan_in,), fan_out = shape, layer["out"]
                     w = normal(fan_out, fan_in)
@@ -305,6 +363,20 @@ def _finite_cnn(desc, in_shape, channels, seed):
 
                     def step(a, w=w, b=b, wm=wm, bm=bm, s=s, pad=(pw0, pw1, ph0, ph1)):
                         z = wm * F.conv2d(F.pad(a, pad), w, stride=s)
+                        return z if b is None else z + bm * b[None, :, None, None]
+
+                    shape = (fan_out, Ho, Wo)
+                elif kind == "conv_transpose":
+                    s = layer["stride"]
+                    (Ho, crop_h), (Wo, crop_w) = (_transpose_geometry(H, kh, s, layer["padding"]),
+                                                  _transpose_geometry(W, kw, s, layer["padding"]))
+
+                    def step(a, w=w, b=b, wm=wm, bm=bm, s=s, crop=(crop_h, crop_w), out=(Ho, Wo)):
+                        full = wm * F.conv_transpose2d(a, w, stride=s)
+                        z = full.new_zeros(full.shape[:2] + out)     # positions past the full output: bias only
+                        rows = min(out[0], full.shape[2] - crop[0])
+                        cols = min(out[1], full.shape[3] - crop[1])
+                        z[:, :, :rows, :cols] = full[:, :, crop[0]:crop[0] + rows, crop[1]:crop[1] + cols]
                         return z if b is None else z + bm * b[None, :, None, None]
 
                     shape = (fan_out, Ho, Wo)
@@ -442,8 +514,18 @@ MIXES = {
         _gap(), _dense(1, sigma_w=SW, sigma_b=SB)],
 }
 
+# transposed convolutions (the generator's layer): "same" upsampling by 2 with a 3×3 filter (k not a
+# multiple of the stride: a checkerboard in the variances), then "valid" (2, 3) by stride 2 on rows
+# past the full output (k < stride along rows: bias-only positions), flatten readout
+MIXES["conv_transpose_relu"] = [
+    _conv(WIDE, 3, stride=2, sigma_w=SW, sigma_b=SB), _act("relu"),
+    _conv_transpose(WIDE, 3, stride=2, sigma_w=SW, sigma_b=SB), _act("relu"),
+    _conv_transpose(WIDE, (1, 3), stride=2, padding="valid", sigma_w=SW, sigma_b=0.3), _act("erf"),
+    _flatten(), _dense(1, sigma_w=SW, sigma_b=SB)]
+
 # Light enough for the fast suite; the rest are @slow.
-FAST_MIXES = ["same_valid_stride2_gap_relu", "avg_pool_flatten_relu", "layer_norm_erf_relu", "standard_convs"]
+FAST_MIXES = ["same_valid_stride2_gap_relu", "avg_pool_flatten_relu", "layer_norm_erf_relu", "standard_convs",
+              "conv_transpose_relu"]
 
 
 def _images(n, c=2, h=6, w=6, seed=0):
@@ -472,10 +554,12 @@ MC_SEED = 1000
 #   residual_gap_relu             NNGP 0.023 [0.011]  NTK 0.018 [0.010]
 #   layer_norm_erf_relu           NNGP 0.016 [0.009]  NTK 0.014 [0.010]
 #   standard_convs                NNGP 0.015 [0.008]  NTK 0.019 [0.009]
+#   conv_transpose_relu           NNGP 0.007 [0.004]  NTK 0.008 [0.005]
 # Each bound below is ≥ 3× the worst seen for that mix. The finite-width bias is below that: 800
 # draws at 128 channels and 400 at 256 left 0.001–0.012 on every mix (0.003–0.008 at 256).
 # test_monte_carlo_has_power shows that a "same" border on the wrong side or a diagonal-only
-# readout errs by 3–12× these bounds (0.28–0.43 and 0.40–0.59 at MC_SEED).
+# readout errs by 3–12× these bounds (0.28–0.43 and 0.40–0.59 at MC_SEED), and a transposed conv
+# cropped on the other side (torch's habit for odd filters) by 4–6× (0.10, 0.16).
 MC_TOL = {
     "same_valid_stride2_gap_relu": (0.05, 0.05),
     "asym_same_flatten_dense_erf": (0.09, 0.08),
@@ -483,6 +567,7 @@ MC_TOL = {
     "residual_gap_relu": (0.07, 0.06),
     "layer_norm_erf_relu": (0.05, 0.05),
     "standard_convs": (0.05, 0.06),
+    "conv_transpose_relu": (0.025, 0.025),
 }
 POWER_MARGIN = 2.0
 
@@ -535,6 +620,22 @@ def test_monte_carlo_has_power(monkeypatch):
         return out, right, left
 
     monkeypatch.setattr(sys.modules[__name__], "_same_padding", wrong_side)
+    wrong_nngp, wrong_ntk = _reference_kernels(desc, x)
+    assert _rel_fro(mc_nngp, wrong_nngp) > POWER_MARGIN * MC_TOL[name][0]
+    assert _rel_fro(mc_ntk, wrong_ntk) > POWER_MARGIN * MC_TOL[name][1]
+
+    #  * a transposed conv cropped on the other side: the 3×3 stride-2 "same" layer keeps full
+    #    positions 1..6 instead of 0..5 (torch's padding=1, output_padding=1 does that)
+    name = "conv_transpose_relu"
+    desc = _with_channels(MIXES[name], MC_CHANNELS)
+    mc_nngp, mc_ntk = _monte_carlo(MIXES[name], x, MC_CHANNELS, MC_SAMPLES, MC_SEED)
+    right_crop = _transpose_geometry
+
+    def other_side(size, k, stride, padding):
+        out, crop = right_crop(size, k, stride, padding)
+        return out, (size - 1) * stride + k - out - crop
+
+    monkeypatch.setattr(sys.modules[__name__], "_transpose_geometry", other_side)
     wrong_nngp, wrong_ntk = _reference_kernels(desc, x)
     assert _rel_fro(mc_nngp, wrong_nngp) > POWER_MARGIN * MC_TOL[name][0]
     assert _rel_fro(mc_ntk, wrong_ntk) > POWER_MARGIN * MC_TOL[name][1]
@@ -603,6 +704,10 @@ def _nl_layers(nl, desc):
             out.append(nl.activation(layer["name"]))
         elif kind == "layer_norm":
             out.append(nl.layer_norm())
+        elif kind == "conv_transpose":
+            out.append(nl.conv_transpose(layer["channels"], layer["k"], stride=layer["stride"],
+                                         padding=layer["padding"], sigma_w=layer["sigma_w"],
+                                         sigma_b=layer["sigma_b"], bias=layer["bias"], parametrization=layer["param"]))
         elif kind == "avg_pool":
             out.append(nl.avg_pool(layer["k"], stride=layer["stride"]))
         elif kind == "gap":

@@ -111,6 +111,11 @@ def test_mlp_structured_ntk_is_that_of_before_the_layers(spec, rng):
 # ----------------------------------------------------------------------------- CNN empirical NTK methods
 
 CNNS = {
+    "transpose_upsampling": lambda c: nl.serial(
+        nl.conv(c, 3, stride=2, sigma_b=0.2), nl.activation("relu"),
+        nl.conv_transpose(c, 3, stride=2, sigma_w=1.3, sigma_b=0.3), nl.activation("tanh"),
+        nl.conv_transpose(c, (4, 1), stride=(2, 3), padding="valid", parametrization="standard"),
+        nl.flatten(), nl.dense(2)),
     "stride_same_valid_gap": lambda c: nl.serial(
         nl.conv(c, 3, sigma_w=1.4, sigma_b=0.1), nl.activation("relu"),
         nl.conv(c, (3, 2), stride=2, padding="valid", sigma_w=1.4, sigma_b=0.1), nl.activation("erf"),

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from ntklab.kernels.quadrature import DEFAULT_QUADRATURE_DEGREE
 from ntklab.layers.combinators import check_limit
-from ntklab.layers.core import KernelOptions, KernelState, Layer, Node, Part, Replay, bind, variance_prefix
+from ntklab.layers.core import (KernelOptions, KernelState, Layer, Node, Part, Replay, bind, spatial_diagonal,
+                                variance_prefix)
 from ntklab.spec import ArchSpec
 from ntklab.tensor_checks import check_inputs, check_kernel_scale
 
@@ -147,8 +148,39 @@ def limit_problem(arch: Union[Layer, ArchSpec], in_shape) -> Optional[str]:
     return _limit_problem(bind(arch, in_shape))
 
 
-def _limit_problem(root: Node) -> Optional[str]:
-    if len(root.out_shape) != 1:
+def pixel_kernels(arch: Layer, x, *, method: str = "auto", quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE,
+                  block_elements: int = 2 ** 20) -> Kernels:
+    """The NNGP and NTK of each output pixel with itself, Σ(x, x)(t, t) and Θ(x, x)(t, t), of a net
+    that ends with images (a generator: e.g. ``serial(dense, ..., conv_transpose(C, 4, stride=2))``
+    reshaped, or a conv stack), for every input x (N, C, H, W): Kernels of shape (N, H_out, W_out), float64.
+
+    A transposed convolution whose filter is not a multiple of its stride reaches different output
+    pixels with different numbers of filter offsets, so this variance map is periodic (a checkerboard)
+    even at infinite width. Vector inputs need an image-valued architecture, which ntklab's layers do
+    not build from vectors, so x must be images.
+    """
+    if method not in KERNEL_METHODS:
+        raise ValueError(f"method must be one of {', '.join(KERNEL_METHODS)}, got {method!r}")
+    x, _ = check_inputs(x, dtype=torch.float64)
+    if x.dim() != 4:
+        raise ValueError(f"pixel_kernels takes images (N, C, H, W), got shape {tuple(x.shape)}")
+    root = bind(arch, x.shape[1:])
+    if len(root.out_shape) != 3:
+        raise ValueError(f"pixel_kernels needs a net that ends with images (C, H, W), this one ends with shape "
+                         f"{root.out_shape}; use analytic_kernels for nets that end with vectors")
+    problem = _limit_problem(root, images_out=True)
+    if problem is not None:
+        raise ValueError(problem)
+    options = KernelOptions(method, quadrature_degree)
+    _check_duals(root, options)
+    kernels, _ = _self_pairs(root, x, options, block_elements)
+    # the last layers may have dropped the covariances between positions: (H, W, N) or (H, W, H, W, N)
+    as_pixels = lambda k: (spatial_diagonal(k) if k.dim() == 5 else k).movedim(-1, 0)
+    return Kernels(as_pixels(kernels.nngp).contiguous(), as_pixels(kernels.ntk).contiguous())
+
+
+def _limit_problem(root: Node, images_out: bool = False) -> Optional[str]:
+    if len(root.out_shape) != 1 and not images_out:
         return (f"the net ends with shape {root.out_shape}; kernels are defined for nets that end with "
                 "vectors (flatten() or global_avg_pool(), then dense)")
     for node in root.leaves():

@@ -11,14 +11,16 @@ so the network and its kernel cannot drift apart (the discipline of neural-tange
 Images are (N, C, H, W), torch's layout. See docs/design.md for the conventions and each layer's rule.
 """
 
+from ntklab.layers.batch_norm import BatchNorm, batch_norm
 from ntklab.layers.combinators import Residual, Serial, check_limit, residual, serial
 from ntklab.layers.core import KernelOptions, KernelState, Layer, Node, Part, bind
 from ntklab.layers.dense import Conv, Dense, conv, dense
 from ntklab.layers.elementwise import ActivationLayer, LayerNorm, activation, layer_norm
 from ntklab.layers.net import LayerModule, Net, build_net
 from ntklab.layers.pooling import AvgPool, Flatten, GlobalAvgPool, avg_pool, flatten, global_avg_pool
+from ntklab.layers.transpose import ConvTranspose, conv_transpose
 
-__all__ = ["dense", "conv", "avg_pool", "global_avg_pool", "flatten", "activation", "layer_norm", "residual",
+__all__ = ["dense", "conv", "conv_transpose", "batch_norm", "avg_pool", "global_avg_pool", "flatten", "activation", "layer_norm", "residual",
            "serial", "build_net", "Net", "LayerModule", "Layer", "Node", "bind", "check_limit", "KernelState",
            "KernelOptions", "Part", "Dense", "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "ActivationLayer",
-           "LayerNorm", "Serial", "Residual"]
+           "LayerNorm", "Serial", "Residual", "ConvTranspose", "BatchNorm"]

@@ -111,6 +111,7 @@ class Layer:
         raise NotImplementedError
 
     has_structured_ntk = True
+    couples_batch = False            # the output for one input depends on the others in the batch (batch_norm)
 
     def describe(self) -> str:
         return self.name

@@ -48,19 +48,22 @@ class _Parametrized(Layer):
         return parameter_scale(self.parametrization, role, fan_in, fan_out, self.sigma_w, self.sigma_b, self.bias)
 
     def weight_shape(self, node: Node) -> Tuple[int, ...]:
-        """The shape of W (out features or channels first); b has W's first dimension."""
+        """The shape of W (torch's layout for the layer)."""
         raise NotImplementedError
+
+    def bias_size(self, node: Node) -> int:
+        """Entries of b: the output features or channels (W's first dimension unless a layer says otherwise)."""
+        return self.weight_shape(node)[0]
 
     def parameter_count(self, node: Node) -> int:
         """Entries of W and b."""
-        shape = self.weight_shape(node)
-        return math.prod(shape) + (shape[0] if node.scale.has_bias else 0)
+        return math.prod(self.weight_shape(node)) + (self.bias_size(node) if node.scale.has_bias else 0)
 
     def init(self, node: Node, generator: torch.Generator) -> dict:
         scale, shape = node.scale, self.weight_shape(node)
         params = {"weight": torch.randn(*shape, generator=generator, dtype=torch.float64) * scale.weight_std}
         if scale.has_bias:
-            params["bias"] = torch.randn(shape[0], generator=generator, dtype=torch.float64) * scale.bias_std
+            params["bias"] = torch.randn(self.bias_size(node), generator=generator, dtype=torch.float64) * scale.bias_std
         return params
 
     @staticmethod

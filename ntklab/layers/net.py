@@ -83,6 +83,11 @@ class Net(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
 
+    @property
+    def couples_batch(self) -> bool:
+        """Whether f(x) depends on the rest of the batch (a batch_norm layer): see :mod:`ntklab.layers.batch_norm`."""
+        return any(leaf.layer.couples_batch for leaf in self.root.leaves())
+
     def parametrized_modules(self) -> List[LayerModule]:
         """The modules that own parameters (dense, conv), in forward order."""
         return [m for m in self.body.modules() if isinstance(m, LayerModule) and m.layer.parametrized]

@@ -19,6 +19,12 @@ Three ways to get Θ̂, equal up to rounding:
 * ``ntvp``: NTK-vector products Θ̂ v = J1 (J2ᵀ v) by ``torch.func.vjp`` then ``jvp``, applied to
   the basis vectors of the outputs on x2; any ``nn.Module``, never stores J.
 
+Nets whose output for one input depends on the rest of the batch (a ``batch_norm`` layer, or a torch
+BatchNorm module in training mode) are functions of the whole batch, F(X) (N, k); their NTK is defined
+on one batch, Θ̂(X)_{(n,i),(m,j)} = Σ_p ∂F_{n,i}(X)/∂θ_p ∂F_{m,j}(X)/∂θ_p (see
+:mod:`ntklab.layers.batch_norm`). For them x2 must be None, the batch is never split into chunks,
+``jacobian`` differentiates F(X) as a whole (N·k backward passes over the batch) and ``auto`` picks it.
+
 Output modes (k outputs): "full" gives (N1, N2, k, k); "mean" gives the trace over outputs divided
 by k, (N1, N2) — the per-output kernel that the analytic NTK predicts, and what neural-tangents
 returns with ``trace_axes=(-1,)``; "trace" gives the plain sum over outputs. For k = 1 "mean"
@@ -27,6 +33,7 @@ and "trace" agree.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -62,6 +69,8 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
     if method not in NTK_METHODS:
         raise ValueError(f"method must be one of {', '.join(NTK_METHODS)}, got {method!r}")
     _check_outputs(outputs)
+    if _couples_batch(model):
+        return _batch_ntk(model, x1, x2, method, outputs, memory_budget)
     if method == "auto":
         method = "structured" if _has_structured_rule(model) else "jacobian"
     if method == "structured" and not isinstance(model, Net):
@@ -94,6 +103,63 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
         chunk = max(1, memory_budget // (2 * row_bytes))
         shape = (k, k) if outputs == "full" else ()
         return _fill_blocks(features, block, x1, x2, chunk, shape)
+
+
+def _batch_ntk(model: nn.Module, x1, x2, method: str, outputs: str, memory_budget: int) -> Tensor:
+    """Θ̂(X) of a batch-coupled net on the batch X = x1, in one piece (module docstring)."""
+    if x2 is not None:
+        raise ValueError(f"{type(model).__name__} normalises over the batch (batch norm), so its outputs and NTK are "
+                         "defined on one batch: pass the batch as x1 with x2=None (for two sets, take the blocks of "
+                         "the kernel of torch.cat([x1, x2]))")
+    if method == "structured":
+        raise ValueError("method='structured' needs per-input gradients, which a batch-norm net does not have (its "
+                         "outputs couple the batch); use method='jacobian' or 'ntvp'")
+    params = _trainable(model)
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters; its NTK is zero")
+    x, _ = _model_inputs(model, x1, None)
+    with torch.no_grad(), _running_statistics_frozen(model):
+        # on the whole batch: a batch of one may not be normalisable
+        k = model.out_dim if isinstance(model, Net) else model(x).reshape(x.shape[0], -1).shape[1]
+        n_params = sum(p.numel() for p in params.values())
+        needed = (2 if method in ("auto", "jacobian") else 3) * x.element_size() * x.shape[0] * k * n_params
+        if needed > memory_budget:
+            raise ValueError(f"the NTK of this batch-norm net on {x.shape[0]} inputs needs about "
+                             f"{needed / 2**30:.2g} GiB of Jacobians at once (the batch cannot be split: its outputs "
+                             f"are coupled), more than memory_budget={memory_budget / 2**30:.2g} GiB; raise "
+                             "memory_budget or use fewer inputs")
+        if method == "ntvp":
+            full = _ntvp_block(model, params, x, x, k)
+        else:
+            jacobian = jacrev(lambda p: _flat_outputs(model, p, x).reshape(-1))(params)      # name → (N·k, *shape)
+            blocks = [j.reshape(j.shape[0], -1) for j in jacobian.values()]
+            full = _contract_jacobians(blocks, blocks, k)
+    return _reduce_outputs(full, outputs)
+
+
+@contextlib.contextmanager
+def _running_statistics_frozen(model: nn.Module):
+    """torch BatchNorm modules in training mode normalise with the batch statistics but also update their
+    running averages in place, which torch.func transforms refuse (and which computing a kernel must not
+    do): stop the tracking for the duration, which leaves the batch-statistics forward unchanged."""
+    tracking = [m for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in tracking:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in tracking:
+            m.track_running_stats = True
+
+
+def _couples_batch(model: nn.Module) -> bool:
+    """Whether the model's outputs couple the inputs of a batch: an ntklab batch_norm layer, or a torch
+    BatchNorm module that normalises with batch statistics (training mode, or no running statistics)."""
+    if isinstance(model, Net):
+        return model.couples_batch
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
+               for m in model.modules())
 
 
 def empirical_nngp(model: nn.Module, x1, x2=None, method: str = "auto", *,
