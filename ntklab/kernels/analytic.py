@@ -150,20 +150,18 @@ def limit_problem(arch: Union[Layer, ArchSpec], in_shape) -> Optional[str]:
 
 def pixel_kernels(arch: Layer, x, *, method: str = "auto", quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE,
                   block_elements: int = 2 ** 20) -> Kernels:
-    """The NNGP and NTK of each output pixel with itself, Σ(x, x)(t, t) and Θ(x, x)(t, t), of a net
-    that ends with images (a generator: e.g. ``serial(dense, ..., conv_transpose(C, 4, stride=2))``
-    reshaped, or a conv stack), for every input x (N, C, H, W): Kernels of shape (N, H_out, W_out), float64.
+    """The NNGP and NTK of each output pixel with itself, Σ(x, x)(t, t) and Θ(x, x)(t, t), of a net that
+    ends with images: a generator (``serial(dense(C·h·w), unflatten(C, h, w), conv_transpose(...), ...)`` on
+    latent vectors) or a conv stack on images. x: (N, d) or (N, C, H, W); returns Kernels of shape
+    (N, H_out, W_out), float64.
 
     A transposed convolution whose filter is not a multiple of its stride reaches different output
     pixels with different numbers of filter offsets, so this variance map is periodic (a checkerboard)
-    even at infinite width. Vector inputs need an image-valued architecture, which ntklab's layers do
-    not build from vectors, so x must be images.
+    even at infinite width.
     """
     if method not in KERNEL_METHODS:
         raise ValueError(f"method must be one of {', '.join(KERNEL_METHODS)}, got {method!r}")
     x, _ = check_inputs(x, dtype=torch.float64)
-    if x.dim() != 4:
-        raise ValueError(f"pixel_kernels takes images (N, C, H, W), got shape {tuple(x.shape)}")
     root = bind(arch, x.shape[1:])
     if len(root.out_shape) != 3:
         raise ValueError(f"pixel_kernels needs a net that ends with images (C, H, W), this one ends with shape "

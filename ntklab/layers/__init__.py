@@ -17,10 +17,11 @@ from ntklab.layers.core import KernelOptions, KernelState, Layer, Node, Part, bi
 from ntklab.layers.dense import Conv, Dense, conv, dense
 from ntklab.layers.elementwise import ActivationLayer, LayerNorm, activation, layer_norm
 from ntklab.layers.net import LayerModule, Net, build_net
-from ntklab.layers.pooling import AvgPool, Flatten, GlobalAvgPool, avg_pool, flatten, global_avg_pool
+from ntklab.layers.pooling import (AvgPool, Flatten, GlobalAvgPool, Unflatten, avg_pool, flatten, global_avg_pool,
+                                   unflatten)
 from ntklab.layers.transpose import ConvTranspose, conv_transpose
 
-__all__ = ["dense", "conv", "conv_transpose", "batch_norm", "avg_pool", "global_avg_pool", "flatten", "activation", "layer_norm", "residual",
-           "serial", "build_net", "Net", "LayerModule", "Layer", "Node", "bind", "check_limit", "KernelState",
+__all__ = ["dense", "conv", "conv_transpose", "batch_norm", "avg_pool", "global_avg_pool", "flatten", "unflatten",
+           "activation", "layer_norm", "residual", "serial", "build_net", "Net", "LayerModule", "Layer", "Node", "bind", "check_limit", "KernelState",
            "KernelOptions", "Part", "Dense", "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "ActivationLayer",
-           "LayerNorm", "Serial", "Residual", "ConvTranspose", "BatchNorm"]
+           "LayerNorm", "Serial", "Residual", "ConvTranspose", "BatchNorm", "Unflatten"]

@@ -102,6 +102,7 @@ def check_limit(root: Node) -> None:
 def _centred(node: Node, centred: bool) -> bool:
     """Whether the output has zero mean over channels in the limit, given whether the input has."""
     from ntklab.layers.elementwise import ActivationLayer, LayerNorm
+    from ntklab.layers.pooling import Unflatten
 
     layer = node.layer
     if isinstance(layer, Serial):
@@ -125,4 +126,8 @@ def _centred(node: Node, centred: bool) -> bool:
                              "activation such as relu, or the raw input), so the limit is not Σ(s,s')/√(Σ(s,s)Σ'(s',s'));"
                              " put layer_norm right after a dense or conv layer")
         return True
+    if isinstance(layer, Unflatten) and not centred:
+        raise ValueError(f"{node.describe()}: its input does not have zero mean (it follows an activation such as "
+                         "relu, or the raw input), so features at different positions share a mean and the limit "
+                         "is not δ(s, s')·Σ; put unflatten right after a dense layer")
     return centred

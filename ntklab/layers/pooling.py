@@ -1,4 +1,4 @@
-"""Layers that mix or drop positions: average pooling, global average pooling, flatten.
+"""Layers that mix, drop or make positions: average pooling, global average pooling, flatten, unflatten.
 
 Kernel rules (neural-tangents' stax): with K the input's NNGP or NTK over pairs of positions,
 
@@ -14,10 +14,11 @@ or (H, W, pairs…) (see :mod:`ntklab.layers.core`).
 from __future__ import annotations
 
 import torch.nn.functional as F
+import torch
 from torch import Tensor
 
-from ntklab.layers.core import (PADDINGS, Layer, Node, Part, Shape, check_pair, spatial_diagonal, window_padding,
-                                window_sum)
+from ntklab.layers.core import (PADDINGS, Layer, Node, Part, Shape, check_int, check_pair, spatial_diagonal,
+                                window_padding, window_sum)
 
 
 def _images(name: str, in_shape: Shape) -> None:
@@ -146,3 +147,47 @@ def global_avg_pool() -> GlobalAvgPool:
 def flatten() -> Flatten:
     """Images (C, H, W) → vectors (C·H·W,)."""
     return Flatten()
+
+
+class Unflatten(Layer):
+    """Vectors (C·H·W,) → images (C, H, W): the start of a generator (dense, then transposed convs).
+
+    Kernel rule: the features of a dense layer's output are independent in the limit, feature (c, s)
+    of one input correlated only with feature (c, s) of another, so the channel-mean covariance of
+    the images is Σ(s, s') = δ_{ss'} Σ and Θ(s, s') = δ_{ss'} Θ. That needs an input with zero mean
+    (a dense output, or odd functions of one: after a relu, features at different positions would
+    share the mean E[φ]²); :func:`ntklab.layers.check_limit` refuses the others.
+    """
+
+    name = "unflatten"
+
+    def __init__(self, channels: int, height: int, width: int):
+        self.shape = tuple(check_int(n, f"unflatten: {what}") for n, what in
+                           ((channels, "channels"), (height, "height"), (width, "width")))
+
+    def describe(self) -> str:
+        return f"unflatten{self.shape}"
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        size = self.shape[0] * self.shape[1] * self.shape[2]
+        if len(in_shape) != 1 or in_shape[0] != size:
+            raise ValueError(f"unflatten to {self.shape} takes vectors of {size} features, got inputs of shape {in_shape}")
+        return self.shape
+
+    def forward(self, module, x: Tensor) -> Tensor:
+        return x.reshape((x.shape[0],) + self.shape)
+
+    def kernel(self, node: Node, state):
+        _, h, w = self.shape
+        if node.full_out:      # (H, W, H, W, pairs…): δ_{ss'} times the vector kernel
+            eye = torch.eye(h * w, dtype=torch.float64).view(h, w, h, w)
+            spread = lambda k: eye.to(k).view((h, w, h, w) + (1,) * k.dim()) * k
+        else:                  # (H, W, pairs…): the same number at every position
+            spread = lambda k: k.expand((h, w) + k.shape).contiguous()
+        return state.map(lambda part, q1, q2: Part(spread(part.nngp), spread(part.ntk)), spatial=(h, w),
+                         full=node.full_out)
+
+
+def unflatten(channels: int, height: int, width: int) -> Unflatten:
+    """Vectors (channels·height·width,) → images (channels, height, width), right after a dense layer."""
+    return Unflatten(channels, height, width)
