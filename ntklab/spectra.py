@@ -25,9 +25,9 @@ F(m)·2^P/Φ(1), and the differences and binomial sums are exact integer arithme
 weights 2^{-d} C(d−k, b) C(k, a) sum to 1, each μ_k is off by at most the rounding of F:
 |error| ≤ 2^{-P} Φ(1) ≈ 2^{-(d+117)} Φ(1) by default, far below the μ_k of the cube's kernels (relu's
 smallest at d = 1000 is ~1e-304 ≈ 2^{-1009} Φ(1)). Values within that bound of 0 are returned
-as 0. High precision needs the activation's dual in closed form (relu, abs, leaky_relu, erf,
+as 0. High precision needs the activation's dual in closed form (relu, abs, leaky_relu, erf, gelu,
 identity, sin; ``Activation.precise_dual``): other activations raise ValueError, because their
-quadrature is accurate to ~1e-10 only, which the differences would amplify beyond use.
+float64 quadrature is accurate to ~1e-12 only, which the differences would amplify beyond use.
 
 Sphere (spherical harmonics; Smola et al. 2001, Bach 2017 §D). For x uniform on the sphere of
 radius √d in R^d (so t = x·x'/d is the cosine of the angle), the harmonics of degree k are the

@@ -18,8 +18,8 @@ with its times. The table then gives, per cell,
   ntklab s / neural-tangents s   min of 3 calls after a warm-up call (``block_until_ready`` on the JAX
                                  side; jitted functions are compiled by the warm-up, so compilation is
                                  excluded). A call that takes over --long seconds is timed once more
-                                 after the warm-up instead of 3 times (ntklab's tanh quadrature; JAX
-                                 still gets its compiling warm-up).
+                                 after the warm-up instead of 3 times (neural-tangents' tanh quadrature;
+                                 JAX still gets its compiling warm-up).
   ratio                          neural-tangents s / ntklab s (> 1: ntklab is faster),
   max rel. diff.                 max |K_ntklab − K_nt| / max |K_nt| over every kernel the cell computes
                                  (NNGP and NTK for analytic cells): a speed comparison of different
@@ -105,8 +105,9 @@ def estimated_seconds(cell: dict) -> float:
         # jacobian: N·P/4e7 s; ntvp: N²·P/128/4e7 s (bench_ntk's --max-work calibration, 1.2e9 ≈ 30 s)
         return (n * params if cell["method"] == "jacobian" else n * n * params / 128) / 4e7
     if cell["kind"] == "analytic":
-        # ntklab's tanh quadrature: ~40 s at N = 200 (x2 = x1, N(N+1)/2 pairs); closed forms ~3 s at N = 4000
-        per_pair = 2e-3 if cell["activation"] == "tanh" else 4e-7
+        # neural-tangents' tanh (ElementwiseNumerical, the slower side since ntklab's Mehler series): 4.3 s at
+        # N = 200 and 93 s at N = 1000 with x2 = x1, N(N+1)/2 pairs; closed forms ~3 s at N = 4000
+        per_pair = 2e-4 if cell["activation"] == "tanh" else 4e-7
         return per_pair * n * (n + 1) / 2
     scale = (cell["depth"] / CNTK_DEPTH) * (cell["size"] / CNTK_SIZE) ** (4 if cell["readout"] == "gap" else 2)
     return n * n * scale * (3.4 if cell["readout"] == "gap" else 5e-4)
