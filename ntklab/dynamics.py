@@ -424,21 +424,39 @@ def linearize(model: nn.Module) -> Linearized:
 
 # ----------------------------------------------------------------------------- validation
 
+def symmetry_tolerance(dtype: torch.dtype) -> float:
+    """The largest max|K − Kᵀ| / max|K| a train kernel computed in ``dtype`` may have: √eps of that
+    dtype (1.5e-8 in float64, 3.5e-4 in float32, 0.088 in bfloat16).
+
+    A kernel is symmetric by definition, so what Kᵀ differs by is rounding: K(x, x') and K(x', x)
+    summed in different orders, each off by at most m·eps relative to max|K| for sums of m terms
+    (about √m·eps in practice; measured ≤ 1 ulp for the structured NTK of float32 nets). √eps leaves
+    room for m up to 1/√eps ≈ 2900 terms in the worst case and far more in practice, while a matrix
+    that is not a train×train kernel (a test×train block, a transposed one) differs by O(1)."""
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
 def _check_kernel(kernel, name: str, rows: Optional[int] = -1, cols: Optional[int] = None) -> Tensor:
-    """Float64 2-D finite tensor; rows=-1 asks for a square symmetric matrix."""
+    """Float64 2-D finite tensor; rows=-1 asks for a square symmetric matrix, symmetric up to the
+    rounding of the dtype it was computed in (:func:`symmetry_tolerance` of the dtype passed, float64
+    for anything not floating point), and returns it symmetrised."""
     kernel = torch.as_tensor(kernel)
     if kernel.dim() != 2:
         raise ValueError(f"{name} must be a 2-D kernel matrix, got shape {tuple(kernel.shape)}")
+    computed_in = kernel.dtype if kernel.is_floating_point() else torch.float64
     kernel = kernel.to(torch.float64)
     if not bool(torch.isfinite(kernel).all()):
         raise ValueError(f"{name} has NaN or infinite entries")
     if rows == -1:
         if kernel.shape[0] != kernel.shape[1] or kernel.shape[0] == 0:
             raise ValueError(f"{name} must be a non-empty square (N, N) matrix, got {tuple(kernel.shape)}")
-        scale = kernel.abs().max()
-        if bool(((kernel - kernel.T).abs().max() > 1e-8 * scale)):
-            raise ValueError(f"{name} is not symmetric (max |K - Kᵀ| = "
-                             f"{(kernel - kernel.T).abs().max().item():.3g}); pass a train×train kernel")
+        scale = kernel.abs().max().item()
+        asymmetry = (kernel - kernel.T).abs().max().item()
+        tolerance = symmetry_tolerance(computed_in)
+        if asymmetry > tolerance * scale:
+            raise ValueError(f"{name} is not symmetric: max |K - Kᵀ| = {asymmetry:.3g} is {asymmetry / scale:.3g} of "
+                             f"max |K| = {scale:.3g}, above the {tolerance:.2g} that {computed_in} rounding allows "
+                             "(√eps); pass a train×train kernel, in the dtype it was computed in")
         return (kernel + kernel.T) / 2
     if rows is not None and kernel.shape[0] != rows:
         raise ValueError(f"{name} has {kernel.shape[0]} rows, expected {rows}")

@@ -10,7 +10,7 @@ import torch
 
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
 from ntklab.dynamics import (ensemble_predictor, gp_inference, linearize, max_learning_rate, mse_loss,
-                             mse_predictor)
+                             mse_predictor, symmetry_tolerance)
 from tests.helpers import gradient_descent, random_inputs
 
 
@@ -294,3 +294,38 @@ def test_ill_conditioning_warning_counts_the_null_eigenvalues(problem):
 def test_target_shape_error_reports_what_was_passed():
     with pytest.raises(ValueError, match=r"got \(4,\)$"):
         mse_predictor(torch.eye(5, dtype=torch.float64), torch.ones(4))
+
+
+def test_kernel_symmetry_is_checked_at_the_rounding_of_its_dtype(problem):
+    """A float32 kernel whose transpose differs by one float32 ulp (what the structured NTK of a float32
+    μP net on 8 points has: max|K − Kᵀ| = 1.49e-8 at max|K| = 0.72) is a kernel: η_max and the
+    predictions are those of its symmetrised float64 copy. The same matrix passed as float64 is not
+    (one float32 ulp is 4e-8 of max|K|, above float64's √eps), nor is a float32 matrix off by 1e-3."""
+    assert symmetry_tolerance(torch.float64) == pytest.approx(1.49e-8, rel=1e-2)     # √eps, the old 1e-8's size
+    assert symmetry_tolerance(torch.float32) == pytest.approx(3.45e-4, rel=1e-2)
+    kernel = problem["k"].float()
+    kernel = kernel / kernel.abs().max()                        # max|K| = 1
+    off_diagonal = kernel.masked_fill(torch.eye(12, dtype=torch.bool), 0)
+    i, j = divmod(int(off_diagonal.abs().argmax()), 12)        # the largest off-diagonal entry
+    bumped = kernel.clone()
+    bumped[i, j] = torch.nextafter(bumped[i, j], torch.tensor(2.0))     # one ulp up: K is now asymmetric
+    asymmetry = (bumped - bumped.T).abs().max().item()
+    assert 1.5e-8 < asymmetry < 1e-7                            # above float64's tolerance, far below float32's
+    symmetric = bumped.double()
+    symmetric = (symmetric + symmetric.T) / 2
+    assert max_learning_rate(bumped, out_dim=2) == max_learning_rate(symmetric, out_dim=2)
+    y = problem["y"]
+    assert torch.equal(mse_predictor(bumped, y, learning_rate=1.0)(7.0).train,
+                       mse_predictor(symmetric, y, learning_rate=1.0)(7.0).train)
+    with pytest.raises(ValueError, match="k_train_train is not symmetric.*float64"):
+        max_learning_rate(bumped.double(), out_dim=2)
+    off = kernel.clone()
+    off[0, 1] += 1e-3                                           # 1e-3 of max|K|: three times float32's √eps
+    with pytest.raises(ValueError, match="k_train_train is not symmetric.*float32"):
+        mse_predictor(off, y)
+    # float64 keeps its tolerance: 1e-9 of max|K| is rounding, 1e-7 is not
+    for size, accepted in ((1e-9, True), (1e-7, False)):
+        near = problem["k"] / problem["k"].abs().max()
+        near[0, 1] += size
+        with pytest.raises(ValueError, match="not symmetric") if not accepted else contextlib.nullcontext():
+            max_learning_rate(near)

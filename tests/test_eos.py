@@ -138,6 +138,13 @@ def test_the_regime_rules_on_made_up_records():
     assert label(_records(falling, eta_ntk=[3.0, 2.5, 1.2, 1.1, 1.1, 1.1]), loss_peak=1.5) == "catapult"  # between log steps
     assert label(_records(spike, eta_ntk=[3.0, 2.5, 2.2, 2.1, 2.05, 2.01])) == "other"        # still above the edge
     assert label(_records([1.0, 3.0, 0.9, 0.8, 0.9, 0.9], eta_ntk=[3, 1, 1, 1, 1, 1.0])) == "other"    # did not learn
+    # a spike that starts below the edge is not a catapult (the linearised net converges there)
+    assert label(_records(spike, eta_ntk=[1.9, 2.5, 1.2, 1.1, 1.1, 1.1])) == "other"
+    at_eta_max = [2 * (1 - 1e-9), 2.5, 1.2, 1.1, 1.1, 1.1]       # η = η_max, its product rounded down
+    assert label(_records(spike, eta_ntk=at_eta_max)) == "catapult"
+    # a rise above L_0 between log steps (the trainer's per-step peak) is not lazy
+    assert label(_records(falling, kernel_change=small), loss_peak=1.01) == "other"
+    assert label(_records(falling, kernel_change=small), loss_peak=1.0) == "lazy"
     hovering = [4.0, 1.2, 1.6, 1.95, 2.05, 1.98]      # the last three log steps are the late half
     assert label(_records(spike, eta_sharpness=hovering, eta_ntk=[3, 1, 1.6, 1.9, 2.0, 2.0])) == "edge_of_stability"
     below = [4.0, 1.2, 1.6, 1.85, 1.9, 1.95]          # in the band but never at the edge: converging under it
@@ -239,4 +246,6 @@ def test_bench_spectra_prints_a_row_per_combination():
                                             "default + ntk_top_eigenvalues, sharpness, gauss_newton_share"]
     for row in rows:
         seconds, steps, share = (float(v) for v in row[2:5])
-        assert seconds > 0 and steps > 0 and 0 < share < 100
+        # printed to 0.1 gradient steps and 0.1%: at width 32 a measurement can round to 0.0 of either
+        # (a slow step on a loaded machine), so only the seconds must be positive; no timing is asserted
+        assert seconds > 0 and steps >= 0 and 0 <= share < 100

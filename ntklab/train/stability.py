@@ -20,10 +20,13 @@ The rules, in this order, with every number from :data:`THRESHOLDS` (the one pla
     2. edge_of_stability  the median of η·sharpness/e over the log steps in the last ``late`` of the
                           run is within 1 ± ``edge_band``, and η·sharpness reaches e at one of them
                           (a run that converges below the edge, as after a catapult, stays under it)
-    3. catapult           the train loss exceeds (1 + ``spike``)·L_0 at some step, η·λ_max(Θ̂_T)/(Nk) < e
-                          at the last log step, and the loss ends below ``trained``·L_0
+    3. catapult           the run starts at or above the edge, η·λ_max(Θ̂_0)/(Nk) ≥ ``at_edge``·e (below
+                          it the linearised net converges and a spike is something else), the train loss
+                          exceeds (1 + ``spike``)·L_0 at some step, η·λ_max(Θ̂_T)/(Nk) < e at the last
+                          log step (so the kernel's top fell), and the loss ends below ``trained``·L_0
     4. lazy               the loss never rises between consecutive log steps (by more than
-                          ``loss_rise``) and kernel_change stays at most ``lazy_kernel_change``
+                          ``loss_rise``) nor above (1 + ``loss_rise``)·L_0 at any step (the peak, for
+                          full-batch runs), and kernel_change stays at most ``lazy_kernel_change``
     5. other
 
 A rule whose quantity was not tracked (``sharpness`` for 2, ``ntk_top_eigenvalues`` for 3,
@@ -48,7 +51,9 @@ class Thresholds:
 
     lazy_kernel_change: float = 0.1   # lazy: ‖Θ̂_t − Θ̂_0‖/‖Θ̂_0‖ at most this at every log step
     loss_rise: float = 1e-3           # a rise: a log step's loss above the previous one's by more than this fraction
-    spike: float = 0.1                # catapult: the loss exceeds (1 + spike)·L_0 at some step ...
+    at_edge: float = 1 - 1e-6         # catapult: η·λ_max(Θ̂_0)/(Nk) ≥ at_edge·e (η = η_max itself counts,
+                                      # whichever way its last bit rounds) ...
+    spike: float = 0.1                # ... the loss exceeds (1 + spike)·L_0 at some step ...
     trained: float = 0.5              # ... and ends below trained·L_0 (it learns; a net whose units die does not)
     edge_band: float = 0.1            # edge of stability: late median of η·sharpness within e·(1 ± edge_band)
     late: float = 0.5                 # "late": the log steps in the last half of the run (step ≥ (1 − late)·T)
@@ -94,7 +99,8 @@ def classify(records: List[Dict], *, status: str, momentum: float = 0.0, loss_pe
     loss_0 = losses[0]
     peak = max([x for x in losses if math.isfinite(x)] + ([loss_peak] if loss_peak is not None else []))
     evidence.update(initial_loss=loss_0, final_loss=losses[-1], peak_loss=peak, peak_over_initial=peak / loss_0 if loss_0 > 0 else None,
-                    loss_monotone=not _rises(losses, thresholds.loss_rise))
+                    loss_monotone=(not _rises(losses, thresholds.loss_rise)
+                                   and peak <= (1 + thresholds.loss_rise) * loss_0))
     kernel_change = [v for v in (_number(r.get("kernel_change")) for r in records) if v is not None]
     if kernel_change:
         evidence["max_kernel_change"] = max(kernel_change)
@@ -122,7 +128,8 @@ def classify(records: List[Dict], *, status: str, momentum: float = 0.0, loss_pe
     spiked = peak > (1 + thresholds.spike) * loss_0
     if not eta_ntk:
         missing.append("ntk_top_eigenvalues")
-    elif spiked and evidence["final_eta_ntk"] < edge and losses[-1] < thresholds.trained * loss_0:
+    elif (evidence["initial_eta_ntk"] >= thresholds.at_edge * edge and spiked and evidence["final_eta_ntk"] < edge
+          and losses[-1] < thresholds.trained * loss_0):
         return result("catapult", f"the loss rose to {peak / loss_0:.3g}× its initial value, then η·λ_max(Θ̂)/(Nk) "
                       f"fell from {evidence['initial_eta_ntk']:.3g} to {evidence['final_eta_ntk']:.3g} < {edge:g}")
     # 4. lazy
