@@ -2,7 +2,8 @@
 
 A run directory is any folder holding the ``config.yaml`` a training run writes first or a
 ``summary.json`` (a refused config leaves only that), and every job folder of a multirun sweep
-(beside its ``multirun.yaml``), whatever it holds. Each run gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (``model.width``,
+(beside its ``multirun.yaml``), whatever it holds; the folder of seeds trained at once (``seeds=M``,
+holding ``seeds.json``) is not a run, but each of its ``seed_<s>/`` folders is. Each run gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (``model.width``,
 ``optim.lr``, ``seed``, ...) and its summary flattened likewise (``final.kernel_change``,
 ``initial.kernel_to_limit``, ``max.pred_gap_analytic``, ``fitted.kernel_change_step_exponent``,
 ``timing.per_step_s``, ``eta_max.analytic``, ...). Nothing is dropped silently:
@@ -58,7 +59,8 @@ def find_runs(paths: Iterable[Path]) -> List[Path]:
             found.update(file.parent for file in path.rglob(name) if visible(file))
         for multirun in filter(visible, path.rglob("multirun.yaml")):
             found.update(d for d in multirun.parent.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return sorted(found)
+    # the folder of seeds trained at once (seeds=M) is no run itself: each of its seed_<s>/ folders is
+    return sorted(d for d in found if not (d / results.SEEDS).exists())
 
 
 def run_row(run_dir: Path) -> Dict[str, object]:

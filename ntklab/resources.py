@@ -4,11 +4,17 @@ dying inside an allocation), and the local launcher runs as many jobs at once as
 cores and memory allow.
 
 The estimate is a lower bound on the largest terms, not a measurement: the parameters held four
-times (θ, θ_0 for param_drift, the gradient, the momentum buffer or optimizer state), the
+times (θ, θ_0 for param_drift, the gradient, the momentum buffer or optimizer state; twice more when
+the loss is checked every k > 1 steps, whose window start is kept to recover the step of a divergence), the
 outputs of every dense or conv layer on the largest batch four times (forward values,
 derivatives, the structured NTK's per-layer features, autograd's saved tensors), and the float64
 kernels on the train set (analytic Θ and Σ, the empirical Θ̂_0 and its test×train block). The
 analytic CNTK's working memory is bounded separately (``analytic_kernels``' block_elements).
+
+With the opt-in spectral quantities (:func:`spectral_bytes`): the kernel on the spectrum set and its
+eigenvectors (float64), and with ``sharpness`` or ``gauss_newton_share`` the Lanczos basis
+((track.lanczos_steps + 1) parameter-sized vectors), its Ritz vectors, the few parameter-sized
+vectors a Hessian-vector product holds, and the double-backward graph on the spectrum set.
 """
 
 from __future__ import annotations
@@ -45,7 +51,44 @@ def run_bytes(cfg, in_shape: Optional[Sequence[int]] = None, out_dim: Optional[i
     activations = 4 * max(n_train, n_test) * features_per_row * itemsize
     k = out_dim if n_train * out_dim <= track.full_kernel_limit else 1
     kernels = 8 * (3 * (n_train * k) ** 2 + n_test * n_train)
-    return 4 * n_params * itemsize + activations + kernels
+    # a check of the loss every k > 1 steps keeps the parameters and optimizer state of the window's start
+    window_copy = 2 * n_params * itemsize if int(cfg.optim.get("divergence_check_every", 1)) > 1 else 0
+    return 4 * n_params * itemsize + window_copy + activations + kernels + spectral_bytes(
+        track, n_params=n_params, features_per_row=features_per_row, n_train=n_train, out_dim=out_dim,
+        itemsize=itemsize)
+
+
+HVP_VECTORS = 4
+"""Parameter-sized vectors a Hessian-vector product holds besides the Lanczos basis: the gradient
+tree, the tangent, the product and the vector being orthogonalised."""
+
+
+def spectral_bytes(track, *, n_params: int, features_per_row: int, n_train: int, out_dim: int, itemsize: int) -> int:
+    """Bytes the opt-in spectral quantities of ``track`` (``ntklab.quantities.SPECTRAL``) add, 0 when
+    none is tracked (ntklab.train.tracking.SpectrumTracker):
+
+    * any of them: Θ̂ on the spectrum set of S points (``track.spectrum_points`` or all) and its
+      eigenvectors, float64, (Sk)² each for the full kernel (k > 1 outputs, Sk ≤
+      ``track.full_kernel_limit``), else S²;
+    * ``sharpness`` or ``gauss_newton_share`` (which runs the same Lanczos): the Lanczos basis,
+      min(lanczos_steps, P) + 1 vectors of the P parameters in the run's dtype, ``top_eigenvalues``
+      Ritz vectors, :data:`HVP_VECTORS` more, and the double-backward graph of a Hessian-vector
+      product on the S points (counted as the layer outputs four times more, like the training
+      step's)."""
+    from ntklab.quantities import SPECTRAL
+
+    quantities = set(track.quantities) & set(SPECTRAL)
+    if not quantities:
+        return 0
+    spectrum_points = getattr(track, "spectrum_points", None)
+    points = n_train if spectrum_points is None else min(int(spectrum_points), n_train)
+    side = points * out_dim if out_dim > 1 and points * out_dim <= track.full_kernel_limit else points
+    total = 2 * 8 * side ** 2
+    if quantities & {"sharpness", "gauss_newton_share"}:
+        basis = min(int(track.lanczos_steps), n_params) + 1
+        vectors = basis + min(int(track.top_eigenvalues), n_params) + HVP_VECTORS
+        total += vectors * n_params * itemsize + 4 * points * features_per_row * itemsize
+    return total
 
 
 def available_bytes(device) -> int:

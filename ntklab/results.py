@@ -15,6 +15,8 @@
     predictions.pt   test inputs, targets, the network's test outputs at init and at the end, and
                      the analytic and linearised predictions for the end (atomic)
     loss.png, drift.png
+    seeds.json       only in the folder of seeds trained at once (``seeds`` > 1), which holds one run
+                     directory per seed, seed_<s>/, and is not a run directory itself
 
 Non-finite numbers (a diverged loss) are written as JSON ``null``, so every file is strict JSON.
 An atomic write goes through ``.NAME.tmp``: a write that fails removes it, and the next run removes
@@ -44,6 +46,9 @@ SUMMARY = "summary.json"
 KERNELS = "kernels.pt"
 PREDICTIONS = "predictions.pt"
 CHECKPOINT = "checkpoint.pt"
+# in the folder of seeds trained at once (seeds > 1): the group's index; each seed is a run
+# directory of its own below it (seed_<s>/), and the folder holding this file is not a run itself
+SEEDS = "seeds.json"
 REGRESSION = "regression.json"     # the summary of a ``regress`` run (it has no metrics)
 # summary.json's status; a run directory whose status is FINISHED is not run again
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
@@ -339,10 +344,35 @@ def read_summary(run_dir: Path) -> Optional[Dict]:
     return summary
 
 
-def check_same_config(run_dir: Path, config: Dict, not_compared: Sequence[str] = ()) -> None:
+def schema_defaults(schema, prefix: str = "") -> Dict[str, object]:
+    """The defaults of a config dataclass as dotted keys (:func:`flatten`'s form), its config-group fields
+    (typed by a dataclass, filled by a group option) through their own dataclass's defaults; fields
+    without a default (a group typed Any, such as the model) are left out."""
+    import dataclasses
+    import typing
+
+    from omegaconf import MISSING, OmegaConf
+
+    defaults: Dict[str, object] = {}
+    hints = typing.get_type_hints(schema)
+    values = OmegaConf.to_container(OmegaConf.structured(schema))
+    for field in dataclasses.fields(schema):
+        name, hint, value = f"{prefix}{field.name}", hints[field.name], values[field.name]
+        if dataclasses.is_dataclass(hint):
+            defaults.update(schema_defaults(hint, f"{name}."))
+        elif value != MISSING:
+            defaults.update(flatten({name: value}))
+    return defaults
+
+
+def check_same_config(run_dir: Path, config: Dict, not_compared: Sequence[str] = (), schema=None) -> None:
     """A run directory holds one run: save ``config`` as its config.yaml, or, when one is there,
     refuse (ConfigError on hydra.run.dir, naming the fields that differ) a config that differs from
-    it in anything but the dotted fields ``not_compared`` (those that do not change the results)."""
+    it in anything but the dotted fields ``not_compared`` (those that do not change the results).
+
+    A field the saved config lacks is no difference when it now holds ``schema``'s default (a dataclass
+    of :mod:`ntklab.config`): an option added to ntklab after the run began, left at the default that
+    keeps the old behaviour, lets the run resume."""
     from omegaconf import OmegaConf
 
     from ntklab.errors import ConfigError
@@ -361,6 +391,10 @@ def check_same_config(run_dir: Path, config: Dict, not_compared: Sequence[str] =
         save_config(path, config)
         return
     before, now = comparable(OmegaConf.to_container(OmegaConf.load(path))), comparable(config)
+    if schema is not None:
+        defaults = schema_defaults(schema)
+        now = {key: value for key, value in now.items()
+               if key in before or key not in defaults or value != defaults[key]}
     if before != now:
         changed = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
         raise ConfigError("hydra.run.dir", f"{run_dir} holds a run with a different config "

@@ -1,12 +1,16 @@
-"""Benchmark training runs: seconds per gradient step and the share of time spent tracking.
+"""Benchmark training runs: seconds per gradient step, the share of time spent tracking, the step
+loop alone (GPU), and seeds at once against one seed after another.
 
-    python scripts/bench_train.py                          # widths 1024 and 4096 on the default device
+    python scripts/bench_train.py                          # every table on the default device
     python scripts/bench_train.py --device cpu --widths 1024 --steps 200
+    python scripts/bench_train.py --tables seeds --device cpu    # only the seeds-at-once table
+    python scripts/bench_train.py --tables step --peak-tflops 67 # step table; the fp32 peak when it cannot be read
 
-Each case is a real run of the default config (`python -m ntklab train`: depth-2 relu net,
-sphere data with N = 256 train and 256 test points, full-batch GD, the default log schedule of
-40 log-spaced steps, a 64-point probe set, every tracked quantity) at the given width and number
-of steps, run in-process into a temporary directory. The columns come from its summary.json:
+Run table (``run``): each case is a real run of the default config (`python -m ntklab train`:
+depth-2 relu net, sphere data with N = 256 train and 256 test points, full-batch GD, the default
+log schedule of 40 log-spaced steps, a 64-point probe set, every tracked quantity) at the given
+width and number of steps, run in-process into a temporary directory. The columns come from its
+summary.json:
 
   s/step         time of the gradient steps alone, per step (forward, backward, update, loss check)
   tracking s     all measurements at the log steps (outputs, probe-set NTK, drift, predictions)
@@ -14,12 +18,37 @@ of steps, run in-process into a temporary directory. The columns come from its s
   setup s        once per run: analytic kernels, Θ̂_0 on train and test, two eigendecompositions
   with setup %   (tracking + setup) / wall time
   wall s         the whole run, including checkpoints, kernels.pt and plots
+
+Step table (``step``, meant for a GPU): the trainer's step loop as it runs, from real runs of the
+default task (track=minimal measured at step 0 and the last step only, no checkpoints), with the
+loss read back to the host every step (k = 1, what the trainer did before
+optim.divergence_check_every) and every 16 steps (k = 16, the default; includes the copy of θ kept
+at each window's start). Cases: width 1024 on N = 256 for --step-steps steps (target ≤ 0.5 ms/step
+on an H100/H200) and width 8192 on N = 4096 for a fifth of them (target ≥ 50% of the fp32 matmul
+peak). Columns:
+
+  ms/step        the summary's timing.per_step_s: the steps' wall time (the device synchronised
+                 around the log steps only), the first (warm-up) step included
+  TFLOP/s        the step's matrix-product work, Σ over layers of 2·N·fan_in·fan_out for the forward
+                 product, the weight gradient and (but the first layer) the input gradient, per second
+  % fp32 peak    that rate over the device's fp32 (non-tensor-core) peak: SMs × FP32 lanes per SM ×
+                 2 × clock, from torch.cuda.get_device_properties when it gives the clock, else
+                 --peak-tflops (torch's default for fp32 matmuls, TF32 off, runs on those lanes)
+
+Seeds table (``seeds``): ``seeds=M`` (M nets trained at once, one run directory each) against the
+same M seeds run one after another in this process, on the default config at --seeds-width
+(default 256), --seeds (default 8) seeds and --steps steps: wall time of each, and the throughput
+ratio sequential / at once (the issue's target: ≥ 1.5 on 2 CPU cores, 8 seeds at width 256 in ≤ 2×
+one seed's time on a GPU). The machine's load average is printed with it: other processes slow both.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
+import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
@@ -28,27 +57,27 @@ from ntklab.config import register_configs
 from ntklab.results import environment
 from ntklab.train import run
 
+# FP32 lanes per SM by compute capability (CUDA programming guide, "arithmetic instructions")
+FP32_LANES = {(7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 128, (8, 9): 128, (9, 0): 128,
+              (10, 0): 128, (12, 0): 128}
 
-def bench(width: int, steps: int, device: str, dtype: str) -> dict:
+
+def compose_train(overrides) -> object:
     register_configs()
     with initialize_config_module(config_module="ntklab.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[f"width={width}", f"optim.steps={steps}", f"device={device}",
-                                          f"dtype={dtype}", "track.progress=false"])
+        return compose("train", overrides=list(overrides))
+
+
+def bench(width: int, steps: int, device: str, dtype: str, extra=()) -> dict:
+    cfg = compose_train([f"width={width}", f"optim.steps={steps}", f"device={device}", f"dtype={dtype}",
+                         "track.progress=false", *extra])
     with tempfile.TemporaryDirectory() as run_dir:
         summary = run(cfg, run_dir)
     return summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--widths", type=int, nargs="+", default=[1024, 4096])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    args = parser.parse_args()
-    env = environment(args.device, args.dtype)
-    print(f"device: {env['device']} ({env['device_name']}), torch {env['versions']['torch']}, {env['dtype']}, "
-          f"{args.steps} steps, default log schedule\n")
+def run_table(args) -> None:
+    print(f"\nRuns: {args.steps} steps, default log schedule\n")
     print("| width | parameters | s/step | tracking s | tracking % | setup s | with setup % | wall s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for width in args.widths:
@@ -57,6 +86,127 @@ def main() -> None:
         print(f"| {width} | {summary['n_params']:,} | {t['per_step_s']:.4f} | {t['tracking_s']:.2f} | "
               f"{100 * t['tracking_fraction']:.1f} | {t['setup_s']:.2f} | {100 * t['tracking_fraction_with_setup']:.1f} | "
               f"{t['wall_s']:.1f} |", flush=True)
+
+
+# ----------------------------------------------------------------------------- the step loop alone
+
+def fp32_peak_tflops(device: torch.device, given) -> tuple:
+    """(peak TFLOP/s, where it came from): --peak-tflops, or SMs × FP32 lanes × 2 × clock."""
+    if given:
+        return float(given), "--peak-tflops"
+    if device.type != "cuda":
+        return None, "not known on CPU (give --peak-tflops)"
+    props = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(props, "clock_rate", None)
+    lanes = FP32_LANES.get((props.major, props.minor))
+    if not clock_khz or lanes is None:
+        return None, "not readable from torch (give --peak-tflops)"
+    return props.multi_processor_count * lanes * 2 * clock_khz * 1e3 / 1e12, \
+        f"{props.multi_processor_count} SMs × {lanes} lanes × 2 × {clock_khz / 1e6:.2f} GHz"
+
+
+def step_flops(model, n: int) -> float:
+    """Matrix-product FLOPs of one full-batch step of an MLP on n points: per layer 2·n·a·b for the
+    forward product and the weight gradient, and for the input gradient of every layer but the first."""
+    total = 0.0
+    for i, layer in enumerate(model.parametrized_modules()):
+        b, a = layer.weight.shape
+        total += 2 * n * a * b * (2 if i == 0 else 3)
+    return total
+
+
+def step_case(width: int, n: int, args, every: int, steps: int) -> dict:
+    """A real run of the default task at this width on n train points, tracking at steps 0 and the
+    last only (track=minimal, no checkpoints), with the loss read every ``every`` steps: its
+    summary's seconds per step (the trainer's step loop as it runs, warm-up step included) and the
+    net's step FLOPs."""
+    summary = bench(width, steps, args.device, args.dtype,
+                    [f"data.n_train={n}", "data.n_test=16", "track=minimal", "track.log_steps=1",
+                     "track.checkpoint_every=0", f"optim.divergence_check_every={every}"])
+    from ntklab import ArchSpec, build_mlp
+
+    spec = ArchSpec(depth=2, width=width, activation="relu", out_dim=summary["out_dim"])
+    flops = step_flops(build_mlp(spec, in_dim=summary["in_dim"], device="meta"), n)
+    return {"seconds": summary["timing"]["per_step_s"], "flops": flops}
+
+
+def step_table(args) -> None:
+    device = torch.device(args.device)
+    peak, source = fp32_peak_tflops(device, args.peak_tflops)
+    print(f"\nStep loop of real runs (fp32 peak: "
+          f"{'%.1f TFLOP/s' % peak if peak else '-'}, {source}); TF32 for matmuls: "
+          f"{torch.backends.cuda.matmul.allow_tf32}\n")
+    print("| width | N | steps | k (steps per loss read) | ms/step | TFLOP/s | % fp32 peak |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for width, n, steps in ((1024, 256, args.step_steps), (8192, 4096, max(args.step_steps // 5, 20))):
+        if device.type == "cpu" and width > 2048 and not args.large_on_cpu:
+            print(f"| {width} | {n} | - | - | skipped on CPU (--large-on-cpu) | | |")
+            continue
+        for every in (1, 16):
+            case = step_case(width, n, args, every, steps)
+            rate = case["flops"] / case["seconds"] / 1e12
+            print(f"| {width} | {n} | {steps} | {every} | {1e3 * case['seconds']:.3f} | {rate:.3f} | "
+                  f"{'%.0f' % (100 * rate / peak) if peak else '-'} |", flush=True)
+
+
+# ----------------------------------------------------------------------------- seeds at once
+
+def seeds_table(args) -> None:
+    width, count = args.seeds_width, args.seeds
+    load = os.getloadavg()
+    print(f"\nSeeds at once: {count} seeds at width {width}, default config, {args.steps} steps "
+          f"(load average before: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}; "
+          f"torch threads {torch.get_num_threads()})\n")
+    common = [f"width={width}", f"optim.steps={args.steps}", f"device={args.device}", f"dtype={args.dtype}",
+              "track.progress=false"]
+    with tempfile.TemporaryDirectory() as root:      # warm-up: imports and first calls, paid by neither case
+        run(compose_train(common + ["optim.steps=5", "track.plots=false", "seeds=2"]), root)
+    print("| case | plots | wall s | steps s | tracking s | setup s | throughput vs sequential |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for plots in args.seeds_plots:
+        extra = [f"track.plots={plots}"]
+        timings = {"setup_s": 0.0, "steps_s": 0.0, "tracking_s": 0.0}
+        with tempfile.TemporaryDirectory() as root:
+            start = time.perf_counter()
+            for seed in range(count):
+                summary = run(compose_train(common + extra + [f"seed={seed}"]), Path(root) / f"seed_{seed}")
+                for key in timings:
+                    timings[key] += summary["timing"][key]
+            sequential = time.perf_counter() - start
+        print(f"| {count} runs one after another | {plots} | {sequential:.1f} | {timings['steps_s']:.1f} | "
+              f"{timings['tracking_s']:.1f} | {timings['setup_s']:.1f} | 1.00 |", flush=True)
+        with tempfile.TemporaryDirectory() as root:
+            start = time.perf_counter()
+            run(compose_train(common + extra + [f"seeds={count}"]), root)
+            at_once = time.perf_counter() - start
+            import json
+            timing = json.loads((Path(root) / "seed_0" / "summary.json").read_text())["timing"]   # the group's
+        print(f"| seeds={count} | {plots} | {at_once:.1f} | {timing['steps_s']:.1f} | {timing['tracking_s']:.1f} | "
+              f"{timing['setup_s']:.1f} | {sequential / at_once:.2f} |", flush=True)
+    load = os.getloadavg()
+    print(f"\n(load average after: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tables", nargs="+", default=["run", "step", "seeds"], choices=["run", "step", "seeds"])
+    parser.add_argument("--widths", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--step-steps", type=int, default=500, help="steps of the width-1024 step case (a fifth at 8192)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's fp32 peak, when not readable")
+    parser.add_argument("--large-on-cpu", action="store_true", help="run the width-8192 N=4096 step case on CPU too")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--seeds-width", type=int, default=256)
+    parser.add_argument("--seeds-plots", nargs="+", default=["false", "true"], choices=["false", "true"],
+                        help="track.plots of the seeds table's cases (figures cost the same per seed either way)")
+    args = parser.parse_args()
+    env = environment(args.device, args.dtype)
+    print(f"device: {env['device']} ({env['device_name']}), torch {env['versions']['torch']}, {env['dtype']}")
+    tables = {"run": run_table, "step": step_table, "seeds": seeds_table}
+    for name in args.tables:
+        tables[name](args)
 
 
 if __name__ == "__main__":

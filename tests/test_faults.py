@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ntklab import results
+from ntklab.errors import ConfigError
 from ntklab.train import run
 from tests.helpers import compose_train, ntklab
 
@@ -87,6 +88,11 @@ def test_default_parallelism_is_what_cores_and_memory_allow(monkeypatch):
     # a width-4096 run of the default config needs more than a width-64 one, and some GB at width 100000
     small, large = (resources.run_bytes(compose_train([f"width={w}"])) for w in (64, 100000))
     assert small < 2 ** 28 and large > 40 * gb
+    # checking the loss every k > 1 steps keeps the window start: θ and the optimizer state once more,
+    # 2 · P · 4 bytes in float32 (P = 10·64 + 64 + 64·64 + 64 + 64 + 1 for the default depth-2 net on 10-dim data)
+    every_step = resources.run_bytes(compose_train(["width=64", "optim.divergence_check_every=1"]))
+    params = 10 * 64 + 64 + 64 * 64 + 64 + 64 + 1
+    assert small - every_step == 2 * params * 4
 
 
 # ----------------------------------------------------------------------------- 4. checkpoints that lie
@@ -135,6 +141,24 @@ def test_an_untouched_checkpoint_resumes_byte_identically(tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     run(compose_train(STOPPED), whole)
     run(compose_train(STOPPED + ["stop_after=12"]), parts)
+    run(compose_train(STOPPED), parts)
+    assert (parts / results.METRICS).read_bytes() == (whole / results.METRICS).read_bytes()
+
+
+def test_a_run_begun_before_an_option_existed_resumes_at_its_default_and_not_otherwise(tmp_path):
+    """A config.yaml written before ntklab gained an option (here: track.lanczos_tol and track.lanczos_steps
+    removed from it) resumes when the option is at its default, which keeps the old behaviour, to the same
+    bytes as an uninterrupted run; set otherwise it is a different run."""
+    import yaml
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run(compose_train(STOPPED), whole)
+    run(compose_train(STOPPED + ["stop_after=12"]), parts)
+    saved = yaml.safe_load((parts / results.CONFIG).read_text())
+    del saved["track"]["lanczos_tol"], saved["track"]["lanczos_steps"]
+    (parts / results.CONFIG).write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="differs in track.lanczos_tol"):
+        run(compose_train(STOPPED + ["track.lanczos_tol=0.02"]), parts)
     run(compose_train(STOPPED), parts)
     assert (parts / results.METRICS).read_bytes() == (whole / results.METRICS).read_bytes()
 

@@ -50,7 +50,8 @@ class NtklabLocalLauncher(LocalLauncher):
         for overrides in job_overrides:     # the largest job sets the limit
             try:
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                need = max(need, resources.run_bytes(cfg))
+                # seeds=M trains M nets in one process
+                need = max(need, int(cfg.get("seeds", 1) or 1) * resources.run_bytes(cfg))
             except Exception:               # not a training config (spectrum, phase) or not composable here
                 pass
         return resources.default_parallelism(need, self.params.get("cpus_per_task"))

@@ -108,7 +108,7 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
     if problem is not None:
         raise ConfigError("model", f"has no analytic kernels: {problem}")
     device = resolve_device(cfg.device)
-    results.check_same_config(run_dir, config, _NOT_COMPARED)
+    results.check_same_config(run_dir, config, _NOT_COMPARED, schema=RegressConfig)
 
     grid = BlockGrid(data.n_train, data.n_test, int(cfg.block_size))
     done = compute_blocks(spec or arch, data, grid, blocks_dir, device=device, dtype=getattr(torch, cfg.dtype),

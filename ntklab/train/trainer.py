@@ -7,7 +7,9 @@
                                                                             unless optim.batch_size)
 
 (with heavy-ball momentum when optim.momentum > 0), measuring the tracked quantities at the log
-steps (:mod:`ntklab.train.tracking`). A checkpoint holds θ_s, the optimizer and RNG states and
+steps (:mod:`ntklab.train.tracking`). The run diverges at the first step s whose L(θ_s) is not
+finite or above optim.divergence_factor × L(θ_0); the losses are read back from the device every
+optim.divergence_check_every steps only, and that step is recovered exactly (:class:`_StepLoop`). A checkpoint holds θ_s, the optimizer and RNG states and
 the metrics file's length after step s's record, so a run stopped anywhere and started again in
 the same directory continues exactly where the checkpoint left it: the resumed run's metrics
 equal an uninterrupted run's, byte for byte, on the same device.
@@ -15,13 +17,14 @@ equal an uninterrupted run's, byte for byte, on the same device.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional
+from typing import Dict, FrozenSet, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from ntklab import results
-from ntklab.config import build_arch, validate, wants_images
+from ntklab.config import TrainConfig, build_arch, validate, wants_images
 from ntklab.data import Dataset, load_dataset
 from ntklab.dynamics import mse_loss
 from ntklab.errors import ConfigError
@@ -47,9 +50,13 @@ log = logging.getLogger(__name__)
 # Tracked quantities that compare the network with its infinite-width limit: left out (with the
 # reason in the summary) for a net whose layers have no analytic kernel rule.
 LIMIT_QUANTITIES = ("kernel_to_limit", "pred_gap_analytic")
+# The fields of ReferenceKernels that depend on the data and the architecture only (not on θ_0).
+ANALYTIC_FIELDS = ("analytic_train", "analytic_test", "analytic_nngp_probe", "test_row_analytic")
 
 # Config fields that do not change what a run computes, so a resumed run may differ in them.
-_NOT_COMPARED = ("stop_after", "track.progress", "track.plots", "track.save_kernels", "track.checkpoint_every")
+# (``seeds`` is always 1 in a config.yaml: a group of seeds writes one per seed, as separate runs would.)
+_NOT_COMPARED = ("stop_after", "track.progress", "track.plots", "track.save_kernels", "track.checkpoint_every",
+                 "optim.divergence_check_every", "seeds")
 
 
 def log_schedule(steps: int, count: int) -> List[int]:
@@ -137,6 +144,9 @@ class _Clock:
 def run(cfg, run_dir: Path) -> Dict:
     """Train as ``cfg`` says, writing into ``run_dir``; returns the summary (also in summary.json).
 
+    With ``seeds`` = M > 1 the M nets of seeds seed … seed+M−1 are trained at once, each into
+    ``run_dir/seed_<s>`` as a separate run with seed=<s> would be (:func:`ntklab.train.ensemble.run_seeds`).
+
     A run directory whose summary says ok or diverged is finished: its summary is returned as is.
     The directory is locked for the call: while another process runs in it, this raises
     :class:`ntklab.results.RunDirBusy` (naming that process) before reading or writing anything.
@@ -149,6 +159,9 @@ def run(cfg, run_dir: Path) -> Dict:
     with results.locked(run_dir):      # one process per run directory (RunDirBusy otherwise)
         for leftover in results.remove_leftovers(run_dir):
             log.warning("removed %s, left by an interrupted write", leftover)
+        if cfg.get("seeds", 1) != 1:
+            from ntklab.train.ensemble import run_seeds
+            return run_seeds(cfg, run_dir)
         return _run_locked(cfg, run_dir)
 
 
@@ -166,22 +179,17 @@ def _read_summary(run_dir: Path) -> Optional[Dict]:
 def _run_locked(cfg, run_dir: Path) -> Dict:
     try:
         validate(cfg)
+        if (run_dir / results.SEEDS).exists():
+            raise ConfigError("seeds", f"{run_dir} holds seeds trained at once (its {results.SEEDS}); run it with "
+                              "the same seed and seeds, or choose a new run directory")
         config = OmegaConf.to_container(cfg, resolve=True)
         finished = _read_summary(run_dir)
         if finished is not None and finished.get("status") in results.FINISHED:
-            results.check_same_config(run_dir, config, _NOT_COMPARED)
+            results.check_same_config(run_dir, config, _NOT_COMPARED, schema=TrainConfig)
             log.info("%s already holds a finished run (status %s); nothing to do", run_dir, finished["status"])
             return finished
-        device = resolve_device(cfg.device)
-        dtype = getattr(torch, cfg.dtype)
-        data = load_data(cfg.data, images=wants_images(cfg.model))
-        arch, spec = build_arch(cfg.model, data.x_train.shape[1:], data.out_dim)
-        no_limit = limit_problem(spec or arch, data.x_train.shape[1:])
-        if no_limit is not None and cfg.optim.lr_unit == "eta_max":
-            raise ConfigError("optim.lr_unit", f"eta_max is 2Nk/λ_max of the analytic NTK, which this model has not "
-                              f"({no_limit}); use eta_max_empirical or absolute")
-        _check_memory(cfg, device, data)
-        results.check_same_config(run_dir, config, _NOT_COMPARED)
+        device, dtype, data, arch, spec, no_limit = _prepare(cfg)
+        results.check_same_config(run_dir, config, _NOT_COMPARED, schema=TrainConfig)
     except ConfigError as err:
         _record_refusal(run_dir, cfg, err)
         raise
@@ -196,30 +204,56 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
             return {"status": results.STOPPED, "step": state.step}
         return _summarize(state)
     except Exception as err:
-        summary = {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
-                   "traceback": traceback.format_exc(), **results.environment(device, cfg.dtype), "config": config}
-        try:
-            results.write_json(run_dir / results.SUMMARY, summary)
-        except OSError as write_err:    # no room even for the summary (a full disk): the error says enough
-            log.error("the failed run's summary could not be written either: %s", write_err)
+        _record_failure(run_dir, err, device, cfg, config)
         raise
 
 
-def _check_memory(cfg, device: torch.device, data: Dataset) -> None:
-    """Refuse a run its device cannot hold, before allocating anything (:mod:`ntklab.resources`)."""
+def _prepare(cfg, members: int = 1):
+    """What a validated config trains on: (device, dtype, data set, architecture, ArchSpec or None,
+    why the model has no analytic kernels or None). Raises ConfigError for a config that cannot
+    run: eta_max without an analytic NTK, or ``members`` such runs (seeds at once) that the device
+    cannot hold."""
+    device = resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    data = load_data(cfg.data, images=wants_images(cfg.model))
+    arch, spec = build_arch(cfg.model, data.x_train.shape[1:], data.out_dim)
+    no_limit = limit_problem(spec or arch, data.x_train.shape[1:])
+    if no_limit is not None and cfg.optim.lr_unit == "eta_max":
+        raise ConfigError("optim.lr_unit", f"eta_max is 2Nk/λ_max of the analytic NTK, which this model has not "
+                          f"({no_limit}); use eta_max_empirical or absolute")
+    _check_memory(cfg, device, data, members)
+    return device, dtype, data, arch, spec, no_limit
+
+
+def _record_failure(run_dir: Path, err: Exception, device: torch.device, cfg, config: Dict) -> None:
+    """summary.json with status failed, the error and its traceback (called while handling ``err``)."""
+    summary = {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
+               "traceback": traceback.format_exc(), **results.environment(device, cfg.dtype), "config": config}
+    try:
+        results.write_json(run_dir / results.SUMMARY, summary)
+    except OSError as write_err:    # no room even for the summary (a full disk): the error says enough
+        log.error("the failed run's summary could not be written either: %s", write_err)
+
+
+def _check_memory(cfg, device: torch.device, data: Dataset, members: int = 1) -> None:
+    """Refuse a run (``members`` runs of it at once) its device cannot hold, before allocating
+    anything (:mod:`ntklab.resources`)."""
     from ntklab import resources
 
-    need, have = resources.run_bytes(cfg, data.x_train.shape[1:], data.out_dim), resources.available_bytes(device)
+    need = members * resources.run_bytes(cfg, data.x_train.shape[1:], data.out_dim)
+    have = resources.available_bytes(device)
     if need > have:
-        raise ConfigError("model.width", f"this run needs at least {resources.gigabytes(need)} of memory but {device} "
+        many = f"{members} seeds at once need" if members > 1 else "this run needs"
+        raise ConfigError("model.width", f"{many} at least {resources.gigabytes(need)} of memory but {device} "
                           f"has {resources.gigabytes(have)} available; use a smaller width, depth or data set, or "
                           "a device with more memory")
 
 
 def _record_refusal(run_dir: Path, cfg, err: ConfigError) -> None:
     """A refused config leaves a failed summary.json saying why (a sweep's job directory is then
-    never empty), unless the directory holds another run's files (config.yaml), which stay as they are."""
-    if (run_dir / results.CONFIG).exists():
+    never empty), unless the directory holds another run's files (config.yaml) or seeds trained at
+    once (seeds.json), which stay as they are."""
+    if (run_dir / results.CONFIG).exists() or (run_dir / results.SEEDS).exists():
         return
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -311,10 +345,13 @@ class _RunState:
 
 
 def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch.dtype, data: Dataset,
-            arch: Layer, spec: Optional[ArchSpec], no_limit: Optional[str], clock: _Clock) -> _RunState:
+            arch: Layer, spec: Optional[ArchSpec], no_limit: Optional[str], clock: _Clock,
+            analytic_from: Optional[ReferenceKernels] = None) -> _RunState:
     """The network at θ_0, its reference kernels and predictions, the learning rate and the optimizer
     (the time spent is charged to setup). ``spec`` is the MLP's (None for other nets); ``no_limit``
-    says why the net has no analytic kernels (None when it has them)."""
+    says why the net has no analytic kernels (None when it has them). ``analytic_from``: another
+    run's reference kernels on the same data and architecture, whose analytic kernels (functions of
+    those alone) are taken rather than computed again."""
     optim, track = cfg.optim, cfg.track
     schedule = log_schedule(int(optim.steps), track.log_steps)
     data = data.to(device, dtype)
@@ -339,10 +376,14 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
         log.warning("model.alpha=%g in float32: parameter steps shrink like 1/alpha and fall below float32's "
                     "rounding of the weights at large alpha; use dtype=float64 for lazy-scale sweeps", cfg.model.alpha)
     outputs = NetworkOutputs(model, data, cfg.model.alpha)
+    analytic = optim.lr_unit == "eta_max" or bool({"kernel_to_limit", "pred_gap_analytic"} & set(quantities))
+    shared = analytic and analytic_from is not None and analytic_from.analytic_train is not None
     reference = reference_kernels(
         model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit, outputs=outputs,
-        analytic=optim.lr_unit == "eta_max" or bool({"kernel_to_limit", "pred_gap_analytic"} & set(quantities)),
-        empirical=optim.lr_unit == "eta_max_empirical" or "pred_gap_linear" in quantities)
+        analytic=analytic and not shared, empirical=optim.lr_unit == "eta_max_empirical" or "pred_gap_linear" in quantities)
+    if shared:
+        for name in ANALYTIC_FIELDS:
+            setattr(reference, name, getattr(analytic_from, name))
     lr = learning_rate(optim, model, reference)
     eta_max = {kind: reference.eta_max(unit) for kind, unit, kernel in (
         ("analytic", "eta_max", reference.analytic_train), ("empirical", "eta_max_empirical", reference.empirical_train))
@@ -400,56 +441,235 @@ def _resume(state: _RunState) -> None:
 
 
 def _loop(state: _RunState) -> None:
-    """Gradient steps until optim.steps, recording at the log steps and checkpointing every
-    track.checkpoint_every steps. Ends early with status diverged (the loss is not finite or above
-    divergence_factor × its initial value) or stopped (stop_after steps in this invocation, after a
-    checkpoint). Closes metrics.jsonl whatever happens."""
-    cfg, data = state.cfg, state.data
-    optim, track = cfg.optim, cfg.track
-    # disable=None: a bar on a terminal; in a batch job's log the log steps are logged instead.
-    state.progress = tqdm(total=state.steps, initial=state.step, desc="train", unit="step",
-                          disable=None if track.progress else True, dynamic_ncols=True, mininterval=0.5)
-    try:
-        if state.step == 0 and state.metrics_bytes == 0:
-            state.record(0)
-        started_at = state.step
-        while state.step < state.steps:
-            if cfg.stop_after is not None and state.step - started_at >= cfg.stop_after:
-                state.checkpoint()
-                state.progress.close()
-                state.status = results.STOPPED
-                log.info("stopped after %d steps at step %d (stop_after); run again to resume", cfg.stop_after,
-                         state.step)
-                return
-            rows = _batch_rows(data, optim.batch_size, state.batches)
-            x, y = (data.x_train, data.y_train) if rows is None else (data.x_train[rows], data.y_train[rows])
-            loss = mse_loss(state.outputs(state.model, x, "train", rows), y)
-            loss_value = loss.item()
-            if state.loss_peak is not None and loss_value > state.loss_peak:
-                state.loss_peak = loss_value
-            if not math.isfinite(loss_value) or loss_value > optim.divergence_factor * state.loss_0:
-                state.diverge(loss_value, f"loss {loss_value:.3g} (initial {state.loss_0:.3g})")
+    """Gradient steps until optim.steps (:class:`_StepLoop` with this run's own module and optimizer)."""
+    _StepLoop(_ModuleStepper(state)).run()
+
+
+class _Overflow(Exception):
+    """The learning rate of the members ``indices`` does not fit the network's dtype (optim.lr=1e308
+    in float32): their step would be infinite."""
+
+    def __init__(self, indices: Sequence[int]):
+        super().__init__(f"learning rate overflow of members {list(indices)}")
+        self.indices = list(indices)
+
+
+class _ModuleStepper:
+    """The gradient step of one run: its module, its ``torch.optim.SGD`` (what :class:`_StepLoop` drives).
+
+    The interface :class:`_StepLoop` needs, shared with :class:`ntklab.train.ensemble.StackedStepper`
+    (M members at once; here M = 1): ``states`` (the members still training), :meth:`loss`,
+    :meth:`update`, :meth:`save`/:meth:`restore` (everything a step changes), :meth:`publish` (bring
+    the members' own modules and optimizers up to date, before they are measured or checkpointed) and
+    :meth:`drop` (members that diverged stop training).
+    """
+
+    def __init__(self, state: _RunState):
+        self.states = [state]
+        self.batch_size = state.cfg.optim.batch_size     # read once: a config lookup costs ~20 µs a step
+
+    def loss(self) -> torch.Tensor:
+        """L_B(θ_s) on this step's batch (drawing the mini-batch): a scalar on the run's device."""
+        state = self.states[0]
+        data = state.data
+        rows = _batch_rows(data, self.batch_size, state.batches)
+        x, y = (data.x_train, data.y_train) if rows is None else (data.x_train[rows], data.y_train[rows])
+        return mse_loss(state.outputs(state.model, x, "train", rows), y)
+
+    def update(self, loss: torch.Tensor) -> None:
+        """θ ← θ − η ∇(s·L) (with momentum when configured; s = outputs.loss_scale); raises
+        :class:`_Overflow` when η does not fit the dtype (nothing is then changed but the gradients)."""
+        state = self.states[0]
+        state.optimizer.zero_grad(set_to_none=True)
+        (loss * state.outputs.loss_scale).backward()
+        try:
+            state.optimizer.step()
+        except RuntimeError as err:
+            if "overflow" not in str(err):
+                raise
+            raise _Overflow([0]) from None
+
+    def save(self) -> Dict:
+        """A copy of what a step changes: θ, the optimizer's state, the mini-batch generator."""
+        state = self.states[0]
+        return {"model": {k: v.detach().clone() for k, v in state.model.state_dict().items()},
+                "optimizer": copy.deepcopy(state.optimizer.state_dict()), "batches": state.batches.get_state()}
+
+    def restore(self, saved: Dict) -> None:
+        state = self.states[0]
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(copy.deepcopy(saved["optimizer"]))   # loaded tensors become the state
+        state.batches.set_state(saved["batches"])
+
+    def publish(self) -> None:
+        """Nothing to do: the run's module is what is trained."""
+
+    def drop(self, indices: Sequence[int]) -> None:
+        self.states = [s for i, s in enumerate(self.states) if i not in set(indices)]
+
+
+class _LossWindow:
+    """The losses of the steps since the last check, kept on the device: row j holds the M members'
+    L(θ_{start+j}) in the network's dtype (the numbers ``loss.item()`` would give, exactly).
+    ``saved`` is :meth:`save` of the stepper at step ``start`` (None when checking every step)."""
+
+    def __init__(self, start: int, saved: Optional[Dict], size: int):
+        self.start, self.saved, self.size, self.n = start, saved, size, 0
+        self._losses: Optional[torch.Tensor] = None
+
+    def push(self, loss: torch.Tensor) -> None:
+        """Append this step's losses (a scalar or (M,)): one copy on the device, no host sync."""
+        loss = loss.detach().reshape(-1)
+        if self._losses is None:
+            self._losses = torch.empty(self.size, loss.shape[0], dtype=loss.dtype, device=loss.device)
+        self._losses[self.n].copy_(loss)
+        self.n += 1
+
+    def read(self) -> List[List[float]]:
+        """The losses so far as Python floats, (n, M): the one read back to the host."""
+        return [] if self._losses is None else self._losses[: self.n].tolist()
+
+
+class _StepLoop:
+    """Gradient steps until optim.steps for the members of a stepper (one run, or seeds at once),
+    recording at the log steps and checkpointing every track.checkpoint_every steps. A member ends
+    early with status diverged (its loss is not finite or above divergence_factor × its initial
+    value; the others go on); all end with status stopped after stop_after steps in this invocation
+    (after a checkpoint). Closes every metrics.jsonl whatever happens.
+
+    The divergence check reads the losses back to the host every k = optim.divergence_check_every
+    steps only (each read a GPU sync), and at every log step, checkpoint, stop and the end. In
+    between they stay on the device (:class:`_LossWindow`) together with a copy of the state at the
+    window's first step. When a read finds member i's loss of step s = start + j diverged (the first
+    such j), the state is restored to the window's start and its j good steps redone (the same
+    operations, so the same bits), which leaves every member at θ_s exactly as a check at every step
+    would: member i gets the diverged line of step s, and the others continue from step s. The
+    largest loss (``loss_peak``) is taken over the same steps as with a check every step. k = 1
+    checks each loss before its update, as the loop always did, and keeps no copy.
+    """
+
+    def __init__(self, stepper):
+        self.stepper = stepper
+        self.members = list(stepper.states)            # every member, diverged or not
+        first = self.members[0]
+        self.cfg, self.clock = first.cfg, first.clock
+        self.steps, self.log_steps, self.step = first.steps, first.log_steps, first.step
+        # the config's values the loop reads every step, as plain numbers (an omegaconf lookup costs
+        # ~20 µs, which adds up to a visible share of a GPU step)
+        self.every = int(self.cfg.optim.get("divergence_check_every", 1))
+        self.factor = float(self.cfg.optim.divergence_factor)
+        self.stop_after = None if self.cfg.stop_after is None else int(self.cfg.stop_after)
+        self.checkpoint_every = int(self.cfg.track.checkpoint_every)
+        self.window: Optional[_LossWindow] = None
+        # disable=None: a bar on a terminal; in a batch job's log the log steps are logged instead.
+        self.progress = tqdm(total=self.steps, initial=self.step, desc="train", unit="step",
+                             disable=None if self.cfg.track.progress else True, dynamic_ncols=True, mininterval=0.5)
+        for state in self.members:
+            state.progress = self.progress
+
+    @property
+    def states(self) -> List[_RunState]:
+        return self.stepper.states
+
+    def run(self) -> None:
+        stop_after, checkpoint_every = self.stop_after, self.checkpoint_every
+        try:
+            for state in self.states:
+                if state.step == 0 and state.metrics_bytes == 0:
+                    state.record(0)
+            started = self.step
+            while self.states and self.step < self.steps:
+                if stop_after is not None and self.step - started >= stop_after:
+                    if self._settle(updated=True):
+                        continue
+                    self.stepper.publish()
+                    for state in self.states:
+                        state.checkpoint()
+                        state.status = results.STOPPED
+                    self.progress.close()
+                    log.info("stopped after %d steps at step %d (stop_after); run again to resume", stop_after,
+                             self.step)
+                    return
+                if self.window is None:
+                    self.window = _LossWindow(self.step, self.stepper.save() if self.every > 1 else None, self.every)
+                loss = self.stepper.loss()
+                self.window.push(loss)
+                if self.every == 1 and self._settle(updated=False):
+                    continue
+                try:
+                    self.stepper.update(loss)
+                except _Overflow as err:
+                    if self._settle(updated=False):      # a loss of the window (this step's too) came first
+                        continue
+                    # η itself does not fit the network's dtype (optim.lr=1e308): the step is infinite
+                    self._diverge(err.indices, [math.inf] * len(err.indices),
+                                  lambda state, _: f"the learning rate {state.lr:.3g} overflows {state.cfg.dtype}")
+                    continue
+                self._advance(self.step + 1)
+                log_now = self.step in self.log_steps
+                checkpoint_now = bool(checkpoint_every) and self.step % checkpoint_every == 0 and self.step < self.steps
+                stop_next = stop_after is not None and self.step - started >= stop_after
+                if self.every == 1:
+                    self.window = None
+                elif (self.window.n >= self.every or log_now or checkpoint_now or stop_next
+                      or self.step == self.steps) and self._settle(updated=True):
+                    continue
+                if log_now or checkpoint_now:
+                    self.stepper.publish()
+                for state in self.states:
+                    if log_now:
+                        state.record(self.step)
+                    if checkpoint_now:
+                        state.checkpoint()
+            self.stepper.publish()
+            self.clock.lap("steps")
+        finally:
+            self.progress.close()
+            for state in self.members:
+                state.writer.close()
+
+    def _advance(self, step: int) -> None:
+        self.progress.update(step - self.step)
+        self.step = step
+        for state in self.states:
+            state.step = step
+
+    def _settle(self, updated: bool) -> bool:
+        """Read the window's losses and check them in step order; True when a member diverged (it is
+        then ended, and the others are at its step). ``updated``: whether the window's last step has
+        been taken (False: the members are still at the step of its last loss)."""
+        window, self.window = self.window, None
+        if window is None:
+            return False
+        rows = window.read()
+        factor = self.factor
+        for j, row in enumerate(rows):
+            bad = []
+            for i, (state, value) in enumerate(zip(self.states, row)):
+                if state.loss_peak is not None and value > state.loss_peak:
+                    state.loss_peak = value
+                if not math.isfinite(value) or value > factor * state.loss_0:
+                    bad.append(i)
+            if bad:
                 break
-            state.optimizer.zero_grad(set_to_none=True)
-            (loss * state.outputs.loss_scale).backward()
-            try:
-                state.optimizer.step()
-            except RuntimeError as err:
-                if "overflow" not in str(err):
-                    raise
-                # η itself does not fit the network's dtype (optim.lr=1e308): the step is infinite
-                state.diverge(math.inf, f"the learning rate {state.lr:.3g} overflows {cfg.dtype}")
-                break
-            state.step += 1
-            state.progress.update(1)
-            if state.step in state.log_steps:
-                state.record(state.step)
-            if track.checkpoint_every and state.step % track.checkpoint_every == 0 and state.step < state.steps:
-                state.checkpoint()
-        state.clock.lap("steps")
-    finally:
-        state.progress.close()
-        state.writer.close()
+        else:
+            return False
+        if updated or j < window.n - 1:         # back to θ at the window's start, then j good steps again
+            self.stepper.restore(window.saved)
+            for _ in range(j):
+                self.stepper.update(self.stepper.loss())
+        self._advance(window.start + j)
+        self._diverge(bad, [row[i] for i in bad],
+                      lambda state, loss: f"loss {loss:.3g} (initial {state.loss_0:.3g})")
+        return True
+
+    def _diverge(self, indices: Sequence[int], losses: Sequence[float], why) -> None:
+        """End the members ``indices`` (of :attr:`states`) as diverged at the current step."""
+        self.stepper.publish()
+        for i, loss in zip(indices, losses):
+            state = self.states[i]
+            state.diverge(loss, why(state, loss))
+        self.stepper.drop(indices)
 
 
 def _summarize(state: _RunState) -> Dict:
