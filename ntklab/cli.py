@@ -88,8 +88,16 @@ def _phase(cfg) -> Optional[Dict]:
     return _run_app(cfg, "phase", "ntklab.commands.phase:run")
 
 
+def _chaos(cfg) -> Optional[Dict]:
+    return _run_app(cfg, "chaos", "ntklab.commands.chaos:run")
+
+
 def _regress(cfg) -> Optional[Dict]:
     return _run_app(cfg, "regress", "ntklab.commands.regress:run")
+
+
+def _gan(cfg) -> Optional[Dict]:
+    return _run_app(cfg, "gan", "ntklab.commands.gan:run")
 
 
 def _collect(args: List[str]) -> int:
@@ -106,8 +114,12 @@ COMMANDS: Dict[str, Tuple[str, Callable, Optional[str]]] = {
                  "spectrum"),
     "phase": ("freeze and chaos: chi_1 phase diagram, normalised NTK and condition number against depth", _phase,
               "phase"),
+    "chaos": ("freeze and chaos in finite nets: normalised NTK, condition number, steps to loss vs depth, "
+              "with/without layer_norm, batch_norm", _chaos, "chaos"),
     "regress": ("kernel regression with a model's analytic NNGP and NTK (the CNTK for CNNs) on train/test data",
                 _regress, "regress"),
+    "gan": ("a GAN whose generator is frozen, chaotic or normalised: mode collapse, checkerboards, its NTK over "
+            "latents", _gan, "gan"),
     "collect": ("gather run directories (a multirun sweep) into one table: PATH/results.csv", _collect, None),
 }
 

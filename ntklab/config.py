@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import II, MISSING
 
-from ntklab.errors import ConfigError, check_choice, check_seed
+from ntklab.errors import MAX_SEED, ConfigError, check_choice, check_seed
 from ntklab.quantities import DEFAULT, OPTIONAL
 from ntklab.spec import ArchSpec
 
@@ -126,6 +126,9 @@ class OptimConfig:
     batch_size: Optional[int] = None    # None: full batch
     momentum: float = 0.0
     divergence_factor: float = 1e6      # diverged when the loss exceeds this × its initial value
+    # steps between reads of the losses back to the host (each a GPU sync): the losses stay on the
+    # device in between, and the exact step of a divergence is recovered from them (1: every step)
+    divergence_check_every: int = 16
 
 
 @dataclass
@@ -161,6 +164,9 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"              # of the network; kernels and predictions are float64
     seed: int = 0                       # the network's initialisation
+    # train the nets of seeds seed, seed+1, ..., seed+seeds-1 at once (torch.func.vmap), each into
+    # its own run directory RUN_DIR/seed_<s>, as separate runs with seed=<s> would (1: one run in RUN_DIR)
+    seeds: int = 1
     stop_after: Optional[int] = None    # end this invocation after this many steps (resumable)
 
 
@@ -198,6 +204,8 @@ def register_configs() -> None:
         store.store(group="model", name=f"{name}_schema", node=schema)
     store.store(name="spectrum_schema", node=SpectrumConfig)
     store.store(name="phase_schema", node=PhaseConfig)
+    store.store(name="chaos_schema", node=ChaosConfig)
+    store.store(name="gan_schema", node=GanConfig)
     store.store(name="regress_schema", node=RegressConfig)
     # hydra/launcher=local (configs/hydra/launcher/local.yaml) is ntklab's own launcher plugin.
     # Hydra finds plugins by scanning the hydra_plugins namespace, which an editable install's
@@ -317,6 +325,9 @@ def validate(cfg) -> None:
     check_choice("device", cfg.device, DEVICES)
     check_choice("dtype", cfg.dtype, DTYPES)
     check_seed("seed", cfg.seed)
+    _at_least("seeds", cfg.seeds, 1)
+    if cfg.seeds > 1 and cfg.seed + cfg.seeds - 1 > MAX_SEED:     # every seed of the group follows the one rule
+        raise ConfigError("seeds", f"seed + seeds - 1 must be at most 2**62 - 1, got {cfg.seed} + {cfg.seeds} - 1")
     optim, track = cfg.optim, cfg.track
     _at_least("optim.steps", optim.steps, 1)
     if not (math.isfinite(optim.lr) and optim.lr > 0):
@@ -330,6 +341,7 @@ def validate(cfg) -> None:
         raise ConfigError("optim.momentum", f"must be in [0, 1), got {optim.momentum!r}")
     if not optim.divergence_factor > 1:
         raise ConfigError("optim.divergence_factor", f"must be > 1, got {optim.divergence_factor!r}")
+    _at_least("optim.divergence_check_every", optim.divergence_check_every, 1)
     for name in track.quantities:
         check_choice("track.quantities", name, QUANTITIES)
     _at_least("track.probe_size", track.probe_size, 1)
@@ -402,5 +414,127 @@ class PhaseConfig:
     n_inputs: int = 8                   # inputs of the condition number (the pair + random points)
     dim: int = 10                       # their dimension n_0
     seed: int = 0                       # of the random inputs
+    plots: bool = True
+    plot_formats: List[str] = field(default_factory=lambda: ["png"])    # any of png, pdf, svg
+
+
+# ----------------------------------------------------------------------------- chaos
+# Values validated by ntklab.commands.chaos.validate.
+
+@dataclass
+class ChaosTrainConfig:
+    """``train``: full-batch gradient descent to a fixed loss on the probe inputs (``python -m ntklab chaos``)."""
+
+    archs: List[str] = field(default_factory=lambda: ["mlp"])   # which archs are trained (all get the prediction)
+    seeds: int = 2                      # the first this many of the seeds are trained
+    max_steps: int = 200                # "not reached" beyond
+    loss_fraction: float = 0.01         # the target: L_t <= loss_fraction * L_0
+    lr_fraction: float = 0.5            # η = lr_fraction * η_max, η_max = 2N/λ_max of the net's NTK at init
+
+
+@dataclass
+class ChaosConfig:
+    """The composed config of ``python -m ntklab chaos``: freeze and chaos of finite nets against depth."""
+
+    activation: str = "erf"
+    sigma_w2: float = 2.5
+    sigma_b2: List[float] = field(default_factory=lambda: [0.05, 0.5, 2.0])
+    archs: List[str] = field(default_factory=lambda: ["mlp", "cnn"])
+    norms: List[str] = field(default_factory=lambda: ["none", "layer_norm", "batch_norm"])
+    norm_position: str = "pre"          # pre: dense/conv, norm, φ;  post: dense/conv, φ, norm
+    depths: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 50])
+    width: int = 256                    # MLP hidden units
+    cnn_channels: int = 32              # CNN channels
+    image_size: int = 6                 # CNN inputs (1, image_size, image_size)
+    kernel_size: int = 3
+    dim: int = 16                       # MLP inputs
+    correlations: List[float] = field(default_factory=lambda: [0.9, 0.5, 0.0, -0.5])
+    n_random: int = 7                   # random probe inputs beside the anchor and its partners
+    seeds: int = 3                      # nets per setting: seed .. seed + seeds - 1
+    seed: int = 0
+    data_seed: int = 0                  # probe inputs and regression targets
+    dtype: str = "float64"
+    memory_budget_gb: float = 2.0       # working memory of an empirical NTK (batch_norm: the whole-batch Jacobian)
+    train: ChaosTrainConfig = field(default_factory=ChaosTrainConfig)
+    progress: bool = True
+    plots: bool = True
+    plot_correlation: float = 0.5       # the pair drawn in the normalised-NTK figure
+    plot_formats: List[str] = field(default_factory=lambda: ["png"])    # any of png, pdf, svg
+
+
+# ----------------------------------------------------------------------------- gan
+# Values validated by ntklab.commands.gan.validate.
+
+@dataclass
+class GanRegime:
+    """A generator setting: every affine layer at the phase-diagram point (σ_w², σ_b²), the
+    activation, and a normalisation after each hidden affine layer (none | layer_norm | batch_norm)."""
+
+    activation: str = "erf"
+    sigma_w2: float = 1.0
+    sigma_b2: float = 2.0
+    norm: str = "none"
+
+
+def _gan_regimes() -> Dict[str, GanRegime]:
+    return {"frozen": GanRegime("erf", 1.0, 2.0, "none"), "chaotic": GanRegime("erf", 3.5, 0.05, "none"),
+            "layer_norm": GanRegime("erf", 1.0, 2.0, "layer_norm"),
+            "batch_norm": GanRegime("erf", 1.0, 2.0, "batch_norm")}
+
+
+@dataclass
+class GanRingConfig:
+    """``dataset=ring``: the 2-D mixture and the MLP generator and critic trained on it."""
+
+    n_modes: int = 8
+    radius: float = 2.0
+    std: float = 0.05
+    latent_dim: int = 16
+    g_width: int = 128
+    g_depth: int = 8                    # hidden blocks dense → [norm] → φ
+    d_width: int = 128
+    d_depth: int = 2
+    batch_size: int = 256
+
+
+@dataclass
+class GanImageConfig:
+    """``dataset=digits`` or ``mnist``: real images and the deconvolution generator (ntklab.gan.image_generator)."""
+
+    n_train: int = 1500                 # GAN training images (and the coverage classifier's)
+    n_test: int = 200                   # held out: the coverage classifier's accuracy
+    image_size: int = 16                # resized (bilinear) to image_size × image_size
+    upsamplings: int = 2                # stride-2 transposed convolutions
+    kernel_size: int = 3
+    root: Optional[str] = None          # mnist's files (ntklab.data.readers)
+    latent_dim: int = 32
+    g_width: int = 32                   # channels
+    g_depth: int = 3                    # stride-1 blocks at the lowest resolution
+    d_width: int = 256
+    d_depth: int = 2
+    batch_size: int = 64
+
+
+@dataclass
+class GanConfig:
+    """The composed config of ``python -m ntklab gan``: one GAN run, one generator (regime), one seed."""
+
+    dataset: str = "ring"               # ring | digits | mnist
+    generator: str = "frozen"           # a key of generators
+    generators: Dict[str, GanRegime] = field(default_factory=_gan_regimes)
+    seed: int = 0
+    steps: int = 3000
+    lr_g: float = 1e-3                  # Adam
+    lr_d: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    parametrization: str = "standard"   # standard | ntk, of G and D (Adam moves standard-parametrized nets faster)
+    log_every: int = 500                # metrics and the generator's NTK every this many steps (and at 0 and the end)
+    n_eval: int = 2000                  # generated samples per evaluation
+    ntk_latents: int = 16               # latent vectors of the normalised NTK
+    pixel_latents: int = 8              # latent vectors of the pixel variance maps (images)
+    cover_share: float = 0.02           # a mode (class) is covered with at least this share of the samples
+    ring: GanRingConfig = field(default_factory=GanRingConfig)
+    images: GanImageConfig = field(default_factory=GanImageConfig)
+    progress: bool = True
     plots: bool = True
     plot_formats: List[str] = field(default_factory=lambda: ["png"])    # any of png, pdf, svg

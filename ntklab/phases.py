@@ -270,6 +270,61 @@ def critical_line(activation: ActivationLike, sigma_b2, sigma_w2_grid, chi_1_gri
     return torch.where(found, (lo + hi) / 2.0, torch.full_like(lo, math.nan))
 
 
+def condition_number(kernel: Tensor) -> float:
+    """λ_max/λ_min of a symmetric (N, N) kernel; inf once λ_min ≤ N·eps·λ_max, where rounding of the
+    entries decides it (:func:`depth_profile` uses it)."""
+    eigenvalues = torch.linalg.eigvalsh(kernel.to(torch.float64))
+    if not eigenvalues[0] > kernel.shape[0] * _EPS * eigenvalues[-1]:
+        return math.inf
+    return (eigenvalues[-1] / eigenvalues[0]).item()
+
+
+
+
+def critical_sigma_b2(activation: str, sigma_w2: float, upper: float = 100.0, steps: int = 60) -> Optional[float]:
+    """σ_b² with χ_1 = 1 at this σ_w² (bisection on [0, upper] of :func:`mean_field`'s χ_1,
+    which a bias variance lowers for saturating φ); None when χ_1 − 1 has one sign on the interval or is 0
+    on all of it (relu: χ_1 = σ_w²/2 whatever σ_b²)."""
+    chi = lambda b2: mean_field(activation, sigma_w2, b2).chi_1.item() - 1.0
+    lo, hi = 0.0, upper
+    f_lo, f_hi = chi(lo), chi(hi)
+    if f_lo == 0.0:
+        return None if f_hi == 0.0 else 0.0          # relu at σ_w² = 2: χ_1 = 1 for every σ_b², no one crossing
+    if f_lo * f_hi > 0 or not (math.isfinite(f_lo) and math.isfinite(f_hi)):
+        return None
+    for _ in range(steps):
+        mid = (lo + hi) / 2.0
+        if (chi(mid) > 0) == (f_lo > 0):
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
+
+
+
+
+def layer_norm_chi_1(activation: str, sigma_w2: float, sigma_b2: float, position: str = "pre") -> Optional[float]:
+    """χ_1 of the net with layer_norm in every block, in the limit: the slope at c = 1 of its correlation map.
+
+    pre  (dense, layer_norm, φ): layer_norm pins the activation's input variance to 1, so with
+         q_pre = σ_w² E[φ(z)²] + σ_b² (z ~ N(0, 1)) the map is c ↦ (σ_w² E[φ(u)φ(v)] + σ_b²)/q_pre and
+             χ_1 = σ_w² E[φ'(z)²] / (σ_w² E[φ(z)²] + σ_b²);
+    post (dense, φ, layer_norm): the activations are scaled to unit second moment, so the pre-activation
+         variance is q = σ_w² + σ_b² at every layer and, for an odd φ (zero channel mean),
+             χ_1 = σ_w² E[φ'(√q z)²] / E[φ(√q z)²];
+         None for other φ (layer_norm then also removes the channel mean E[φ], not computed here).
+    The moments are :func:`gaussian_moments`'."""
+    if position == "pre":
+        e_phi, e_dphi = gaussian_moments(activation, 1.0)
+        return (sigma_w2 * e_dphi / (sigma_w2 * e_phi + sigma_b2)).item()
+    from ntklab.layers import activation as activation_layer
+
+    if not activation_layer(activation).odd:
+        return None
+    e_phi, e_dphi = gaussian_moments(activation, sigma_w2 + sigma_b2)
+    return (sigma_w2 * e_dphi / e_phi).item()
+
+
 # ----------------------------------------------------------------------------- kernels against depth
 
 @dataclass(frozen=True)
@@ -306,10 +361,7 @@ def depth_profile(spec: ArchSpec, max_depth: int, *, correlation: float = 0.5, n
     for kernels in kernels_by_depth(spec, x, max_depth):
         for kernel, out in ((kernels.ntk, ntk), (kernels.nngp, nngp)):
             out.append((kernel[0, 1] / torch.sqrt(kernel[0, 0] * kernel[1, 1])).item())
-        eigenvalues = torch.linalg.eigvalsh(kernels.ntk)
-        # below N·eps·λ_max, λ_min is rounding noise of the kernel entries, not a property of the kernel
-        resolved = eigenvalues[0] > x.shape[0] * _EPS * eigenvalues[-1]
-        condition.append((eigenvalues[-1] / eigenvalues[0]).item() if resolved else math.inf)
+        condition.append(condition_number(kernels.ntk))
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)
     return DepthProfile(tuple(range(1, max_depth + 1)), as_tensor(ntk), as_tensor(nngp), as_tensor(condition))
 
@@ -355,6 +407,7 @@ def spec_from_variances(activation: ActivationLike, sigma_w2: float, sigma_b2: f
     return ArchSpec(activation=activation, sigma_w=math.sqrt(sigma_w2), sigma_b=math.sqrt(sigma_b2), **kwargs)
 
 
-__all__ = ["gaussian_moments", "MeanField", "mean_field", "chi_1", "correlation_map", "correlation_fixed_point",
+__all__ = ["gaussian_moments", "MeanField", "mean_field", "chi_1", "condition_number", "critical_sigma_b2",
+           "layer_norm_chi_1", "correlation_map", "correlation_fixed_point",
            "PhaseDiagram", "phase_diagram", "critical_line", "DepthProfile", "depth_profile", "kernels_by_depth",
            "sphere_pair_and_points", "spec_from_variances", "DIVERGED"]

@@ -2,6 +2,8 @@
 
     python -m ntklab spectrum   :mod:`ntklab.commands.spectrum`  kernels' eigenvalues by degree, depth sweep
     python -m ntklab phase      :mod:`ntklab.commands.phase`     freeze and chaos: χ_1 diagram, kernels against depth
+    python -m ntklab chaos      :mod:`ntklab.commands.chaos`     freeze and chaos of finite nets (norms) beside the limit
+    python -m ntklab gan        :mod:`ntklab.commands.gan`       a GAN with a frozen, chaotic or normalised generator
 
 ``run(cfg, run_dir)`` takes a composed config and a directory and returns the summary it writes
 there, so tests call it without a subprocess; ``validate(cfg)`` raises
