@@ -141,25 +141,37 @@ class Dense(_Parametrized):
         return _times_delta_gram(gram, d1, d2, full)
 
 
-class Conv(_Parametrized):
-    """2-D convolution (cross-correlation, as torch's conv2d): (N, C_in, H, W) → (N, C_out, H', W')."""
+class _Windowed(_Parametrized):
+    """A layer with a k_h × k_w filter of ``out_channels`` channels sliding with a stride (conv, conv_transpose):
+    the shared arguments, their checks and description, and the fan-in C_in·k_h·k_w of its scale."""
 
-    name = "conv"
+    parametrizations = ("ntk", "standard")
 
     def __init__(self, out_channels: int, kernel_size, stride=1, padding: str = "same", sigma_w: float = 1.0,
                  sigma_b: float = 0.0, bias: bool = True, parametrization: str = "ntk"):
-        self.out_channels = check_int(out_channels, "conv: out_channels (channels)")
-        self.kernel_size = check_pair(kernel_size, "conv: kernel_size")
-        self.stride = check_pair(stride, "conv: stride")
+        self.out_channels = check_int(out_channels, f"{self.name}: out_channels (channels)")
+        self.kernel_size = check_pair(kernel_size, f"{self.name}: kernel_size")
+        self.stride = check_pair(stride, f"{self.name}: stride")
         if padding not in PADDINGS:
-            raise ValueError(f"conv: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+            raise ValueError(f"{self.name}: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
         self.padding = padding
-        super().__init__(sigma_w, sigma_b, bias, parametrization, allowed=("ntk", "standard", "mup"))
+        super().__init__(sigma_w, sigma_b, bias, parametrization, allowed=self.parametrizations)
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
         stride = "" if self.stride == (1, 1) else f", stride={self.stride[0] if self.stride[0] == self.stride[1] else self.stride}"
-        return f"conv({self.out_channels}, {kh}x{kw}{stride}, {self.padding}, {self._extra()})"
+        return f"{self.name}({self.out_channels}, {kh}x{kw}{stride}, {self.padding}, {self._extra()})"
+
+    def scale(self, in_shape: Shape, out_shape: Shape, role: str) -> LayerScale:
+        kh, kw = self.kernel_size
+        return self._scale(in_shape[0] * kh * kw, self.out_channels, role)
+
+
+class Conv(_Windowed):
+    """2-D convolution (cross-correlation, as torch's conv2d): (N, C_in, H, W) → (N, C_out, H', W')."""
+
+    name = "conv"
+    parametrizations = ("ntk", "standard", "mup")
 
     def output_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 3:
@@ -175,10 +187,6 @@ class Conv(_Parametrized):
         except ValueError:
             raise ValueError(f"the {kh}x{kw} kernel is larger than the {h}x{w} input with padding 'valid'") from None
         return c, rows, cols
-
-    def scale(self, in_shape: Shape, out_shape: Shape, role: str) -> LayerScale:
-        kh, kw = self.kernel_size
-        return self._scale(in_shape[0] * kh * kw, self.out_channels, role)
 
     def weight_shape(self, node: Node) -> Tuple[int, ...]:
         return (self.out_channels, node.in_shape[0]) + self.kernel_size

@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ntklab.layers.core import PADDINGS, Node, Part, Shape, check_int, check_pair, window_sum
-from ntklab.layers.dense import _delta_gram, _Parametrized, _patches
-from ntklab.spec import LayerScale
+from ntklab.layers.core import Node, Part, Shape, window_sum
+from ntklab.layers.dense import _delta_gram, _patches, _Windowed
 
 
 def transpose_padding(size: int, window: int, stride: int, padding: str) -> Tuple[int, int, int]:
@@ -54,25 +53,10 @@ def transpose_padding(size: int, window: int, stride: int, padding: str) -> Tupl
     return before, after, dilated + before + after - window + 1
 
 
-class ConvTranspose(_Parametrized):
+class ConvTranspose(_Windowed):
     """2-D transposed convolution: (N, C_in, H, W) → (N, C_out, H', W'), H' = H·stride for "same"."""
 
     name = "conv_transpose"
-
-    def __init__(self, out_channels: int, kernel_size, stride=1, padding: str = "same", sigma_w: float = 1.0,
-                 sigma_b: float = 0.0, bias: bool = True, parametrization: str = "ntk"):
-        self.out_channels = check_int(out_channels, "conv_transpose: out_channels (channels)")
-        self.kernel_size = check_pair(kernel_size, "conv_transpose: kernel_size")
-        self.stride = check_pair(stride, "conv_transpose: stride")
-        if padding not in PADDINGS:
-            raise ValueError(f"conv_transpose: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
-        self.padding = padding
-        super().__init__(sigma_w, sigma_b, bias, parametrization, allowed=("ntk", "standard"))
-
-    def describe(self) -> str:
-        kh, kw = self.kernel_size
-        stride = "" if self.stride == (1, 1) else f", stride={self.stride[0] if self.stride[0] == self.stride[1] else self.stride}"
-        return f"conv_transpose({self.out_channels}, {kh}x{kw}{stride}, {self.padding}, {self._extra()})"
 
     def _geometry(self, in_shape: Shape):
         """Per axis (rows, columns): (a, b, out) of :func:`transpose_padding`."""
@@ -84,10 +68,6 @@ class ConvTranspose(_Parametrized):
     def output_shape(self, in_shape: Shape) -> Shape:
         (_, _, out_h), (_, _, out_w) = self._geometry(in_shape)
         return (self.out_channels, out_h, out_w)
-
-    def scale(self, in_shape: Shape, out_shape: Shape, role: str) -> LayerScale:
-        kh, kw = self.kernel_size
-        return self._scale(in_shape[0] * kh * kw, self.out_channels, role)
 
     def weight_shape(self, node: Node) -> Tuple[int, ...]:
         return (node.in_shape[0], self.out_channels) + self.kernel_size
