@@ -183,7 +183,7 @@ def _run(cfg, run_dir: Path) -> Dict:
     eval_draws = torch.Generator().manual_seed(gan.torch_seed(cfg.seed, gan.EVAL_DRAWS))
     z_eval = torch.randn(cfg.n_eval, block.latent_dim, generator=eval_draws)
     z_ntk = torch.randn(cfg.ntk_latents, block.latent_dim, generator=eval_draws)
-    pixels = (torch.randperm(_numel(data.shape), generator=eval_draws)[:NTK_PIXELS] if images else None)
+    pixels = (torch.randperm(math.prod(data.shape), generator=eval_draws)[:NTK_PIXELS] if images else None)
     summary["ntk"] = {"latents": cfg.ntk_latents, "outputs": "all (2)" if not images else
                       f"{NTK_PIXELS} random output pixels", "analytic_init": _analytic_offdiag(g_arch, z_ntk, regime)}
     if images:
@@ -388,10 +388,6 @@ def _class_scalars(coverage: Dict) -> Dict:
 
 def _scalars(record: Dict) -> Dict:
     return {k: v for k, v in record.items() if not isinstance(v, list)}
-
-
-def _numel(shape) -> int:
-    return int(torch.tensor(shape).prod().item())
 
 
 def _pixel_maps(cfg, g_arch, g_net: Net, shape, z_eval, run_dir: Path) -> Dict:
