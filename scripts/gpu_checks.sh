@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The checks and benchmarks that need a GPU, as one prepared run for a session lent a device machine
+# (CI never has one). Run it there from the repository root; everything it prints is also written
+# under OUT (default ./gpu_out): one log per step, so a step cut short at its time limit still
+# leaves the others.
+#
+#     OUT=$OUT bash scripts/gpu_checks.sh            # about 8 minutes on an H100/H200
+#     OUT=/tmp/g bash scripts/gpu_checks.sh --quick  # tiny sizes: checks that every step runs (CPU too)
+#
+# Steps, in order of what the open issues still lack:
+#   1. the CUDA tests (pytest -m cuda): kernels, nets, trainer and the structured NTK on the device
+#      against the CPU;
+#   2. the CNTK's per-entry time (scripts/bench_cntk.py; target on an H100/H200: global average pool
+#      ≤ 1 ms per entry in float32) and kernel regression throughput (scripts/bench_regress.py);
+#   3. the step loop (scripts/bench_train.py --tables step: ≤ 0.5 ms per step at width 1024, the
+#      width-8192 step's share of the fp32 peak) and seeds at once (--tables seeds: 8 seeds at
+#      width 256 in ≤ 2× one seed's time);
+#   4. the tracked quantities' cost at width 1024 and 4096 (--tables run).
+#
+# The device image has torch, numpy, scipy, pandas, pyarrow, matplotlib, tqdm and pytest but not Hydra:
+# carry its pure-Python wheels (made here: `pip wheel --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.0
+# antlr4-python3-runtime==4.9.3 submitit hydra-submitit-launcher`, with `.whl/` in .git/info/exclude) and
+# start the device command with
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#     python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+QUICK=${1:-}
+export PYTHONUNBUFFERED=1
+
+step() {        # step NAME COMMAND...: run it, keep its output in $OUT/NAME.log, go on whatever happens
+    local name=$1
+    shift
+    echo "== $name: $*" | tee "$OUT/$name.log"
+    local start=$SECONDS
+    "$@" 2>&1 | tee -a "$OUT/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$OUT/$name.log"
+}
+
+python -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))" \
+    | tee "$OUT/device.log"
+if [ "$QUICK" = "--quick" ]; then
+    step cuda_tests python -m pytest -m cuda -q
+    step bench_cntk python scripts/bench_cntk.py --depth 3 --size 8 --n-gap 2 --n-flatten 4 --digits-n 16 \
+        --empirical-n 4 --repeats 1
+    step bench_regress python scripts/bench_regress.py --quick
+    step bench_train python scripts/bench_train.py --tables step seeds --step-steps 10 --steps 10 --seeds 2 \
+        --seeds-width 16 --seeds-plots false
+    exit 0
+fi
+step cuda_tests python -m pytest -m cuda -q
+step bench_cntk python scripts/bench_cntk.py --dtypes float32 float64 --n-gap 8 --n-flatten 128
+step bench_regress python scripts/bench_regress.py
+step bench_train_step python scripts/bench_train.py --tables step seeds --seeds-plots false
+step bench_train_run python scripts/bench_train.py --tables run --widths 1024 4096 --steps 1000
