@@ -165,6 +165,8 @@ def test_batch_norm_ntk_refuses_what_it_cannot_define(rng):
     x = torch.randn(4, 5, generator=rng, dtype=torch.float64)
     with pytest.raises(ValueError, match="defined on one batch: pass the batch as x1 with x2=None"):
         empirical_ntk(net, x, x)
+    with pytest.raises(ValueError, match="defined on one batch: pass the batch as x1 with x2=None"):
+        empirical_nngp(net, x, x)
     with pytest.raises(ValueError, match="method='structured' needs per-input gradients"):
         empirical_ntk(net, x, method="structured")
     with pytest.raises(ValueError, match="memory_budget"):
@@ -191,8 +193,14 @@ def test_torch_batch_norm_modules_in_training_mode_are_batch_ntks(rng):
     per_input = empirical_ntk(model, x, method="jacobian")
     assert torch.allclose(per_input, empirical_ntk(model, x, method="ntvp"), rtol=1e-10, atol=1e-12)
     assert (per_input - batch).abs().max() > 1e-3 * batch.abs().max()
-    # the NNGP by outputs is a batch quantity too and needs nothing special
-    assert empirical_nngp(model.train(), x).shape == (6, 6)
+    # the NNGP by outputs is f(x)·f(x') on the batch, and leaves the running statistics alone too
+    model.train()
+    running_mean = model[1].running_mean.clone()
+    with torch.no_grad():
+        outputs = model[3](model[2](torch.nn.functional.batch_norm(
+            model[0](x), None, None, model[1].weight, model[1].bias, training=True)))
+    assert torch.allclose(empirical_nngp(model, x), outputs @ outputs.T, rtol=1e-12)
+    assert torch.equal(model[1].running_mean, running_mean)
 
 
 # ----------------------------------------------------------------------------- unflatten: a generator's first layer

@@ -108,9 +108,7 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
 def _batch_ntk(model: nn.Module, x1, x2, method: str, outputs: str, memory_budget: int) -> Tensor:
     """Θ̂(X) of a batch-coupled net on the batch X = x1, in one piece (module docstring)."""
     if x2 is not None:
-        raise ValueError(f"{type(model).__name__} normalises over the batch (batch norm), so its outputs and NTK are "
-                         "defined on one batch: pass the batch as x1 with x2=None (for two sets, take the blocks of "
-                         "the kernel of torch.cat([x1, x2]))")
+        raise ValueError(_ONE_BATCH.format(name=type(model).__name__))
     if method == "structured":
         raise ValueError("method='structured' needs per-input gradients, which a batch-norm net does not have (its "
                          "outputs couple the batch); use method='jacobian' or 'ntvp'")
@@ -153,6 +151,11 @@ def _running_statistics_frozen(model: nn.Module):
             m.track_running_stats = True
 
 
+_ONE_BATCH = ("{name} normalises over the batch (batch norm), so its outputs and kernels are defined on one "
+              "batch: pass the batch as x1 with x2=None (for two sets, take the blocks of the kernel of "
+              "torch.cat([x1, x2]))")
+
+
 def _couples_batch(model: nn.Module) -> bool:
     """Whether the model's outputs couple the inputs of a batch: an ntklab batch_norm layer, or a torch
     BatchNorm module that normalises with batch statistics (training mode, or no running statistics)."""
@@ -179,8 +182,10 @@ def empirical_nngp(model: nn.Module, x1, x2=None, method: str = "auto", *,
     if method not in NNGP_METHODS:
         raise ValueError(f"method must be one of {', '.join(NNGP_METHODS)}, got {method!r}")
     _check_outputs(outputs)
+    if x2 is not None and _couples_batch(model):
+        raise ValueError(_ONE_BATCH.format(name=type(model).__name__))
     x1, x2 = _model_inputs(model, x1, x2)
-    with torch.no_grad():
+    with torch.no_grad(), _running_statistics_frozen(model):
         if method == "readout":
             readout = _readout_module(model)
             a1 = _layer_input(model, readout, x1)
