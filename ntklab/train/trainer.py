@@ -376,7 +376,7 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
         log.warning("model.alpha=%g in float32: parameter steps shrink like 1/alpha and fall below float32's "
                     "rounding of the weights at large alpha; use dtype=float64 for lazy-scale sweeps", cfg.model.alpha)
     outputs = NetworkOutputs(model, data, cfg.model.alpha)
-    analytic = optim.lr_unit == "eta_max" or bool({"kernel_to_limit", "pred_gap_analytic"} & set(quantities))
+    analytic = optim.lr_unit == "eta_max" or bool(set(LIMIT_QUANTITIES) & set(quantities))
     shared = analytic and analytic_from is not None and analytic_from.analytic_train is not None
     reference = reference_kernels(
         model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit, outputs=outputs,
@@ -505,7 +505,8 @@ class _ModuleStepper:
         """Nothing to do: the run's module is what is trained."""
 
     def drop(self, indices: Sequence[int]) -> None:
-        self.states = [s for i, s in enumerate(self.states) if i not in set(indices)]
+        drop = set(indices)
+        self.states = [s for i, s in enumerate(self.states) if i not in drop]
 
 
 class _LossWindow:
