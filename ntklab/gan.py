@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ntklab import layers as nl
 from ntklab.data.seeding import stream_rng
+from ntklab.phases import normalised_kernel
 
 NORMS = ("none", "layer_norm", "batch_norm")
 # stream numbers of the run's random draws (ntklab.data.seeding.stream_rng(seed, stream)); fixed forever
@@ -201,11 +202,10 @@ def mean_pairwise_distance(x: Tensor) -> float:
 
 def normalised_offdiagonal(kernel: Tensor) -> float:
     """Mean over i ≠ j of K_ij/√(K_ii K_jj) for K (N, N): near 1 when all rows are alike (frozen), near
-    0 when K is close to a multiple of the identity (chaotic)."""
-    kernel = torch.as_tensor(kernel, dtype=torch.float64)
-    diag = kernel.diagonal().clamp_min(torch.finfo(torch.float64).tiny).sqrt()
-    normalised = kernel / diag[:, None] / diag[None, :]
-    n = kernel.shape[0]
+    0 when K is close to a multiple of the identity (chaotic); nan when a diagonal entry is 0
+    (:func:`ntklab.phases.normalised_kernel`)."""
+    normalised = normalised_kernel(kernel)
+    n = normalised.shape[0]
     return ((normalised.sum() - normalised.diagonal().sum()) / (n * (n - 1))).item()
 
 

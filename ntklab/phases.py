@@ -279,6 +279,16 @@ def condition_number(kernel: Tensor) -> float:
     return (eigenvalues[-1] / eigenvalues[0]).item()
 
 
+def normalised_kernel(kernel: Tensor) -> Tensor:
+    """K_ij/√(K_ii K_jj) of a (N1, N2) kernel on inputs whose diagonal entries it holds (a square
+    kernel of one set of inputs), in float64: the cosine of the angle between two inputs' features,
+    1 on the diagonal; 1 off it for a frozen kernel, 0 for a chaotic one. A zero diagonal entry (an
+    input whose output is exactly 0, whose direction is undefined) gives nan in its row and column."""
+    kernel = torch.as_tensor(kernel).to(torch.float64)
+    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"normalised_kernel needs a square (N, N) kernel, got shape {tuple(kernel.shape)}")
+    scale = kernel.diagonal().sqrt()
+    return kernel / scale[:, None] / scale[None, :]
 
 
 def critical_sigma_b2(activation: str, sigma_w2: float, upper: float = 100.0, steps: int = 60) -> Optional[float]:
@@ -360,7 +370,7 @@ def depth_profile(spec: ArchSpec, max_depth: int, *, correlation: float = 0.5, n
     ntk, nngp, condition = [], [], []
     for kernels in kernels_by_depth(spec, x, max_depth):
         for kernel, out in ((kernels.ntk, ntk), (kernels.nngp, nngp)):
-            out.append((kernel[0, 1] / torch.sqrt(kernel[0, 0] * kernel[1, 1])).item())
+            out.append(normalised_kernel(kernel)[0, 1].item())
         condition.append(condition_number(kernels.ntk))
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)
     return DepthProfile(tuple(range(1, max_depth + 1)), as_tensor(ntk), as_tensor(nngp), as_tensor(condition))
@@ -409,5 +419,6 @@ def spec_from_variances(activation: ActivationLike, sigma_w2: float, sigma_b2: f
 
 __all__ = ["gaussian_moments", "MeanField", "mean_field", "chi_1", "condition_number", "critical_sigma_b2",
            "layer_norm_chi_1", "correlation_map", "correlation_fixed_point",
-           "PhaseDiagram", "phase_diagram", "critical_line", "DepthProfile", "depth_profile", "kernels_by_depth",
+           "PhaseDiagram", "phase_diagram", "critical_line", "DepthProfile", "depth_profile", "normalised_kernel",
+           "kernels_by_depth",
            "sphere_pair_and_points", "spec_from_variances", "DIVERGED"]

@@ -4,6 +4,7 @@ Fixtures and collection hooks live in conftest.py; no test module imports from a
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -91,3 +92,32 @@ def draw(script, table, out_dir, *extra):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000      # an empty axes alone is ~5 kB
     assert stem.with_suffix(".pdf").stat().st_size > 1000
     return json.loads(stem.with_suffix(".json").read_text())
+
+
+def monte_carlo_kernel_errors(arch_of, x, channels, samples):
+    """Per width: the root mean square over seeds of each net's relative Frobenius error
+    ‖K̂ − K‖/‖K‖ (NTK and readout NNGP), and the error of the seeds' average kernel.
+
+    arch_of(c): the ntklab.layers arch with c channels; x: (N, C, H, W) float64 images; seeds
+    1000·c + 0..samples−1. Returns ({"ntk": [...], "nngp": [...]} RMS errors by width, the same for
+    the average kernel)."""
+    from ntklab import analytic_kernels, build_net, empirical_nngp, empirical_ntk
+
+    analytic = analytic_kernels(arch_of(8), x)
+    rms = {"ntk": [], "nngp": []}
+    of_average = {"ntk": [], "nngp": []}
+    for c in channels:
+        sums = {"ntk": 0.0, "nngp": 0.0}
+        squares = {"ntk": 0.0, "nngp": 0.0}
+        for seed in range(samples):
+            net = build_net(arch_of(c), in_shape=x.shape[1:], seed=1000 * c + seed, dtype=torch.float64)
+            for kind, kernel in (("ntk", empirical_ntk(net, x, method="structured")),
+                                 ("nngp", empirical_nngp(net, x, method="readout"))):
+                reference = getattr(analytic, kind)
+                sums[kind] = sums[kind] + kernel
+                squares[kind] += (((kernel - reference).norm() / reference.norm()).item()) ** 2
+        for kind in rms:
+            reference = getattr(analytic, kind)
+            rms[kind].append(math.sqrt(squares[kind] / samples))
+            of_average[kind].append(((sums[kind] / samples - reference).norm() / reference.norm()).item())
+    return rms, of_average

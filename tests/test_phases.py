@@ -11,8 +11,8 @@ import torch
 from ntklab import ArchSpec, analytic_kernels
 from ntklab.activations import from_callable, get_activation
 from ntklab.phases import (chi_1, correlation_fixed_point, correlation_map, critical_line, depth_profile,
-                           gaussian_moments, kernels_by_depth, mean_field, phase_diagram, spec_from_variances,
-                           sphere_pair_and_points)
+                           gaussian_moments, kernels_by_depth, mean_field, normalised_kernel, phase_diagram,
+                           spec_from_variances, sphere_pair_and_points)
 from tests.helpers import compose_config, start_ntklab, stop_all
 
 
@@ -127,6 +127,27 @@ def test_normalised_ntk_decays_at_the_predicted_rate_in_the_chaotic_phase():
     # the NNGP's correlation goes to c*, also at rate ~χ_{c*}: 0.84^100 ≈ 4e-8 left at depth 100
     assert profile.normalised_nngp[-1].item() == pytest.approx(c_star, abs=1e-6)
     assert profile.condition_number[-1].item() < 1.01                               # diagonal-dominated
+
+
+def test_normalised_kernel_recovers_the_correlations_of_a_rescaled_kernel():
+    # K = D C D with C a correlation matrix (unit diagonal) and D > 0 diagonal: K_ij/√(K_ii K_jj) = C_ij exactly
+    # in exact arithmetic, so to a few ulps in float64
+    features = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    features = features / features.norm(dim=1, keepdim=True)
+    correlations = features @ features.T
+    scales = torch.tensor([0.1, 1.0, 3.0, 7.5, 1e3, 2.0], dtype=torch.float64)
+    normalised = normalised_kernel(scales[:, None] * correlations * scales[None, :])
+    torch.testing.assert_close(normalised, correlations, rtol=0, atol=1e-14)
+    # a float32 kernel is normalised in float64
+    assert normalised_kernel(correlations.float()).dtype == torch.float64
+    # an input whose output is exactly 0 has no direction: nan in its row and column, not a made-up 0
+    zero_row = correlations.clone()
+    zero_row[2, :] = zero_row[:, 2] = 0.0
+    normalised = normalised_kernel(zero_row)
+    assert normalised[2].isnan().all() and normalised[:, 2].isnan().all()
+    assert not normalised[[0, 1, 3, 4, 5]][:, [0, 1, 3, 4, 5]].isnan().any()
+    with pytest.raises(ValueError, match=r"square \(N, N\) kernel, got shape \(6, 4\)"):
+        normalised_kernel(features)
 
 
 def test_spec_from_variances_and_invalid_values():

@@ -60,7 +60,7 @@ from ntklab.kernels import analytic_kernels, limit_problem
 from ntklab.layers.net import Net, build_net
 from ntklab.ntk import empirical_ntk
 from ntklab.phases import (condition_number, correlation_fixed_point, critical_sigma_b2, kernels_by_depth,
-                           layer_norm_chi_1, mean_field, spec_from_variances)
+                           layer_norm_chi_1, mean_field, normalised_kernel, spec_from_variances)
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +190,7 @@ def probe_inputs(shape: Sequence[int], correlations: Sequence[float], n_random: 
 
 def normalised_pairs(kernel: Tensor, n_pairs: int) -> List[float]:
     """Θ(x_0, x_i)/√(Θ(x_0, x_0) Θ(x_i, x_i)) for i = 1..n_pairs, from an (N, N) kernel."""
-    kernel = kernel.to(torch.float64)
-    diag = kernel.diagonal()
-    return (kernel[0, 1:n_pairs + 1] / torch.sqrt(diag[0] * diag[1:n_pairs + 1])).tolist()
+    return normalised_kernel(kernel)[0, 1:n_pairs + 1].tolist()
 
 
 def regression_targets(n: int, seed: int) -> Tensor:

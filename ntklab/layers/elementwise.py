@@ -32,10 +32,7 @@ class ActivationLayer(Layer):
     needs_variances = True
 
     def __init__(self, activation: ActivationLike):
-        try:
-            self.act: Activation = get_activation(activation)
-        except ValueError as err:
-            raise ValueError(f"activation: {err}") from None
+        self.act: Activation = get_activation(activation)       # its errors already start "activation"
 
     def describe(self) -> str:
         return self.act.name
