@@ -150,6 +150,30 @@ def test_structured_jacobian_and_ntvp_agree_on_cnns(name, rng):
     assert torch.allclose(empirical_ntk(net, x1), empirical_ntk(net, x1, x1), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("name", ["transpose_upsampling", "stride_same_valid_gap"])
+def test_cnn_features_computed_in_pieces_change_nothing(name, rng, monkeypatch):
+    """A conv keeps its per-input weight gradients, not δ, so a block of rows can be larger than the
+    piece whose δ are formed at once: every split of the rows into blocks and pieces gives the kernel
+    of one pass over all inputs (to rounding: the same sums, grouped differently)."""
+    from ntklab.ntk import empirical as empirical_module
+
+    net = build_net(CNNS[name](5), in_shape=(2, 7, 6), seed=1, dtype=torch.float64)
+    x1 = torch.randn(9, 2, 7, 6, generator=rng, dtype=torch.float64)
+    x2 = torch.randn(6, 2, 7, 6, generator=rng, dtype=torch.float64)
+    whole = empirical_ntk(net, x1, x2, method="structured", outputs="full")
+    calls = []          # (inputs, piece size) of each features call: pieces concatenate when inputs > piece
+    original = empirical_module._structured_features
+    monkeypatch.setattr(empirical_module, "_structured_features",
+                        lambda model, x, full, chunk: calls.append((x.shape[0], chunk)) or original(model, x, full, chunk))
+    for budget in (1, 20_000, 60_000, 200_000):
+        chunked = empirical_ntk(net, x1, x2, method="structured", outputs="full", memory_budget=budget)
+        assert ((chunked - whole).norm() / whole.norm()).item() < 1e-13, budget
+        symmetric = empirical_ntk(net, x1, method="structured", memory_budget=budget)
+        torch.testing.assert_close(symmetric, empirical_ntk(net, x1, x1, method="structured"), rtol=1e-13, atol=0)
+    assert any(inputs > piece for inputs, piece in calls)      # some budget split a block's features into pieces
+    assert any(inputs > 1 for inputs, _ in calls)
+
+
 def test_conv_structured_routes_agree(rng, monkeypatch):
     """The conv layer's Gram rule has two exact routes (position pairs, per-input gradients): force each."""
     from ntklab.layers import dense as dense_module

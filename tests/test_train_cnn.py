@@ -113,7 +113,7 @@ class _Doubler(Layer):
     def forward(self, module, x):
         return 2 * x
 
-    def ntk_gram(self, module, a1, d1, a2, d2, full):
+    def ntk_gram(self, module, features1, features2, full):
         raise NotImplementedError
 
 

@@ -41,6 +41,7 @@ arithmetic that works on both.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -56,8 +57,9 @@ Shape = Tuple[int, ...]
 class Layer:
     """A layer description. Subclasses override what applies to them.
 
-    ``parametrized`` layers own weights; they implement :meth:`init`, :meth:`ntk_gram` and
-    their parametrization constants come from :meth:`scale`.
+    ``parametrized`` layers own weights; they implement :meth:`init`, :meth:`ntk_gram` (and
+    :meth:`ntk_features` where they keep less than their input and δ) and their parametrization
+    constants come from :meth:`scale`.
     """
 
     name = "layer"
@@ -104,10 +106,22 @@ class Layer:
         return type(self).rule is not Layer.rule or type(self).kernel is not Layer.kernel
 
     # -- structured empirical NTK
-    def ntk_gram(self, module, a1: Tensor, d1: Tensor, a2: Tensor, d2: Tensor, full: bool) -> Tensor:
-        """Σ_p ∂f_i(x)/∂θ_p ∂f_j(x')/∂θ_p over this layer's parameters, from its inputs a (b, *in_shape)
-        and δ = ∂f/∂(its output) (b, k, *out_shape): (b1, b2, k, k) if ``full``, else the sum over i = j
-        (b1, b2)."""
+    def ntk_features(self, module, a: Tensor, d: Tensor, full: bool) -> Tuple[Tensor, ...]:
+        """What :meth:`ntk_gram` needs of a block of inputs, from the layer's input a (b, *in_shape) and
+        δ = ∂f/∂(its output) (b, k, *out_shape): tensors whose first axis is the input, so the features
+        of row chunks concatenate. By default (a, δ) themselves; a layer whose term contracts per-input
+        weight gradients returns those, which can be far smaller than δ (a conv's Σ_s δ_s ⊗ patch_s has
+        k·C_out·C_in·k_h·k_w numbers per input, δ has k·C_out·H·W), so many inputs' features fit in memory."""
+        return (a, d)
+
+    def ntk_feature_numel(self, node: "Node", k: int, full: bool) -> int:
+        """Numbers per input in :meth:`ntk_features` (the empirical NTK sizes its row chunks by it)."""
+        return math.prod(node.in_shape) + k * math.prod(node.out_shape)
+
+    def ntk_gram(self, module, features1: Tuple[Tensor, ...], features2: Tuple[Tensor, ...], full: bool) -> Tensor:
+        """Σ_p ∂f_i(x)/∂θ_p ∂f_j(x')/∂θ_p over this layer's parameters, from the :meth:`ntk_features` of
+        two blocks of inputs (b1 and b2 of them; the same tuple object for a block with itself):
+        (b1, b2, k, k) if ``full``, else the sum over i = j (b1, b2)."""
         raise NotImplementedError
 
     has_structured_ntk = True

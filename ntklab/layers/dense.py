@@ -132,8 +132,9 @@ class Dense(_Parametrized):
     def rule(self, node: Node, part: Part, q1, q2, state) -> Part:
         return self._affine_rule(node.scale, part.nngp, part.ntk)
 
-    def ntk_gram(self, module, a1, d1, a2, d2, full: bool) -> Tensor:
-        """(c a·a' + c') (δ·δ'): a (b, fan_in), δ (b, k, out_dim)."""
+    def ntk_gram(self, module, features1, features2, full: bool) -> Tensor:
+        """(c a·a' + c') (δ·δ'): features (a (b, fan_in), δ (b, k, out_dim))."""
+        (a1, d1), (a2, d2) = features1, features2
         scale = module.node.scale
         gram = torch.mm(a1, a2.T).mul_(scale.weight_ntk_factor)                   # (b1, b2)
         if scale.bias_ntk_factor:
@@ -217,30 +218,42 @@ class Conv(_Windowed):
             ntk = _offset_sum(part.ntk, self.kernel_size, self.stride, pad, state.full)
         return self._affine_rule(node.scale, nngp, ntk, count=kh * kw, owned=True)
 
-    def ntk_gram(self, module, a1, d1, a2, d2, full: bool) -> Tensor:
-        """c Σ_{s,s'} (patch_s(x)·patch_s'(x')) (δ_s(x)·δ_s'(x')) + c' (Σ_s δ_s(x))·(Σ_s' δ_s'(x')).
+    def _gradient_route(self, node: Node, k: int, full: bool) -> bool:
+        """Whether :meth:`ntk_gram` contracts per-input weight gradients G = Σ_s δ_s ⊗ patch_s (k, C_out, F)
+        (b1·b2·k·C_out·F, times k if ``full``) rather than summing over pairs of output positions as
+        written (b1·b2·S²·(F + k·C_out), S output positions, F = C_in·k_h·k_w): the gradients win unless
+        the output is only a few positions wide. Forming G costs k·C_out·F·S per input, once."""
+        if _PREFER:
+            return _PREFER == "gradients"
+        channels, positions = self.out_channels, math.prod(node.out_shape[1:])
+        features = node.in_shape[0] * self.kernel_size[0] * self.kernel_size[1]
+        return k * channels * features * (k if full else 1) < positions * positions * (features + k * channels)
 
-        Two exact routes, whichever costs fewer operations for the block: the sum over position
-        pairs as written (cost b1·b2·S²·(F + k·C_out), S output positions, F = C_in·k_h·k_w), or
-        the layer's per-input weight gradients G = Σ_s δ_s ⊗ patch_s (k, C_out, F) formed in one
-        product from the same δ and patches and then contracted (b1·b2·k·C_out·F): the second
-        wins unless the output is only a few positions wide.
-        """
+    def ntk_features(self, module, a, d, full: bool):
+        """(G (b, k, C_out·F), Σ_s δ_s (b, k, C_out)) on the gradient route, else (patches (b, F, S), δ (b, k, C_out, S))."""
+        k = d.shape[1]
+        patches = _patches(a, self.kernel_size, self.stride, self._pad(module.node))             # (b, F, S)
+        deltas = d.flatten(3)                                                                   # (b, k, C, S)
+        if self._gradient_route(module.node, k, full):
+            return torch.einsum("bkcs,bfs->bkcf", deltas, patches).flatten(2), deltas.sum(-1)
+        return patches, deltas
+
+    def ntk_feature_numel(self, node: Node, k: int, full: bool) -> int:
+        channels, positions = self.out_channels, math.prod(node.out_shape[1:])
+        features = node.in_shape[0] * self.kernel_size[0] * self.kernel_size[1]
+        if self._gradient_route(node, k, full):
+            return k * channels * features + k * channels
+        return features * positions + k * channels * positions
+
+    def ntk_gram(self, module, features1, features2, full: bool) -> Tensor:
+        """c Σ_{s,s'} (patch_s(x)·patch_s'(x')) (δ_s(x)·δ_s'(x')) + c' (Σ_s δ_s(x))·(Σ_s' δ_s'(x')),
+        by either exact route of :meth:`_gradient_route` (G(x)·G(x') on the gradient route)."""
         scale = module.node.scale
-        pad = self._pad(module.node)
-        p1 = _patches(a1, self.kernel_size, self.stride, pad)                                  # (b, F, S)
-        p2 = p1 if a2 is a1 else _patches(a2, self.kernel_size, self.stride, pad)
-        e1, e2 = (d.flatten(3) for d in (d1, d2))                                               # (b, k, C, S)
-        b1, b2 = p1.shape[0], p2.shape[0]
-        k, channels, positions = e1.shape[1:]
-        features = p1.shape[1]
-        pairs_cost = positions * positions * (features + k * channels)
-        gradient_cost = k * channels * features * (k if full else 1) + (b1 + b2) * k * channels * features * positions / (b1 * b2)
-        if (_PREFER or ("gradients" if gradient_cost < pairs_cost else "pairs")) == "gradients":
-            g1 = torch.einsum("bkcs,bfs->bkcf", e1, p1).flatten(2)                              # (b1, k, C·F)
-            g2 = g1 if a2 is a1 and d2 is d1 else torch.einsum("bkcs,bfs->bkcf", e2, p2).flatten(2)
+        if self._gradient_route(module.node, features1[1].shape[1], full):
+            (g1, sums1), (g2, sums2) = features1, features2
             weights = _delta_gram(g1, g2, full).mul_(scale.weight_ntk_factor)
         else:
+            (p1, e1), (p2, e2) = features1, features2
             patch_gram = torch.einsum("afs,bft->abst", p1, p2)                                 # (b1, b2, S, S)
             if full:
                 delta = torch.einsum("aics,bjct->abijst", e1, e2)
@@ -249,8 +262,9 @@ class Conv(_Windowed):
                 delta = torch.einsum("akcs,bkct->abst", e1, e2)
                 weights = (patch_gram * delta).sum((-2, -1))
             weights = weights.mul_(scale.weight_ntk_factor)
+            sums1, sums2 = e1.sum(-1), e2.sum(-1)
         if scale.bias_ntk_factor:
-            weights = weights.add_(_delta_gram(e1.sum(-1), e2.sum(-1), full), alpha=scale.bias_ntk_factor)
+            weights = weights.add_(_delta_gram(sums1, sums2, full), alpha=scale.bias_ntk_factor)
         return weights
 
 
@@ -267,7 +281,7 @@ def _patches(a: Tensor, window, stride, pad) -> Tensor:
 
 
 _PREFER: Optional[str] = None
-"""Force one route of :meth:`Conv.ntk_gram` ("pairs" or "gradients"); None picks the cheaper. For tests."""
+"""Force one route of :meth:`Conv._gradient_route` ("pairs" or "gradients"); None picks the cheaper. For tests."""
 
 
 def _delta_gram(d1: Tensor, d2: Tensor, full: bool) -> Tensor:

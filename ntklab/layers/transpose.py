@@ -108,29 +108,30 @@ class ConvTranspose(_Windowed):
             kernel = window_sum(_dilate(kernel, axes, stride), axes, window, 1, before, after)
         return kernel
 
-    def ntk_gram(self, module, a1, d1, a2, d2, full: bool) -> Tensor:
-        """c Σ G(x)·G(x') + c' (Σ_t δ_t(x))·(Σ_t δ_t(x')), G the per-input weight gradient.
+    def ntk_features(self, module, a, d, full: bool):
+        """(G (b, k, C_in·C_out·k_h·k_w), Σ_t δ_t (b, k, C_out)), G the per-input weight gradient.
 
         The transposed convolution is the adjoint of a strided convolution, so its weight gradient is
         G[c_in, (c_out, o)] = Σ_i x[c_in, i] δ_full[c_out, s·i + o]: the input against the stride-s
         patches of δ put back at its full-output positions (zeros where the output was cropped).
         """
-        scale = module.node.scale
         left, right, top, bottom = self._crop(module.node)
+        b, k = d.shape[:2]
+        delta_full = F.pad(d.flatten(0, 1), (left, right, top, bottom))
+        patches = _patches(delta_full, self.kernel_size, self.stride, (0, 0, 0, 0))        # (b·k, C_out·k_h·k_w, S_in)
+        patches = patches.reshape(b, k, patches.shape[1], -1)
+        return torch.einsum("bcs,bkfs->bkcf", a.flatten(2), patches).flatten(2), d.flatten(3).sum(-1)
 
-        def gradients(a: Tensor, delta: Tensor) -> Tensor:          # (b, k, C_in·C_out·k_h·k_w)
-            b, k = delta.shape[:2]
-            delta_full = F.pad(delta.flatten(0, 1), (left, right, top, bottom))
-            patches = _patches(delta_full, self.kernel_size, self.stride, (0, 0, 0, 0))    # (b·k, C_out·k_h·k_w, S_in)
-            patches = patches.reshape(b, k, patches.shape[1], -1)
-            return torch.einsum("bcs,bkfs->bkcf", a.flatten(2), patches).flatten(2)
+    def ntk_feature_numel(self, node: Node, k: int, full: bool) -> int:
+        return k * node.in_shape[0] * self.out_channels * self.kernel_size[0] * self.kernel_size[1] + k * self.out_channels
 
-        g1 = gradients(a1, d1)
-        g2 = g1 if a2 is a1 and d2 is d1 else gradients(a2, d2)
+    def ntk_gram(self, module, features1, features2, full: bool) -> Tensor:
+        """c Σ G(x)·G(x') + c' (Σ_t δ_t(x))·(Σ_t δ_t(x')), from :meth:`ntk_features`."""
+        scale = module.node.scale
+        (g1, sums1), (g2, sums2) = features1, features2
         weights = _delta_gram(g1, g2, full).mul_(scale.weight_ntk_factor)
         if scale.bias_ntk_factor:
-            e1, e2 = d1.flatten(3), d2.flatten(3)
-            weights = weights.add_(_delta_gram(e1.sum(-1), e2.sum(-1), full), alpha=scale.bias_ntk_factor)
+            weights = weights.add_(_delta_gram(sums1, sums2, full), alpha=scale.bias_ntk_factor)
         return weights
 
 

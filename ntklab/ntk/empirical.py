@@ -11,9 +11,11 @@ Three ways to get Θ̂, equal up to rounding:
 
       [c · a(x)·a(x') + c'] · δ_i(x)·δ_j(x'),      c = weight_mult², c' = bias_mult²,
 
-  a conv layer's sums the same over pairs of positions. δ for every layer and output comes from one
-  batched backward pass (autograd from the k outputs to the recorded layer outputs); the Jacobian
-  is never formed. Cost: a forward and k backward passes plus Gram matrices, O(N·P + N²·Σ n_l) for
+  a conv layer's sums the same over pairs of positions, or contracts its per-input weight gradients
+  Σ_s δ_s ⊗ patch_s when that is cheaper (its :meth:`~ntklab.layers.Layer.ntk_features`, which are all
+  that is kept of an input: k·C_out·C_in·k_h·k_w numbers instead of δ's k·C_out·H·W). δ for every layer
+  and output comes from one batched backward pass (autograd from the k outputs to the recorded layer
+  outputs); the Jacobian is never formed. Cost: a forward and k backward passes plus Gram matrices, O(N·P + N²·Σ n_l) for
   an MLP. A net holding a layer without a Gram rule falls back to ``jacobian`` under ``auto``.
 * ``jacobian``: ``torch.func.jacrev`` Jacobians J (N, k, P), contracted J1 J2ᵀ; any ``nn.Module``.
 * ``ntvp``: NTK-vector products Θ̂ v = J1 (J2ᵀ v) by ``torch.func.vjp`` then ``jvp``, applied to
@@ -34,6 +36,7 @@ and "trace" agree.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -88,9 +91,16 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
     n_params = sum(p.numel() for p in params.values())
     with torch.no_grad():
         if method == "structured":
-            row_bytes = itemsize * sum(_numel(m.node.in_shape) + k * _numel(m.node.out_shape)
-                                       for m in model.parametrized_modules())
-            features: Callable = lambda x: _structured_features(model, x)
+            full = outputs == "full"
+            modules = model.parametrized_modules()
+            # computing the features holds every layer's input and δ for the inputs at hand; what is
+            # kept per input (ntk_features) can be far smaller (a conv's weight gradient), so blocks
+            # are sized by the kept features and their computation by the transient arrays
+            row_bytes = itemsize * sum(m.layer.ntk_feature_numel(m.node, k, full) for m in modules)
+            transient_bytes = itemsize * sum(math.prod(m.node.in_shape) + k * math.prod(m.node.out_shape)
+                                             for m in modules)
+            feature_chunk = max(1, memory_budget // (2 * transient_bytes))
+            features: Callable = lambda x: _structured_features(model, x, full, feature_chunk)
             block: Callable = lambda f1, f2: _structured_block(model, f1, f2, k, outputs)
         elif method == "jacobian":
             row_bytes = 2 * itemsize * k * n_params  # the Jacobian and jacrev's work space
@@ -286,13 +296,6 @@ def _has_structured_rule(model: nn.Module) -> bool:
     return isinstance(model, Net) and all(leaf.layer.has_structured_ntk for leaf in model.root.leaves())
 
 
-def _numel(shape) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
-
-
 def _readout_module(model: nn.Module) -> LayerModule:
     """The net's last layer when it is dense (the layer "readout" takes the expectation over)."""
     if not isinstance(model, Net):
@@ -315,9 +318,20 @@ def _layer_input(model: Net, module: LayerModule, x: Tensor) -> Tensor:
     return seen[-1].flatten(1)
 
 
-def _structured_features(model: Net, x: Tensor) -> List[Tuple[LayerModule, Tensor, Tensor]]:
-    """Per parametrized layer: (module, its input a (N, *in_shape), δ = ∂f/∂(its output) (N, k, *out_shape))."""
+def _structured_features(model: Net, x: Tensor, full: bool, chunk: int) -> List[Tuple[Tensor, ...]]:
+    """Per parametrized layer, its :meth:`~ntklab.layers.core.Layer.ntk_features` of x (N, ...), computed
+    ``chunk`` inputs at a time (each chunk holds every layer's input and δ at once) and concatenated."""
     modules = model.parametrized_modules()
+    pieces = [_structured_features_of(model, modules, x[start: start + chunk], full)
+              for start in range(0, x.shape[0], chunk)]
+    if len(pieces) == 1:
+        return pieces[0]
+    return [tuple(torch.cat(parts) for parts in zip(*of_layer)) for of_layer in zip(*pieces)]
+
+
+def _structured_features_of(model: Net, modules: List[LayerModule], x: Tensor, full: bool) -> List[Tuple[Tensor, ...]]:
+    """The features of one chunk: each layer's input a (N, *in_shape) and δ = ∂f/∂(its output)
+    (N, k, *out_shape) from one forward and one batched backward pass, reduced by the layer."""
     records: Dict[LayerModule, Tuple[Tensor, Tensor]] = {}
     handles = [m.register_forward_hook(lambda mod, args, out: records.__setitem__(mod, (args[0].detach(), out)))
                for m in modules]
@@ -336,15 +350,16 @@ def _structured_features(model: Net, x: Tensor) -> List[Tuple[LayerModule, Tenso
     finally:
         for handle in handles:
             handle.remove()
-    return [(m, records[m][0], d.detach().transpose(0, 1)) for m, d in zip(modules, deltas)]   # δ: (N, k, ...)
+    return [m.layer.ntk_features(m, records[m][0], d.detach().transpose(0, 1), full)      # δ: (N, k, ...)
+            for m, d in zip(modules, deltas)]
 
 
 def _structured_block(model: Net, feats1, feats2, k: int, outputs: str) -> Tensor:
     """Σ over parametrized layers of their Gram rules, in the requested output mode."""
     full = outputs == "full"
     total = None
-    for (module, a1, d1), (_, a2, d2) in zip(feats1, feats2):
-        term = module.layer.ntk_gram(module, a1, d1, a2, d2, full)
+    for module, features1, features2 in zip(model.parametrized_modules(), feats1, feats2):
+        term = module.layer.ntk_gram(module, features1, features2, full)
         total = term if total is None else total.add_(term)
     if outputs == "mean" and k > 1:
         total = total.div_(k)
