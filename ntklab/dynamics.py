@@ -83,22 +83,31 @@ def max_learning_rate(k_train_train: Tensor, out_dim: int = 1, fraction: float =
 class _Spectrum:
     """Eigendecomposition of a train kernel and the diagonal factors d(λ, t), g(λ, t) above."""
 
-    def __init__(self, kernel: Tensor, learning_rate: float, out_dim: int, ridge: float, discrete: bool):
+    def __init__(self, kernel: Tensor, learning_rate: float, out_dim: int, ridge: float, discrete: bool,
+                 precision: Optional[torch.dtype] = None):
         learning_rate = check_learning_rate(learning_rate)
         n = kernel.shape[0]
         kernel = _add_ridge(kernel, ridge)
         eigenvalues, self.vectors = torch.linalg.eigh(kernel)
         top = eigenvalues[-1].clamp_min(0.0)
         # Eigenvalues within rounding of zero (or negative from rounding) are null directions:
-        # no finite time moves them and the t = ∞ solution leaves them alone (pseudo-inverse).
-        cutoff = n * torch.finfo(kernel.dtype).eps * top
+        # no finite time moves them and the t = ∞ solution leaves them alone (pseudo-inverse). Rounding
+        # in the dtype the kernel is held in: N·eps·λ_max. Entries computed in a coarser dtype (a
+        # float32 kernel held in float64) each carry an error of about its eps relative (measured 1-2
+        # eps32 on float32 CNTK entries), a matrix E with ‖E‖₂ ≤ ‖E‖_F ≈ eps·‖K‖_F: by Weyl's inequality
+        # eigenvalues below that are indistinguishable from 0, and inverting them fits the noise.
+        cutoff, rule = n * torch.finfo(kernel.dtype).eps * top, "N·eps·λ_max"
+        if precision is not None and torch.finfo(precision).eps > torch.finfo(kernel.dtype).eps:
+            entries = torch.finfo(precision).eps * torch.linalg.matrix_norm(kernel)
+            if entries > cutoff:
+                cutoff, rule = entries, f"eps·‖K‖_F of {str(precision).replace('torch.', '')}"
         self.null = eigenvalues <= cutoff
         self.eigenvalues = torch.where(self.null, torch.zeros_like(eigenvalues), eigenvalues)
         smallest = eigenvalues[0]
         if smallest < -cutoff:
             # not rounding: a kernel matrix is positive semi-definite, so this one is wrong (or not a kernel)
             warnings.warn(f"the train kernel is indefinite: its smallest eigenvalue is {smallest.item():.3g} against "
-                          f"λ_max = {top.item():.3g}, beyond rounding (N·eps·λ_max = {cutoff.item():.3g}); its "
+                          f"λ_max = {top.item():.3g}, beyond rounding ({rule} = {cutoff.item():.3g}); its "
                           f"{int((eigenvalues < -cutoff).sum())} negative directions are left unfitted, as null ones",
                           RuntimeWarning, stacklevel=3)
         # λ_max/λ_min over every eigenvalue, the null ones included (inf when λ_min ≤ 0): the number
@@ -107,7 +116,7 @@ class _Spectrum:
         rounding = self.null & (eigenvalues >= -cutoff)     # the indefinite part was warned about above
         if rounding.any() or (condition > ILL_CONDITIONED and smallest >= -cutoff):
             if rounding.any():
-                consequence = (f"{int(rounding.sum())} of {n} eigenvalues are within rounding (N·eps·λ_max = "
+                consequence = (f"{int(rounding.sum())} of {n} eigenvalues are within rounding ({rule} = "
                                f"{cutoff.item():.3g}) of 0, the smallest {smallest.item():.3g}; those directions are "
                                "left unfitted at t = inf (a pseudo-inverse)")
             else:
@@ -166,7 +175,7 @@ class MSEPredictor:
     """
 
     def __init__(self, k_train_train, y_train, learning_rate: float = 1.0, ridge: float = 0.0,
-                 discrete: bool = False):
+                 discrete: bool = False, precision: Optional[torch.dtype] = None):
         k_train_train = torch.as_tensor(k_train_train)
         # A full (N, N, k, k) kernel of a finite net couples its outputs: run the dynamics on the
         # flattened (N·k, N·k) matrix. The rate c = η/(Nk) is unchanged by the flattening.
@@ -181,7 +190,7 @@ class MSEPredictor:
         kernel = _check_kernel(k_train_train, "k_train_train")
         self.y, self._vector_targets = _as_targets(y_train, kernel.shape[0], "y_train")
         learning_rate = check_learning_rate(learning_rate)
-        self.spectrum = _Spectrum(kernel, learning_rate, self.y.shape[1], ridge, discrete)
+        self.spectrum = _Spectrum(kernel, learning_rate, self.y.shape[1], ridge, discrete, precision)
         self.learning_rate = learning_rate
         self.discrete = discrete
         self._outputs = k if self.full_outputs else None
@@ -281,7 +290,7 @@ class MSEPredictor:
 
 
 def mse_predictor(k_train_train, y_train, learning_rate: float = 1.0, ridge: float = 0.0,
-                  discrete: bool = False) -> MSEPredictor:
+                  discrete: bool = False, precision: Optional[torch.dtype] = None) -> MSEPredictor:
     """A predictor of gradient descent on the MSE loss with kernel ``k_train_train``.
 
     ``k_train_train`` is the per-output kernel (N, N) (outputs independent, as in the infinite-width
@@ -289,9 +298,13 @@ def mse_predictor(k_train_train, y_train, learning_rate: float = 1.0, ridge: flo
 
     ``ridge`` is added to the kernel's diagonal as a fraction of its mean diagonal entry;
     ``discrete`` selects gradient descent in whole steps instead of gradient flow.
+    ``precision``: the dtype the kernel's entries were computed in, when coarser than the one it is
+    held in (a float32 kernel passed as float64); eigenvalues below eps·‖K‖_F for that dtype's eps
+    are then its rounding, left unfitted (a pseudo-inverse at t = ∞), as are those within N·eps·λ_max
+    of 0 for the dtype it is held in. Default: the kernel's own dtype.
     See :class:`MSEPredictor` and the module docstring for the formulas.
     """
-    return MSEPredictor(k_train_train, y_train, learning_rate, ridge, discrete)
+    return MSEPredictor(k_train_train, y_train, learning_rate, ridge, discrete, precision)
 
 
 class EnsemblePredictor:

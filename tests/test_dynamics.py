@@ -291,6 +291,32 @@ def test_ill_conditioning_warning_counts_the_null_eigenvalues(problem):
     assert predictor.spectrum.condition_number == pytest.approx(quoted, rel=1e-2)   # quoted to 3 digits
 
 
+def test_a_kernel_computed_in_float32_leaves_its_rounding_level_directions_unfitted():
+    """K = V diag(λ) Vᵀ held in float64. Computed in float32, its entries carry errors E with
+    ‖E‖₂ ≲ eps32·‖K‖_F ≈ 1.3e-6 here, so λ = 1e-7 and 1e-9 are noise: precision=float32 leaves them
+    unfitted and the t = ∞ fit on the train points is the projection V_k V_kᵀ y onto the rest (a
+    closed form); held to float64's rounding, every direction is fitted and the fit is y itself."""
+    generator = torch.Generator().manual_seed(3)
+    vectors, _ = torch.linalg.qr(torch.randn(6, 6, generator=generator, dtype=torch.float64))
+    eigenvalues = torch.tensor([1e-9, 1e-7, 1e-3, 1.0, 3.0, 10.0], dtype=torch.float64)
+    kernel = vectors @ torch.diag(eigenvalues) @ vectors.T
+    kernel = (kernel + kernel.T) / 2
+    y = torch.randn(6, 2, generator=generator, dtype=torch.float64)
+    kept = vectors[:, 2:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)          # ill-conditioned, by construction
+        coarse = mse_predictor(kernel, y, precision=torch.float32)
+        fine = mse_predictor(kernel, y)
+        same = mse_predictor(kernel, y, precision=torch.float64)
+    assert int(coarse.spectrum.null.sum()) == 2 and int(fine.spectrum.null.sum()) == 0
+    torch.testing.assert_close(coarse(math.inf, 0.0).train, kept @ (kept.T @ y), rtol=0, atol=1e-10)
+    # fitting 1e-9 exactly: the residual is rounding amplified by the condition number 1e10, ~1e-6
+    torch.testing.assert_close(fine(math.inf, 0.0).train, y, rtol=0, atol=1e-4)
+    torch.testing.assert_close(same(math.inf, 0.0).train, fine(math.inf, 0.0).train, rtol=0, atol=0)
+    with pytest.warns(RuntimeWarning, match=r"2 of 6 eigenvalues are within rounding \(eps·‖K‖_F of float32 = 1.\d+e-06\)"):
+        mse_predictor(kernel, y, precision=torch.float32)
+
+
 def test_target_shape_error_reports_what_was_passed():
     with pytest.raises(ValueError, match=r"got \(4,\)$"):
         mse_predictor(torch.eye(5, dtype=torch.float64), torch.ones(4))

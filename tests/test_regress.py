@@ -36,8 +36,10 @@ def _direct(cfg, ridge=0.0):
         k_train, k_test = getattr(train, kind), getattr(test, kind)
         k_train = k_train + ridge * k_train.diagonal().mean() * torch.eye(len(k_train), dtype=torch.float64)
         predicted = k_test @ torch.linalg.solve(k_train, data.y_train)
+        eigenvalues = torch.linalg.eigvalsh(k_train)
         out[kind] = {"accuracy": (predicted.argmax(1) == data.labels_test).double().mean().item(),
-                     "mse": (predicted - data.y_test).pow(2).mean().item()}
+                     "mse": (predicted - data.y_test).pow(2).mean().item(),
+                     "condition_number": (eigenvalues[-1] / eigenvalues[0]).item()}
     return data, out
 
 
@@ -55,6 +57,10 @@ def test_regress_matches_the_solve_done_directly(tmp_path):
         assert result["test_accuracy"] == direct[kind]["accuracy"]
         assert result["test_mse"] == pytest.approx(direct[kind]["mse"], rel=1e-8)
         assert 0.5 < result["test_accuracy"] <= 1.0          # a CNTK on digits is far above chance (0.1)
+        # float64 kernels of 40 distinct images: every direction fitted; the condition number that of
+        # the same matrix's eigenvalues from eigvalsh (two LAPACK calls: rounding of λ_min, ~1e-10 here)
+        assert result["unfitted_directions"] == 0
+        assert result["condition_number"] == pytest.approx(direct[kind]["condition_number"], rel=1e-6)
     entries = 40 * 41 // 2 + 30 * 40
     assert summary["timings"]["kernel_entries"] == entries
 

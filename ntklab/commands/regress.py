@@ -9,7 +9,10 @@ for Σ, by gradient descent for Θ — Lee et al. 2019, Arora et al. 2019), with
 chosen from ``ridges`` on a held-out part of the train set. Files in the run directory:
 
     regression.json   test accuracy (classification sets) and MSE for each kernel, the ridges tried
-                      and chosen, timings (kernel entries per second, solve), the config
+                      and chosen, the condition number of K(X, X) + σ²I and how many of its directions
+                      were left unfitted (eigenvalues within the rounding of ``dtype``, the precision
+                      the kernels were computed in: a pseudo-inverse), timings (kernel entries per
+                      second, solve), the config
     kernel_blocks/    the kernel matrix in blocks of block_size × block_size inputs (train × train on
                       and above the diagonal, test × train), each saved as it finishes: a killed job
                       continues with the blocks it lacks, and a finished directory reuses them all
@@ -36,7 +39,7 @@ from tqdm.auto import tqdm
 from ntklab import results
 from ntklab.config import RegressConfig, build_arch, check_known_keys, wants_images
 from ntklab.data import Dataset
-from ntklab.dynamics import accuracy, mse_loss, mse_predictor
+from ntklab.dynamics import MSEPredictor, accuracy, mse_loss, mse_predictor
 from ntklab.errors import ConfigError, check_choice, check_seed
 from ntklab.kernels import analytic_kernels, limit_problem
 
@@ -230,26 +233,32 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Dict:
     is given), test accuracy and MSE."""
     y_train, y_test = data.y_train.double(), data.y_test.double()
     classification = data.labels_test is not None
+    precision = getattr(torch, cfg.dtype)       # the kernels' entries carry this dtype's rounding
     tried = []
     ridge = float(cfg.ridge)
     if cfg.ridges:
         fit, held_out = _held_out_split(data.n_train, cfg.validation_fraction, cfg.seed)
         for candidate in sorted(float(r) for r in cfg.ridges):
-            predicted = predict(k_train[fit][:, fit], k_train[held_out][:, fit], y_train[fit], candidate)
+            predicted, _ = predict(k_train[fit][:, fit], k_train[held_out][:, fit], y_train[fit], candidate, precision)
             tried.append({"ridge": candidate, **_scores(predicted, y_train[held_out], classification)})
         # best held-out accuracy (classification) or MSE; ties go to the smallest ridge
         key = (lambda t: -t["accuracy"]) if classification else (lambda t: t["mse"])
         ridge = min(tried, key=key)["ridge"]
-    predicted = predict(k_train, k_test, y_train, ridge)
+    predicted, predictor = predict(k_train, k_test, y_train, ridge, precision)
     scores = _scores(predicted, y_test, classification)
     return {"ridge": ridge, "test_accuracy": scores.get("accuracy"), "test_mse": scores["mse"],
-            "held_out": tried or None}
+            "condition_number": predictor.spectrum.condition_number,
+            "unfitted_directions": int(predictor.spectrum.null.sum()), "held_out": tried or None}
 
 
-def predict(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float) -> Tensor:
+def predict(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
+            precision: torch.dtype = torch.float64) -> Tuple[Tensor, MSEPredictor]:
     """K(X*, X) (K(X, X) + ridge·mean diag·I)⁻¹ Y: the t = ∞ prediction of :func:`ntklab.mse_predictor`
-    from f_0 = 0 (one eigendecomposition; rounding-level eigenvalues are dropped, a pseudo-inverse)."""
-    return mse_predictor(k_train, y_train, ridge=ridge)(math.inf, 0.0, 0.0, k_test).test
+    from f_0 = 0, and the predictor. One eigendecomposition; eigenvalues within rounding of 0 for
+    ``precision``, the dtype the kernels were computed in, are left unfitted (a pseudo-inverse):
+    a float32 kernel's smallest eigenvalues are its rounding, and inverting them fits noise."""
+    predictor = mse_predictor(k_train, y_train, ridge=ridge, precision=precision)
+    return predictor(math.inf, 0.0, 0.0, k_test).test, predictor
 
 
 def _scores(predicted: Tensor, y: Tensor, classification: bool) -> Dict[str, float]:
