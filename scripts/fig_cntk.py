@@ -46,10 +46,11 @@ def main() -> None:
     panels = 3 if args.trained else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.8), squeeze=False)
     axes = axes[0]
-    print("| method | " + " | ".join(f"n = {n}" for n in sorted({n for c in curves.values() for n in c})) + " |")
+    sizes = sorted({n for c in curves.values() for n in c})
+    print("| method | " + " | ".join(f"n = {n}" for n in sizes) + " |")
     for method, curve in curves.items():
         axes[0].plot(list(curve), list(curve.values()), "o-", label=method)
-        print(f"| {method} | " + " | ".join(f"{a:.4f}" for a in curve.values()) + " |")
+        print(f"| {method} | " + " | ".join(f"{curve[n]:.4f}" if n in curve else "–" for n in sizes) + " |")
     axes[0].set(xscale="log", xlabel="train images", ylabel="test accuracy", title="kernel regression (t = ∞)")
     axes[0].legend(fontsize=8)
     numbers = {"kernel": curves}
