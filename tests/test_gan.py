@@ -18,6 +18,7 @@ from ntklab.config import GanRegime
 from ntklab.kernels import analytic_kernels, pixel_kernels
 from ntklab.phases import depth_profile, mean_field, spec_from_variances
 from tests.helpers import compose_config, start_ntklab, stop_all
+from tests.helpers import metrics as metrics_records
 
 
 # ----------------------------------------------------------------------------- the command (started first)
@@ -221,15 +222,18 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+def _finished(command_runs, name):
+    """The run directory of the started ``gan`` command ``name``, once it exited 0: (run_dir, gan.json, metrics records)."""
+    run_dir = command_runs["tmp"] / name
+    out, err = command_runs[name].communicate(timeout=300)
+    assert command_runs[name].returncode == 0, err
+    return run_dir, json.loads((run_dir / "gan.json").read_text()), metrics_records(run_dir)
+
+
 def test_gan_command_ring_end_to_end(command_runs):
-    run_dir = command_runs["tmp"] / "ring"
-    process = command_runs["ring"]
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
-    summary = json.loads((run_dir / "gan.json").read_text())
+    run_dir, summary, records = _finished(command_runs, "ring")
     assert summary["status"] == "ok" and summary["generator"] == "frozen" and summary["seed"] == 3
     assert summary["phase"]["chi_1"] == pytest.approx(mean_field("erf", 1.0, 2.0).chi_1.item(), rel=1e-12)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 15, 30]
     assert [int(r["step"]) for r in _rows(run_dir / "metrics.csv")] == [0, 15, 30]
     # the final metrics, recomputed here from the saved samples without ntklab.gan
@@ -257,15 +261,10 @@ def test_gan_command_ring_end_to_end(command_runs):
 
 
 def test_gan_command_digits_end_to_end(command_runs):
-    run_dir = command_runs["tmp"] / "digits"
-    process = command_runs["digits"]
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
-    summary = json.loads((run_dir / "gan.json").read_text())
+    run_dir, summary, records = _finished(command_runs, "digits")
     assert summary["status"] == "ok" and summary["data"]["image_shape"] == [1, 8, 8]
     assert summary["ntk"]["analytic_init"] is None          # batch_norm: no limit
     assert summary["pixel_kernels"]["note"].startswith("batch_norm has no limit")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 2, 4]
     # the final checkerboard share, recomputed from spectrum.csv: Nyquist row u = 4 or column v = 4
     rows = _rows(run_dir / "spectrum.csv")

@@ -225,9 +225,13 @@ class Conv(_Windowed):
         the output is only a few positions wide. Forming G costs k·C_out·F·S per input, once."""
         if _PREFER:
             return _PREFER == "gradients"
-        channels, positions = self.out_channels, math.prod(node.out_shape[1:])
-        features = node.in_shape[0] * self.kernel_size[0] * self.kernel_size[1]
+        channels, positions, features = self._gram_sizes(node)
         return k * channels * features * (k if full else 1) < positions * positions * (features + k * channels)
+
+    def _gram_sizes(self, node: Node) -> Tuple[int, int, int]:
+        """(C_out, S output positions, F = C_in·k_h·k_w) of the layer on ``node``'s input."""
+        return (self.out_channels, math.prod(node.out_shape[1:]),
+                node.in_shape[0] * self.kernel_size[0] * self.kernel_size[1])
 
     def ntk_features(self, module, a, d, full: bool):
         """(G (b, k, C_out·F), Σ_s δ_s (b, k, C_out)) on the gradient route, else (patches (b, F, S), δ (b, k, C_out, S))."""
@@ -239,8 +243,7 @@ class Conv(_Windowed):
         return patches, deltas
 
     def ntk_feature_numel(self, node: Node, k: int, full: bool) -> int:
-        channels, positions = self.out_channels, math.prod(node.out_shape[1:])
-        features = node.in_shape[0] * self.kernel_size[0] * self.kernel_size[1]
+        channels, positions, features = self._gram_sizes(node)
         if self._gradient_route(node, k, full):
             return k * channels * features + k * channels
         return features * positions + k * channels * positions
