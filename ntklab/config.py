@@ -27,6 +27,8 @@ from ntklab.spec import ArchSpec
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
+# torch.compile's modes for the training step (TrainConfig.compile); null compiles nothing
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_UNITS = ("absolute", "eta_max", "eta_max_empirical")
 LR_WIDTH_SCALINGS = ("none", "inverse")
 QUANTITIES = OPTIONAL                   # the choices of track.quantities (ntklab.quantities)
@@ -168,6 +170,10 @@ class TrainConfig:
     # its own run directory RUN_DIR/seed_<s>, as separate runs with seed=<s> would (1: one run in RUN_DIR)
     seeds: int = 1
     stop_after: Optional[int] = None    # end this invocation after this many steps (resumable)
+    # torch.compile the step's forward and backward with this mode (COMPILE_MODES; "reduce-overhead"
+    # adds CUDA graphs on a GPU); null: eager, the default, whose numbers are the same bits on every
+    # run. Compiled steps fuse operations, so their losses differ from eager ones in the last bits.
+    compile: Optional[str] = None
 
 
 @dataclass
@@ -326,6 +332,8 @@ def validate(cfg) -> None:
     check_choice("dtype", cfg.dtype, DTYPES)
     check_seed("seed", cfg.seed)
     _at_least("seeds", cfg.seeds, 1)
+    if cfg.get("compile") is not None:
+        check_choice("compile", cfg.compile, COMPILE_MODES)
     if cfg.seeds > 1 and cfg.seed + cfg.seeds - 1 > MAX_SEED:     # every seed of the group follows the one rule
         raise ConfigError("seeds", f"seed + seeds - 1 must be at most 2**62 - 1, got {cfg.seed} + {cfg.seeds} - 1")
     optim, track = cfg.optim, cfg.track

@@ -23,12 +23,14 @@ Step table (``step``, meant for a GPU): the trainer's step loop as it runs, from
 default task (track=minimal measured at step 0 and the last step only, no checkpoints), with the
 loss read back to the host every step (k = 1, what the trainer did before
 optim.divergence_check_every) and every 16 steps (k = 16, the default; includes the copy of θ kept
-at each window's start). Cases: width 1024 on N = 256 for --step-steps steps (target ≤ 0.5 ms/step
-on an H100/H200) and width 8192 on N = 4096 for a fifth of them (target ≥ 50% of the fp32 matmul
-peak). Columns:
+at each window's start), eager and then compiled (``compile=MODE`` for each of --compile:
+"reduce-overhead" replays the compiled step as CUDA graphs). Cases: width 1024 on N = 256 for
+--step-steps steps (target ≤ 0.5 ms/step on an H100/H200) and width 8192 on N = 4096 for a fifth of
+them (target ≥ 50% of the fp32 matmul peak). Columns:
 
-  ms/step        the summary's timing.per_step_s: the steps' wall time (the device synchronised
-                 around the log steps only), the first (warm-up) step included
+  ms/step        the steps' wall time after the first (the summary's timing.steps_s less
+                 first_step_s, over steps − 1; the device synchronised around the log steps only)
+  first step s   the first step alone: warm-up, and with compile the compilation
   TFLOP/s        the step's matrix-product work, Σ over layers of 2·N·fan_in·fan_out for the forward
                  product, the weight gradient and (but the first layer) the input gradient, per second
   % fp32 peak    that rate over the device's fp32 (non-tensor-core) peak: SMs × FP32 lanes per SM ×
@@ -53,7 +55,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
-from ntklab.config import register_configs
+from ntklab.config import COMPILE_MODES, register_configs
 from ntklab.results import environment
 from ntklab.train import run
 
@@ -115,19 +117,24 @@ def step_flops(model, n: int) -> float:
     return total
 
 
-def step_case(width: int, n: int, args, every: int, steps: int) -> dict:
+def step_case(width: int, n: int, args, every: int, steps: int, compile_mode: str) -> dict:
     """A real run of the default task at this width on n train points, tracking at steps 0 and the
-    last only (track=minimal, no checkpoints), with the loss read every ``every`` steps: its
-    summary's seconds per step (the trainer's step loop as it runs, warm-up step included) and the
-    net's step FLOPs."""
-    summary = bench(width, steps, args.device, args.dtype,
-                    [f"data.n_train={n}", "data.n_test=16", "track=minimal", "track.log_steps=1",
-                     "track.checkpoint_every=0", f"optim.divergence_check_every={every}"])
+    last only (track=minimal, no checkpoints), with the loss read every ``every`` steps and the step
+    compiled in ``compile_mode`` ("none": eager): its seconds per step after the first (the trainer's
+    step loop as it runs), the first step's seconds (warm-up, and the compilation) and the net's
+    step FLOPs."""
+    extra = [f"data.n_train={n}", "data.n_test=16", "track=minimal", "track.log_steps=1", "track.checkpoint_every=0",
+             f"optim.divergence_check_every={every}"]
+    if compile_mode != "none":
+        extra.append(f"compile={compile_mode}")
+    summary = bench(width, steps, args.device, args.dtype, extra)
     from ntklab import ArchSpec, build_mlp
 
     spec = ArchSpec(depth=2, width=width, activation="relu", out_dim=summary["out_dim"])
     flops = step_flops(build_mlp(spec, in_dim=summary["in_dim"], device="meta"), n)
-    return {"seconds": summary["timing"]["per_step_s"], "flops": flops}
+    timing = summary["timing"]
+    return {"seconds": (timing["steps_s"] - timing["first_step_s"]) / (steps - 1), "first": timing["first_step_s"],
+            "flops": flops}
 
 
 def step_table(args) -> None:
@@ -136,17 +143,20 @@ def step_table(args) -> None:
     print(f"\nStep loop of real runs (fp32 peak: "
           f"{'%.1f TFLOP/s' % peak if peak else '-'}, {source}); TF32 for matmuls: "
           f"{torch.backends.cuda.matmul.allow_tf32}\n")
-    print("| width | N | steps | k (steps per loss read) | ms/step | TFLOP/s | % fp32 peak |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| width | N | steps | k (steps per loss read) | compile | ms/step | first step s | TFLOP/s | % fp32 peak |")
+    print("|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    # eager with the loss read every step (the trainer before divergence_check_every) and every 16
+    # (the default), then each compile mode at k = 16
+    cases = [(1, "none"), (16, "none")] + [(16, mode) for mode in args.compile if mode != "none"]
     for width, n, steps in ((1024, 256, args.step_steps), (8192, 4096, max(args.step_steps // 5, 20))):
         if device.type == "cpu" and width > 2048 and not args.large_on_cpu:
-            print(f"| {width} | {n} | - | - | skipped on CPU (--large-on-cpu) | | |")
+            print(f"| {width} | {n} | - | - | - | skipped on CPU (--large-on-cpu) | | | |")
             continue
-        for every in (1, 16):
-            case = step_case(width, n, args, every, steps)
+        for every, mode in cases:
+            case = step_case(width, n, args, every, steps, mode)
             rate = case["flops"] / case["seconds"] / 1e12
-            print(f"| {width} | {n} | {steps} | {every} | {1e3 * case['seconds']:.3f} | {rate:.3f} | "
-                  f"{'%.0f' % (100 * rate / peak) if peak else '-'} |", flush=True)
+            print(f"| {width} | {n} | {steps} | {every} | {mode} | {1e3 * case['seconds']:.3f} | {case['first']:.2f} | "
+                  f"{rate:.3f} | {'%.0f' % (100 * rate / peak) if peak else '-'} |", flush=True)
 
 
 # ----------------------------------------------------------------------------- seeds at once
@@ -197,11 +207,16 @@ def main() -> None:
     parser.add_argument("--step-steps", type=int, default=500, help="steps of the width-1024 step case (a fifth at 8192)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's fp32 peak, when not readable")
     parser.add_argument("--large-on-cpu", action="store_true", help="run the width-8192 N=4096 step case on CPU too")
+    parser.add_argument("--compile", nargs="+", default=None, choices=("none",) + COMPILE_MODES,
+                        help="torch.compile modes of the step table (default: reduce-overhead on CUDA, "
+                             "default on CPU)")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--seeds-width", type=int, default=256)
     parser.add_argument("--seeds-plots", nargs="+", default=["false", "true"], choices=["false", "true"],
                         help="track.plots of the seeds table's cases (figures cost the same per seed either way)")
     args = parser.parse_args()
+    if args.compile is None:
+        args.compile = ["reduce-overhead"] if args.device.startswith("cuda") else ["default"]
     env = environment(args.device, args.dtype)
     print(f"device: {env['device']} ({env['device_name']}), torch {env['versions']['torch']}, {env['dtype']}")
     tables = {"run": run_table, "step": step_table, "seeds": seeds_table}

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +55,28 @@ def metrics(run_dir):
     from ntklab import results
 
     return results.read_metrics(run_dir / results.METRICS)
+
+
+# (relative, absolute) tolerances of two runs' numbers that should agree to rounding: float64 runs
+# (seeds at once against separate runs, compiled against eager) agree to ~1e-14 relative (measured),
+# float32 ones to ~1e-6
+RECORD_TOLERANCE = {"float64": (1e-9, 1e-12), "float32": (1e-4, 1e-6)}
+
+
+def assert_records_close(a, b, name="", tolerance=RECORD_TOLERANCE["float64"]):
+    """Records (nested dicts, lists, numbers) equal up to float rounding; strings and None exactly."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), name
+        for key in a:
+            assert_records_close(a[key], b[key], f"{name}.{key}", tolerance)
+    elif isinstance(a, list):
+        assert len(a) == len(b), name
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_records_close(x, y, f"{name}[{i}]", tolerance)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=tolerance[0], abs=tolerance[1]), name
+    else:
+        assert a == b, name
 
 
 # ----------------------------------------------------------------------------- the command line

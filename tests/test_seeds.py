@@ -14,7 +14,7 @@ from ntklab import results
 from ntklab.collect import collect
 from ntklab.errors import ConfigError
 from ntklab.train import run
-from tests.helpers import compose_train, metrics
+from tests.helpers import RECORD_TOLERANCE, assert_records_close, compose_train, metrics
 
 TINY = ["device=cpu", "width=32", "data.n_train=16", "data.n_test=8", "data.dim=4", "optim.steps=30",
         "track.log_steps=6", "track.probe_size=8", "track.progress=false", "track.plots=false"]
@@ -23,35 +23,15 @@ SPECTRAL = ["track.quantities=[param_drift,kernel_change,kernel_to_limit,pred_ga
             "ntk_top_eigenvalues,sharpness]"]
 
 
-# float64 runs agree to ~1e-14 relative (measured), float32 ones to ~1e-6
-TOLERANCE = {"float64": (1e-9, 1e-12), "float32": (1e-4, 1e-6)}
-
-
-def assert_close(a, b, name="", tolerance=TOLERANCE["float64"]):
-    """Records (nested dicts, lists, numbers) equal up to float rounding; strings and None exactly."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), name
-        for key in a:
-            assert_close(a[key], b[key], f"{name}.{key}", tolerance)
-    elif isinstance(a, list):
-        assert len(a) == len(b), name
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_close(x, y, f"{name}[{i}]", tolerance)
-    elif isinstance(a, float) and isinstance(b, float):
-        assert b == pytest.approx(a, rel=tolerance[0], abs=tolerance[1]), name
-    else:
-        assert a == b, name
-
-
 def assert_same_run(separate, at_once, dtype="float64"):
     """Two run directories hold the same run: config, metrics, summary (but timing), tensors."""
-    tolerance = TOLERANCE[dtype]
+    tolerance = RECORD_TOLERANCE[dtype]
     assert (at_once / results.CONFIG).read_text() == (separate / results.CONFIG).read_text()
-    assert_close(metrics(separate), metrics(at_once), "metrics", tolerance)
+    assert_records_close(metrics(separate), metrics(at_once), "metrics", tolerance)
     first, second = (json.loads((d / results.SUMMARY).read_text()) for d in (separate, at_once))
     for summary in (first, second):
         summary.pop("timing")
-    assert_close(first, second, "summary", tolerance)
+    assert_records_close(first, second, "summary", tolerance)
     for name in (results.PREDICTIONS, results.KERNELS):
         assert (separate / name).exists() == (at_once / name).exists(), name
         if not (separate / name).exists():

@@ -86,6 +86,8 @@ class StackedStepper:
         self.batch_size = first.cfg.optim.batch_size
         self.lrs = [state.lr for state in self.states]
         self.scale, self.alpha = first.outputs.loss_scale, first.outputs.alpha
+        self.compile = first.cfg.get("compile")
+        self._losses: Dict = {}
         dtype_max = torch.finfo(next(iter(self.params.values())).dtype).max
         # what torch.optim.SGD refuses as an overflow: a step size the dtype cannot hold
         self.overflow = [i for i, lr in enumerate(self.lrs) if lr > dtype_max]
@@ -110,13 +112,18 @@ class StackedStepper:
                               for state, r in zip(self.states, rows)])
         batched = None if full else 0
 
-        def member_loss(params, buffers, x, y, f0):
-            f = functional_call(self.base, (params, buffers), (x,))
-            if f0 is not None:
-                f = self.alpha * (f - f0)
-            return mse_loss(f, y)
-        return vmap(member_loss, in_dims=(0, 0, batched, batched, None if f0 is None else 0))(
-            self.params, self.buffers, x, y, f0)
+        key = (batched, f0 is None)
+        if key not in self._losses:         # one function per batching pattern, compiled once if asked
+            self._losses[key] = trainer.compiled(
+                vmap(self._member_loss, in_dims=(0, 0, batched, batched, None if f0 is None else 0)), self.compile)
+        return self._losses[key](self.params, self.buffers, x, y, f0)
+
+    def _member_loss(self, params, buffers, x, y, f0):
+        """One member's L(θ) on (x, y); f0: its initial outputs there when training α(f − f_0)."""
+        f = functional_call(self.base, (params, buffers), (x,))
+        if f0 is not None:
+            f = self.alpha * (f - f0)
+        return mse_loss(f, y)
 
     def update(self, losses: torch.Tensor) -> None:
         """One SGD step of every member from the graph of ``losses`` (M,); see the module docstring.

@@ -116,11 +116,14 @@ class _Timing:
     steps: float = 0.0        # gradient steps
     tracking: float = 0.0     # measurements at log steps
     other: float = 0.0        # checkpoints, files
+    # the latest invocation's first gradient step, also counted in steps: warm-up, and with
+    # compile set the compilation (seconds, against milliseconds for the steps after it)
+    first_step: float = 0.0
 
     def as_dict(self, steps_done: int) -> Dict[str, float]:
         total = self.setup + self.steps + self.tracking + self.other
         return {"wall_s": total, "setup_s": self.setup, "steps_s": self.steps, "tracking_s": self.tracking,
-                "per_step_s": self.steps / max(steps_done, 1),
+                "per_step_s": self.steps / max(steps_done, 1), "first_step_s": self.first_step,
                 # the share of the loop (steps + tracking) spent measuring, and with setup counted
                 "tracking_fraction": self.tracking / max(self.steps + self.tracking, 1e-12),
                 "tracking_fraction_with_setup": (self.tracking + self.setup) / max(total, 1e-12)}
@@ -445,6 +448,18 @@ def _loop(state: _RunState) -> None:
     _StepLoop(_ModuleStepper(state)).run()
 
 
+def compiled(fn, mode: Optional[str]):
+    """``fn`` compiled by ``torch.compile`` in ``mode`` (config ``compile``), or ``fn`` itself for None.
+
+    The compile happens at the first call, which then takes seconds to a minute (charged to the
+    steps); the shapes of a run's steps do not change, so it compiles once. Compiled code fuses
+    elementwise operations and may reorder reductions: the losses agree with eager ones to rounding,
+    not bit for bit (tests/test_compile.py)."""
+    if mode is None:
+        return fn
+    return torch.compile(fn, mode=mode, dynamic=False)
+
+
 class _Overflow(Exception):
     """The learning rate of the members ``indices`` does not fit the network's dtype (optim.lr=1e308
     in float32): their step would be infinite."""
@@ -467,6 +482,9 @@ class _ModuleStepper:
     def __init__(self, state: _RunState):
         self.states = [state]
         self.batch_size = state.cfg.optim.batch_size     # read once: a config lookup costs ~20 µs a step
+        # the step's forward (and through it the backward) compiled or not; the module itself stays
+        # eager for the measurements, whose torch.func transforms want the plain forward
+        self.forward = compiled(state.model, state.cfg.get("compile"))
 
     def loss(self) -> torch.Tensor:
         """L_B(θ_s) on this step's batch (drawing the mini-batch): a scalar on the run's device."""
@@ -474,7 +492,7 @@ class _ModuleStepper:
         data = state.data
         rows = _batch_rows(data, self.batch_size, state.batches)
         x, y = (data.x_train, data.y_train) if rows is None else (data.x_train[rows], data.y_train[rows])
-        return mse_loss(state.outputs(state.model, x, "train", rows), y)
+        return mse_loss(state.outputs(self.forward, x, "train", rows), y)
 
     def update(self, loss: torch.Tensor) -> None:
         """θ ← θ − η ∇(s·L) (with momentum when configured; s = outputs.loss_scale); raises
@@ -578,7 +596,7 @@ class _StepLoop:
             for state in self.states:
                 if state.step == 0 and state.metrics_bytes == 0:
                     state.record(0)
-            started = self.step
+            started, first = self.step, True
             while self.states and self.step < self.steps:
                 if stop_after is not None and self.step - started >= stop_after:
                     if self._settle(updated=True):
@@ -606,6 +624,11 @@ class _StepLoop:
                     self._diverge(err.indices, [math.inf] * len(err.indices),
                                   lambda state, _: f"the learning rate {state.lr:.3g} overflows {state.cfg.dtype}")
                     continue
+                if first:
+                    first = False
+                    before = self.clock.timing.steps
+                    self.clock.lap("steps")
+                    self.clock.timing.first_step = self.clock.timing.steps - before
                 self._advance(self.step + 1)
                 log_now = self.step in self.log_steps
                 checkpoint_now = bool(checkpoint_every) and self.step % checkpoint_every == 0 and self.step < self.steps
