@@ -4,8 +4,10 @@
 # under OUT (default ./gpu_out): one log per step, so a step cut short at its time limit still
 # leaves the others.
 #
-#     OUT=$OUT bash scripts/gpu_checks.sh            # about 8 minutes on an H100/H200
+#     OUT=$OUT bash scripts/gpu_checks.sh            # about 8-11 minutes on an H100/H200
 #     OUT=/tmp/g bash scripts/gpu_checks.sh --quick  # tiny sizes: checks that every step runs (CPU too)
+#     ONLY="cuda_tests bench_cntk" OUT=$OUT bash scripts/gpu_checks.sh   # only these steps (names below),
+#                                                    # e.g. to split the run over two 10-minute calls
 #
 # Steps, in order of what the open issues still lack:
 #   1. the CUDA tests (pytest -m cuda): kernels, nets, trainer and the structured NTK on the device
@@ -13,8 +15,8 @@
 #   2. the CNTK's per-entry time (scripts/bench_cntk.py; target on an H100/H200: global average pool
 #      ≤ 1 ms per entry in float32) and kernel regression throughput (scripts/bench_regress.py);
 #   3. the step loop (scripts/bench_train.py --tables step: ≤ 0.5 ms per step at width 1024, the
-#      width-8192 step's share of the fp32 peak) and seeds at once (--tables seeds: 8 seeds at
-#      width 256 in ≤ 2× one seed's time);
+#      width-8192 step's share of the fp32 peak, eager and with compile=reduce-overhead, i.e. CUDA
+#      graphs) and seeds at once (--tables seeds: 8 seeds at width 256 in ≤ 2× one seed's time);
 #   4. the tracked quantities' cost at width 1024 and 4096 (--tables run).
 #
 # The device image has torch, numpy, scipy, pandas, pyarrow, matplotlib, tqdm and pytest but not Hydra:
@@ -30,9 +32,14 @@ mkdir -p "$OUT"
 QUICK=${1:-}
 export PYTHONUNBUFFERED=1
 
+ONLY=${ONLY:-}
+
 step() {        # step NAME COMMAND...: run it, keep its output in $OUT/NAME.log, go on whatever happens
     local name=$1
     shift
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then
+        return 0
+    fi
     echo "== $name: $*" | tee "$OUT/$name.log"
     local start=$SECONDS
     "$@" 2>&1 | tee -a "$OUT/$name.log"
