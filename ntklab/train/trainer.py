@@ -457,7 +457,17 @@ def compiled(fn, mode: Optional[str]):
     not bit for bit (tests/test_compile.py)."""
     if mode is None:
         return fn
-    return torch.compile(fn, mode=mode, dynamic=False)
+    step = torch.compile(fn, mode=mode, dynamic=False)
+    if mode != "reduce-overhead":
+        return step
+
+    def graphed_step(*args):
+        # Each call is a new step for the CUDA graphs, whose outputs of the previous one may be
+        # overwritten: torch infers that only once a backward has run, and a loss that ends a run
+        # (diverged, or read before a stop) never gets its backward.
+        torch.compiler.cudagraph_mark_step_begin()
+        return step(*args)
+    return graphed_step
 
 
 class _Overflow(Exception):
