@@ -79,6 +79,33 @@ def assert_records_close(a, b, name="", tolerance=RECORD_TOLERANCE["float64"]):
         assert a == b, name
 
 
+def assert_same_run(first, second, dtype="float64", differing=()):
+    """Two run directories hold the same run to rounding (``RECORD_TOLERANCE[dtype]``): config.yaml,
+    metrics, summary (but timing) and the saved tensors; the top-level config keys ``differing``
+    (say "compile") may differ, in config.yaml and in the summary's copy of the config."""
+    from ntklab import results
+
+    tolerance = RECORD_TOLERANCE[dtype]
+    kept = lambda lines: [line for line in lines if line.split(":")[0] not in differing]
+    assert kept((second / results.CONFIG).read_text().splitlines()) == \
+        kept((first / results.CONFIG).read_text().splitlines())
+    assert_records_close(metrics(first), metrics(second), "metrics", tolerance)
+    summaries = [json.loads((d / results.SUMMARY).read_text()) for d in (first, second)]
+    for summary in summaries:
+        summary.pop("timing")
+        for key in differing:
+            summary["config"].pop(key)
+    assert_records_close(summaries[0], summaries[1], "summary", tolerance)
+    for name in (results.PREDICTIONS, results.KERNELS):
+        assert (first / name).exists() == (second / name).exists(), name
+        if not (first / name).exists():
+            continue
+        a, b = torch.load(first / name), torch.load(second / name)
+        for key in a:
+            if torch.is_tensor(a[key]):
+                torch.testing.assert_close(b[key], a[key], rtol=tolerance[0], atol=tolerance[1], msg=f"{name} {key}")
+
+
 # ----------------------------------------------------------------------------- the command line
 
 def start_ntklab(*args, cwd):

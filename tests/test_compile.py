@@ -9,35 +9,14 @@ Each compile takes ~10-20 s on 2 CPU cores (inductor generates and builds C++), 
 import json
 
 import pytest
-import torch
 
 from ntklab import results
 from ntklab.errors import ConfigError
 from ntklab.train import run
-from tests.helpers import RECORD_TOLERANCE, assert_records_close, compose_train, metrics
+from tests.helpers import assert_same_run, compose_train, metrics
 
 TINY = ["device=cpu", "width=32", "data.n_train=16", "data.n_test=8", "data.dim=4", "optim.steps=30",
         "track.log_steps=6", "track.probe_size=8", "track.progress=false", "track.plots=false", "dtype=float64"]
-
-
-def assert_same_numbers(eager, compiled, dtype="float64"):
-    """Metrics, summary (but timing and config) and saved tensors agree to rounding; the configs
-    differ only in ``compile``."""
-    tolerance = RECORD_TOLERANCE[dtype]
-    eager_config, compiled_config = ((d / results.CONFIG).read_text().splitlines() for d in (eager, compiled))
-    assert [line for line in compiled_config if not line.startswith("compile:")] == \
-        [line for line in eager_config if not line.startswith("compile:")]
-    assert_records_close(metrics(eager), metrics(compiled), "metrics", tolerance)
-    first, second = (json.loads((d / results.SUMMARY).read_text()) for d in (eager, compiled))
-    for summary in (first, second):
-        summary.pop("timing")
-        summary.pop("config", None)
-    assert_records_close(first, second, "summary", tolerance)
-    for name in (results.PREDICTIONS, results.KERNELS):
-        a, b = torch.load(eager / name), torch.load(compiled / name)
-        for key in a:
-            if torch.is_tensor(a[key]):
-                torch.testing.assert_close(b[key], a[key], rtol=tolerance[0], atol=tolerance[1], msg=f"{name} {key}")
 
 
 @pytest.mark.slow
@@ -47,7 +26,7 @@ def test_compiled_run_is_the_eager_run(tmp_path):
     run(compose_train(TINY + extra), tmp_path / "eager")
     run(compose_train(TINY + extra + ["compile=default"]), tmp_path / "compiled")
     assert "compile: default" in (tmp_path / "compiled" / results.CONFIG).read_text()
-    assert_same_numbers(tmp_path / "eager", tmp_path / "compiled")
+    assert_same_run(tmp_path / "eager", tmp_path / "compiled", differing=("compile",))
     # the run trained: the loss fell by orders of magnitude, so agreement is not that of two idle runs
     records = metrics(tmp_path / "compiled")
     assert records[-1]["train_loss"] < 0.1 * records[0]["train_loss"]
@@ -66,7 +45,8 @@ def test_compiled_seeds_at_once_are_the_eager_ones(tmp_path):
     run(compose_train(TINY + extra), tmp_path / "eager")
     run(compose_train(TINY + extra + ["compile=reduce-overhead"]), tmp_path / "compiled")
     for seed in (0, 1):
-        assert_same_numbers(tmp_path / "eager" / f"seed_{seed}", tmp_path / "compiled" / f"seed_{seed}")
+        assert_same_run(tmp_path / "eager" / f"seed_{seed}", tmp_path / "compiled" / f"seed_{seed}",
+                        differing=("compile",))
 
 
 def test_unknown_compile_mode_is_refused(tmp_path):
@@ -81,4 +61,4 @@ def test_cuda_graphs_run_is_the_eager_run(tmp_path):
     extra = ["device=cuda", "dtype=float32", "width=256", "optim.steps=40"]
     run(compose_train(TINY + extra), tmp_path / "eager")
     run(compose_train(TINY + extra + ["compile=reduce-overhead"]), tmp_path / "compiled")
-    assert_same_numbers(tmp_path / "eager", tmp_path / "compiled", dtype="float32")
+    assert_same_run(tmp_path / "eager", tmp_path / "compiled", dtype="float32", differing=("compile",))

@@ -4,42 +4,21 @@ that diverges while the others go on, stop and resume, collect's one row per see
 """
 
 import json
-import math
 
 import pandas as pd
 import pytest
-import torch
 
 from ntklab import results
 from ntklab.collect import collect
 from ntklab.errors import ConfigError
 from ntklab.train import run
-from tests.helpers import RECORD_TOLERANCE, assert_records_close, compose_train, metrics
+from tests.helpers import assert_same_run, compose_train, metrics
 
 TINY = ["device=cpu", "width=32", "data.n_train=16", "data.n_test=8", "data.dim=4", "optim.steps=30",
         "track.log_steps=6", "track.probe_size=8", "track.progress=false", "track.plots=false"]
 # the default tracked quantities plus the opt-in spectral ones (measured per seed at the log steps)
 SPECTRAL = ["track.quantities=[param_drift,kernel_change,kernel_to_limit,pred_gap_analytic,pred_gap_linear,"
             "ntk_top_eigenvalues,sharpness]"]
-
-
-def assert_same_run(separate, at_once, dtype="float64"):
-    """Two run directories hold the same run: config, metrics, summary (but timing), tensors."""
-    tolerance = RECORD_TOLERANCE[dtype]
-    assert (at_once / results.CONFIG).read_text() == (separate / results.CONFIG).read_text()
-    assert_records_close(metrics(separate), metrics(at_once), "metrics", tolerance)
-    first, second = (json.loads((d / results.SUMMARY).read_text()) for d in (separate, at_once))
-    for summary in (first, second):
-        summary.pop("timing")
-    assert_records_close(first, second, "summary", tolerance)
-    for name in (results.PREDICTIONS, results.KERNELS):
-        assert (separate / name).exists() == (at_once / name).exists(), name
-        if not (separate / name).exists():
-            continue
-        a, b = torch.load(separate / name), torch.load(at_once / name)
-        for key in a:
-            if torch.is_tensor(a[key]):
-                torch.testing.assert_close(b[key], a[key], rtol=tolerance[0], atol=tolerance[1], msg=f"{name} {key}")
 
 
 @pytest.mark.parametrize("extra", [["dtype=float64"] + SPECTRAL,

@@ -5,8 +5,6 @@ exponents of a synthetic sweep), power-law fits and the SLURM launcher's compose
 import io
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
