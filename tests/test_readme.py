@@ -5,6 +5,7 @@ import io
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -69,3 +70,49 @@ def test_readme_cntk_example_runs_and_its_claim_holds():
     # 0.07-0.14 over seeds 0-3 (tests/test_layers.py fits its channels^(-1/2) law); (0.02, 0.3)
     # keeps a margin on both sides.
     assert 0.02 < error < 0.3
+
+
+def markdown_table_after(text: str, marker: str) -> list[dict]:
+    """The rows of the first markdown table after ``marker`` in ``text``, as {header: cell}."""
+    lines = text[text.index(marker):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    header, rows = table[0], table[2:]     # table[1] is the |---| rule
+    return [dict(zip(header, row)) for row in rows]
+
+
+DATA = README.parent / "docs" / "data"
+DATA_SETS = {"mnist": ("MNIST", "On MNIST the initial function decides the comparison"),
+             "fashion": ("Fashion-MNIST", "The same comparison on Fashion-MNIST")}
+
+
+@pytest.mark.parametrize("name", sorted(DATA_SETS))
+def test_the_cntk_figures_tables_hold_the_readmes_numbers(name):
+    """docs/data/cntk_*.csv, from which docs/cntk_*.png is drawn, and the README's tables are the
+    same measurements: every row of the one is a row of the other, to the digits the README prints."""
+    text = README.read_text()
+    label, trained_marker = DATA_SETS[name]
+    kernel_rows = markdown_table_after(text, "Measured on our 2-core AMD EPYC (torch 2.13.0, CPU, float64 kernels")
+    kernels = pd.read_csv(DATA / f"cntk_{name}_kernels.csv")
+    method = {"gap": "CNTK-GAP", "flatten": "CNTK-V (flatten)"}
+    gaussian_process = {"gap": "NNGP-GAP", "flatten": "NNGP-V"}
+    for _, run in kernels.iterrows():
+        matches = [row for row in kernel_rows if row["data"].split(" (")[0] == label
+                   and row["train / test images"] == f"{run['data.n_train']} / {run['data.n_test']}"]
+        assert len(matches) == 1, (name, run.to_dict())
+        assert float(matches[0][method[run["model.readout"]]]) == run["kernels.ntk.test_accuracy"]
+        assert float(matches[0][gaussian_process[run["model.readout"]]]) == run["kernels.nngp.test_accuracy"]
+    trained_rows = [row for row in markdown_table_after(text, trained_marker)
+                    if row.get("f trained", "f − f_0 (`model.alpha=1`)") == "f − f_0 (`model.alpha=1`)"]
+    trained = pd.read_csv(DATA / f"cntk_{name}_trained.csv")
+    assert len(trained) == len(trained_rows)
+    for _, run in trained.iterrows():
+        row = next(row for row in trained_rows
+                   if (int(row["channels"]), int(row["seed"])) == (run["model.width"], run["seed"]))
+        for column, field in (("test accuracy", "test_accuracy"), ("test loss", "test_loss"),
+                              ("pred_gap_analytic", "pred_gap_analytic"), ("kernel_change", "kernel_change")):
+            assert float(row[column]) == run[f"final.{field}"], (name, column, row)
