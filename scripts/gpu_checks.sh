@@ -24,7 +24,7 @@
 #      /tmp/ntklab_regress (their kernel blocks are hundreds of MB) and only their regression.json
 #      and config come back under OUT/cntk_regress/. To have the data there, before the device call:
 #          mkdir -p data/mnist data/fashion_mnist && cp .../mnist.pkl.gz data/mnist/ &&
-#          cp .../fashion-mnist/*-ubyte.gz data/fashion_mnist/ && echo data/ >> .git/info/exclude
+#          cp .../fashion-mnist/*-ubyte.gz data/fashion_mnist/ && echo /data/ >> .git/info/exclude  (/data/: not docs/data)
 #      and add "data" to the call's carry (47 MB with the wheels below).
 #
 # The device image has torch, numpy, scipy, pandas, pyarrow, matplotlib, tqdm and pytest but not Hydra:
