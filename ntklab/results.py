@@ -5,8 +5,9 @@
     checkpoint.pt    model, optimizer, RNG states, step and the metrics file's length (atomic), with a
                      SHA-256 of its own contents and of the metrics prefix it vouches for, both
                      verified on resume (RunDirCorrupt on a mismatch)
-    .lock            held (fcntl.flock, exclusive) by the one process running in the directory; the
-                     OS releases it when that process ends or dies, so it is never stale
+    .lock            held (fcntl.flock, exclusive) by the one process running in the directory (shared
+                     by the workers of one ``regress``); the OS releases it when that process ends or
+                     dies, so it is never stale
     summary.json     status ok | diverged | failed, final and fitted numbers (atomic, at the end); a
                      refused config leaves one with status failed and the reason (and only .lock);
                      one that cannot be parsed is removed and the run treated as unfinished
@@ -105,18 +106,20 @@ def content_digest(obj) -> str:
 
 
 @contextlib.contextmanager
-def locked(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``run_dir`` (its .lock file) for the ``with`` block.
+def locked(run_dir: Path, shared: bool = False) -> Iterator[None]:
+    """Hold the run directory's lock (its .lock file) for the ``with`` block: exclusive, or ``shared``
+    with other holders that ask for it shared (the workers of one ``regress``, which coordinate through
+    :func:`file_lock` per block) and with none that hold it exclusively.
 
     The lock is ``fcntl.flock`` on an open file: the OS drops it when the holder closes the file,
     exits or is killed, so a dead run never leaves a stale lock. The holder's pid is written into
-    the file for the message of :class:`RunDirBusy`, raised at once when another process holds it.
+    the file for the message of :class:`RunDirBusy`, raised at once when the lock cannot be had.
     """
     path = Path(run_dir) / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
@@ -125,11 +128,34 @@ def locked(run_dir: Path) -> Iterator[None]:
             except (ValueError, OSError):   # the holder has not written its pid yet
                 pid = None
             raise RunDirBusy(Path(run_dir), pid) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not shared:      # shared holders leave the first one's pid (any of them names a user of the directory)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        elif os.fstat(fd).st_size == 0:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)        # releases the lock
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """An exclusive ``fcntl.flock`` on ``path`` (created if missing) for the ``with`` block: yields True
+    when held; with ``wait=False`` it yields False at once if another process holds it, with
+    ``wait=True`` it blocks until the holder ends (or dies: the OS releases a dead holder's lock).
+    A claim on one piece of shared work, e.g. one block of a ``regress`` kernel matrix."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as err:
+            if wait or err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def environment(device="cpu", dtype: Optional[str] = None) -> Dict:

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -119,6 +120,16 @@ def ntklab(*args, cwd, wait=True):
     """Run `python -m ntklab ARGS`: (stdout, stderr, exit code), or the running process if not ``wait``."""
     process = start_ntklab(*args, cwd=cwd)
     return process.communicate(timeout=300) + (process.returncode,) if wait else process
+
+
+def wait_until(condition, timeout_s, what, every_s=0.2, details=lambda: ""):
+    """Poll ``condition()`` every ``every_s`` until it is true; fail the test after ``timeout_s``, naming
+    ``what`` was awaited and appending ``details()`` (e.g. the queue's state)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout_s} s for {what}\n{details()}")
+        time.sleep(every_s)
 
 
 def stop_all(processes):

@@ -42,6 +42,17 @@ def test_a_second_process_in_a_run_directory_is_refused_and_a_killed_holder_leav
     assert run(compose_train(TINY), tmp_path)["status"] == "ok"
 
 
+
+def test_the_shared_lock_of_regress_workers_admits_more_workers_and_refuses_a_training_run(tmp_path):
+    # flock locks belong to open files, so two holders in this process stand for two processes
+    with results.locked(tmp_path, shared=True), results.locked(tmp_path, shared=True):
+        with pytest.raises(results.RunDirBusy, match=f"process {os.getpid()}"):
+            run(compose_train(TINY), tmp_path)
+    with results.locked(tmp_path):
+        with pytest.raises(results.RunDirBusy):
+            with results.locked(tmp_path, shared=True):
+                pass
+
 # ----------------------------------------------------------------------------- 2. sweeps keep every job
 
 @pytest.mark.parametrize("launcher", ["basic", "local"])

@@ -5,20 +5,22 @@ split checked by hand, and a killed job that resumes to the identical result.
 
 import json
 import os
+import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from ntklab import analytic_kernels
+from ntklab import analytic_kernels, results
 from ntklab.collect import read_table
 from ntklab.commands import regress
 from ntklab.errors import ConfigError
 from ntklab.nets import cnn_layers
 from ntklab.train.trainer import load_data
-from tests.helpers import compose_config, draw, ntklab, start_ntklab, stop_all
+from tests.helpers import compose_config, draw, ntklab, start_ntklab, stop_all, wait_until
 
 # flatten readout: its kernel needs only the spatial diagonal, so these stay fast (GAP is tested in test_cntk.py)
 SMALL = ["data.n_train=40", "data.n_test=30", "width=4", "depth=1", "model.readout=flatten", "device=cpu",
@@ -103,11 +105,8 @@ def test_a_killed_regress_resumes_to_the_identical_result(tmp_path):
     blocks_dir = tmp_path / "killed" / regress.BLOCKS
     process = start_ntklab("regress", *overrides, "hydra.run.dir=killed", cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if blocks_dir.is_dir() and len(list(blocks_dir.glob("*.pt"))) >= 3:
-                break
-            time.sleep(0.02)
+        wait_until(lambda: process.poll() is not None or len(list(blocks_dir.glob("*.pt"))) >= 3, 120,
+                   "three saved blocks", every_s=0.02)
         os.kill(process.pid, signal.SIGKILL)
         process.communicate()
     finally:
@@ -118,6 +117,52 @@ def test_a_killed_regress_resumes_to_the_identical_result(tmp_path):
     whole = regress.run(compose_config("regress", overrides), tmp_path / "whole")
     assert resumed["kernels"] == whole["kernels"]
     assert len(list(blocks_dir.glob("*.pt"))) == total
+
+
+@pytest.mark.parametrize("holder_saves", [True, False], ids=["holder saves it", "holder dies"])
+def test_a_worker_leaves_a_held_block_to_its_holder_and_takes_it_over_if_the_holder_dies(tmp_path, holder_saves):
+    # The test process is the other worker: it holds one block's lock while regress runs in a thread.
+    cfg = compose_config("regress", SMALL)
+    whole = regress.run(cfg, tmp_path / "whole")
+    grid = regress.BlockGrid(40, 30, 16)
+    held, name = grid.blocks[0], grid.file_name(grid.blocks[0])
+    blocks_dir = tmp_path / "shared" / regress.BLOCKS
+    blocks_dir.mkdir(parents=True)
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(regress.run(cfg, tmp_path / "shared")))
+    with results.file_lock(blocks_dir / f".{name}.lock", wait=False) as got:
+        assert got
+        worker.start()
+        others = [blocks_dir / grid.file_name(b) for b in grid.blocks if b != held]
+        wait_until(lambda: all(path.exists() for path in others), 120, "the blocks nobody holds", every_s=0.02)
+        time.sleep(0.5)             # the worker now waits on the held block: it must neither compute it nor end
+        assert not (blocks_dir / name).exists() and worker.is_alive()
+        if holder_saves:
+            shutil.copy2(tmp_path / "whole" / regress.BLOCKS / name, blocks_dir / name)
+            saved_stamp = (blocks_dir / name).stat().st_mtime_ns
+    worker.join(timeout=120)
+    assert not worker.is_alive() and outcome, "the worker did not finish"
+    if holder_saves:        # not computed again
+        assert (blocks_dir / name).stat().st_mtime_ns == saved_stamp
+    # the same blocks (float64, computed the same way) give the identical solve
+    assert outcome[0]["kernels"] == whole["kernels"]
+    assert json.loads((tmp_path / "shared" / regress.REGRESSION_JSON).read_text())["kernels"] == whole["kernels"]
+
+
+def test_two_regress_processes_fill_one_run_directory_together(tmp_path):
+    overrides = SMALL + ["hydra.run.dir=shared"]
+    processes = [start_ntklab("regress", *overrides, cwd=tmp_path) for _ in range(2)]
+    try:
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        stop_all(processes)
+    assert [process.returncode for process in processes] == [0, 0], [err for _, err in outputs]
+    grid = regress.BlockGrid(40, 30, 16)
+    blocks_dir = tmp_path / "shared" / regress.BLOCKS
+    assert sorted(p.name for p in blocks_dir.glob("*.pt")) == sorted(grid.file_name(b) for b in grid.blocks)
+    assert not list(blocks_dir.glob(".*.lock"))           # each claim removed with its block
+    whole = regress.run(compose_config("regress", SMALL), tmp_path / "whole")
+    assert json.loads((tmp_path / "shared" / regress.REGRESSION_JSON).read_text())["kernels"] == whole["kernels"]
 
 
 @pytest.fixture(scope="module")

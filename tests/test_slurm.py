@@ -20,7 +20,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +27,7 @@ import pytest
 
 from ntklab import results, slurm
 from ntklab.train import run
+from tests import helpers
 from tests.helpers import compose_train, ntklab
 
 # ----------------------------------------------------------------------------- 1. the request check (no cluster)
@@ -263,11 +263,7 @@ def sweeps(tmp_path):
 
 
 def wait_until(condition, timeout_s, what, every_s=0.2):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout_s} s for {what}\n{squeue()}")
-        time.sleep(every_s)
+    helpers.wait_until(condition, timeout_s, what, every_s, details=squeue)
 
 
 def squeue():

@@ -16,7 +16,9 @@ chosen from ``ridges`` on a held-out part of the train set. Files in the run dir
     kernel_blocks/    the kernel matrix in blocks of block_size × block_size inputs (train × train on
                       and above the diagonal, test × train), each saved as it finishes: a killed job
                       continues with the blocks it lacks, and a finished directory reuses them all
-                      (re-running with other ridges only solves again)
+                      (re-running with other ridges only solves again); several processes with the
+                      same config may fill it together, each block claimed by a lock on its own
+                      .NAME.lock file while it is computed (:func:`compute_blocks`)
 """
 
 from __future__ import annotations
@@ -74,35 +76,43 @@ def run(cfg, run_dir: Path) -> Dict:
 
     With ``stop_after_blocks`` an invocation may end before the kernels are complete: it returns
     {"status": "stopped", ...} and a later one continues.
+
+    Several invocations with the same config may share ``run_dir`` (on the cores of one machine, or
+    as the tasks of a job array on a shared filesystem): they hold the directory's lock shared, split
+    the kernel blocks between them (:func:`compute_blocks`), and each solves once all blocks exist,
+    one at a time (the same numbers: the solve is deterministic).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with results.locked(run_dir):
+    with results.locked(run_dir, shared=True):
         try:
             return _run_locked(cfg, run_dir)
         except Exception as err:
             # a failed attempt says why in regression.json (collect shows it), unless the directory
             # already holds a finished result, which stays as it is
-            path = run_dir / REGRESSION_JSON
-            try:
-                finished = json.loads(path.read_text()).get("status") == results.OK
-            except (OSError, ValueError, AttributeError):        # none yet, or not a summary
-                finished = False
-            if not finished:
-                results.write_json(path, {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
-                                          "traceback": traceback.format_exc(),
-                                          "config": OmegaConf.to_container(cfg, resolve=False)})
+            with _exclusive(run_dir):
+                path = run_dir / REGRESSION_JSON
+                try:
+                    finished = json.loads(path.read_text()).get("status") == results.OK
+                except (OSError, ValueError, AttributeError):        # none yet, or not a summary
+                    finished = False
+                if not finished:
+                    results.write_json(path, {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
+                                              "traceback": traceback.format_exc(),
+                                              "config": OmegaConf.to_container(cfg, resolve=False)})
             raise
+
+
+def _exclusive(run_dir: Path):
+    """The lock the workers of one run directory take, one at a time, to write its shared files
+    (config.yaml, regression.json) and remove what a killed writer left."""
+    return results.file_lock(run_dir / ".regress.lock", wait=True)
 
 
 def _run_locked(cfg, run_dir: Path) -> Dict:
     from ntklab.train.trainer import load_data, resolve_device
 
     blocks_dir = run_dir / BLOCKS
-    blocks_dir.mkdir(exist_ok=True)
-    for folder in (run_dir, blocks_dir):
-        for leftover in results.remove_leftovers(folder):
-            log.warning("removed %s, left by an interrupted write", leftover)
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     data = load_data(cfg.data, images=wants_images(cfg.model))
@@ -111,7 +121,11 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
     if problem is not None:
         raise ConfigError("model", f"has no analytic kernels: {problem}")
     device = resolve_device(cfg.device)
-    results.check_same_config(run_dir, config, _NOT_COMPARED, schema=RegressConfig)
+    with _exclusive(run_dir):
+        blocks_dir.mkdir(exist_ok=True)
+        for leftover in results.remove_leftovers(run_dir):
+            log.warning("removed %s, left by an interrupted write", leftover)
+        results.check_same_config(run_dir, config, _NOT_COMPARED, schema=RegressConfig)
 
     grid = BlockGrid(data.n_train, data.n_test, int(cfg.block_size))
     done = compute_blocks(spec or arch, data, grid, blocks_dir, device=device, dtype=getattr(torch, cfg.dtype),
@@ -120,7 +134,12 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
         log.info("stopped with %d of %d kernel blocks done (stop_after_blocks); run again to continue",
                  done, len(grid.blocks))
         return {"status": results.STOPPED, "blocks_done": done, "blocks": len(grid.blocks)}
-    train, test, kernel_seconds = assemble(grid, blocks_dir)
+    with _exclusive(run_dir):
+        return _solve_and_write(cfg, run_dir, data, arch, grid, device, config)
+
+
+def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid", device, config: Dict) -> Dict:
+    train, test, kernel_seconds = assemble(grid, run_dir / BLOCKS)
     started = time.perf_counter()
     solved = {kind: solve(train[kind], test[kind], data, cfg) for kind in KINDS}
     solve_seconds = time.perf_counter() - started
@@ -175,31 +194,61 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
 
     Each block file holds the NNGP and NTK of its pairs, float64 on the CPU, and the seconds it
     took. A diagonal train block is the symmetric kernel of its inputs (exact ρ = 1 on its diagonal).
+
+    Several processes may fill one ``blocks_dir`` at once (the workers of one kernel matrix): a block
+    is computed under an exclusive lock on its own lock file, a worker passes over the blocks others
+    hold, and then waits for them, computing any whose holder died (the OS releases a dead process's
+    lock, so no claim is ever stale). ``stop_after`` counts the blocks this call computes; it ends
+    without waiting for the others.
     """
     rows = {"train": grid.chunks(grid.n_train), "test": grid.chunks(grid.n_test)}
     inputs = {"train": data.x_train, "test": data.x_test}
-    missing = [b for b in grid.blocks if not (blocks_dir / grid.file_name(b)).exists()]
-    done = len(grid.blocks) - len(missing)
-    bar = tqdm(total=len(grid.blocks), initial=done, desc="kernel blocks", unit="block",
-               disable=None if progress else True, dynamic_ncols=True)
+    path = lambda block: blocks_dir / grid.file_name(block)
+    missing = [b for b in grid.blocks if not path(b).exists()]
+    bar = tqdm(total=len(grid.blocks), initial=len(grid.blocks) - len(missing), desc="kernel blocks",
+               unit="block", disable=None if progress else True, dynamic_ncols=True)
+    computed = 0
+
+    def compute(block) -> None:
+        split, r, c = block
+        x_rows = inputs[split][rows[split][r]].to(device, torch.float64)
+        x_cols = data.x_train[rows["train"][c]].to(device, torch.float64)
+        started = time.perf_counter()
+        kernels = (analytic_kernels(arch, x_rows, dtype=dtype) if split == "train" and r == c
+                   else analytic_kernels(arch, x_rows, x_cols, dtype=dtype))
+        nngp, ntk = kernels.nngp.double().cpu(), kernels.ntk.double().cpu()   # waits for the device
+        results.save_torch(path(block), {"nngp": nngp, "ntk": ntk, "seconds": time.perf_counter() - started})
+
+    def attempt(block, wait: bool) -> bool:
+        """Compute ``block`` unless it exists once its lock is held; False if another worker holds it."""
+        nonlocal computed
+        lock = blocks_dir / f".{grid.file_name(block)}.lock"
+        with results.file_lock(lock, wait=wait) as held:
+            if not held:
+                return False
+            # the existence check comes after the lock: a worker that listed the block as missing may
+            # get the lock only after its holder saved it
+            if not path(block).exists():
+                compute(block)
+                computed += 1
+            lock.unlink(missing_ok=True)    # safe: whoever locks this file next checks the block first
+        bar.update(1)
+        return True
+
     try:
-        for count, block in enumerate(missing):
-            if stop_after is not None and count >= stop_after:
+        held_by_others = []
+        for block in missing:
+            if stop_after is not None and computed >= stop_after:
                 break
-            split, r, c = block
-            x_rows = inputs[split][rows[split][r]].to(device, torch.float64)
-            x_cols = data.x_train[rows["train"][c]].to(device, torch.float64)
-            started = time.perf_counter()
-            kernels = (analytic_kernels(arch, x_rows, dtype=dtype) if split == "train" and r == c
-                       else analytic_kernels(arch, x_rows, x_cols, dtype=dtype))
-            nngp, ntk = kernels.nngp.double().cpu(), kernels.ntk.double().cpu()   # waits for the device
-            results.save_torch(blocks_dir / grid.file_name(block),
-                               {"nngp": nngp, "ntk": ntk, "seconds": time.perf_counter() - started})
-            done += 1
-            bar.update(1)
+            if not attempt(block, wait=False):
+                held_by_others.append(block)
+        for block in held_by_others:
+            if stop_after is not None and computed >= stop_after:
+                break
+            attempt(block, wait=True)
     finally:
         bar.close()
-    return done
+    return sum(path(b).exists() for b in grid.blocks)
 
 
 def assemble(grid: BlockGrid, blocks_dir: Path):
