@@ -106,6 +106,12 @@ def _collect(args: List[str]) -> int:
     return collect_main(args)
 
 
+def _compare(args: List[str]) -> int:
+    from ntklab.compare import main as compare_main
+
+    return compare_main(args)
+
+
 # name → (one-line description, task, primary config name). A Hydra app's task takes the composed
 # config; a command without a config (None) is a plain argparse program taking its arguments.
 COMMANDS: Dict[str, Tuple[str, Callable, Optional[str]]] = {
@@ -121,6 +127,8 @@ COMMANDS: Dict[str, Tuple[str, Callable, Optional[str]]] = {
     "gan": ("a GAN whose generator is frozen, chaotic or normalised: mode collapse, checkerboards, its NTK over "
             "latents", _gan, "gan"),
     "collect": ("gather run directories (a multirun sweep) into one table: PATH/results.csv", _collect, None),
+    "compare": ("two regress runs on the same test images, image by image: counts, paired error, McNemar p",
+                _compare, None),
 }
 
 

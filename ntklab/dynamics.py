@@ -51,13 +51,19 @@ def mse_loss(fx: Tensor, y: Tensor) -> Tensor:
     return 0.5 * ((torch.as_tensor(fx) - y) ** 2).mean(dim=tuple(range(-y.dim(), 0)))
 
 
-def accuracy(fx: Tensor, y: Tensor) -> float:
-    """Fraction of points classified right: argmax for one-hot targets; for scalar two-valued targets
-    (±1, possibly centred) the side of the midpoint between the two values."""
+def correct(fx: Tensor, y: Tensor) -> Tensor:
+    """(M,) bool: which of the M points (outputs fx (M, k), targets y (M, k)) are classified right:
+    argmax for one-hot targets; for scalar two-valued targets (±1, possibly centred) the side of the
+    midpoint between the two values."""
     if y.shape[1] == 1:
         midpoint = (y.max() + y.min()) / 2
-        return ((fx > midpoint) == (y > midpoint)).double().mean().item()
-    return (fx.argmax(1) == y.argmax(1)).double().mean().item()
+        return ((fx > midpoint) == (y > midpoint)).reshape(-1)
+    return fx.argmax(1) == y.argmax(1)
+
+
+def accuracy(fx: Tensor, y: Tensor) -> float:
+    """Fraction of points classified right (:func:`correct`)."""
+    return correct(fx, y).double().mean().item()
 
 
 def max_learning_rate(k_train_train: Tensor, out_dim: int = 1, fraction: float = 1.0) -> float:

@@ -4,6 +4,7 @@ split checked by hand, and a killed job that resumes to the identical result.
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -39,7 +40,7 @@ def _direct(cfg, ridge=0.0):
         k_train = k_train + ridge * k_train.diagonal().mean() * torch.eye(len(k_train), dtype=torch.float64)
         predicted = k_test @ torch.linalg.solve(k_train, data.y_train)
         eigenvalues = torch.linalg.eigvalsh(k_train)
-        out[kind] = {"accuracy": (predicted.argmax(1) == data.labels_test).double().mean().item(),
+        out[kind] = {"predicted": predicted, "accuracy": (predicted.argmax(1) == data.labels_test).double().mean().item(),
                      "mse": (predicted - data.y_test).pow(2).mean().item(),
                      "condition_number": (eigenvalues[-1] / eigenvalues[0]).item()}
     return data, out
@@ -229,3 +230,57 @@ def test_bad_regress_configs_name_the_field(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as err:
         regress.run(compose_config("regress", SMALL + overrides), tmp_path / "run")
     assert message in str(err.value)
+
+
+def _mcnemar_by_hand(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value as the binomial sum: 2 Σ_{i ≤ min(b, c)} C(b + c, i) / 2^(b + c), at most 1."""
+    discordant = only_a + only_b
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, i) for i in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2 ** discordant)
+
+
+def test_compare_pairs_two_kernels_on_the_same_test_images(tmp_path):
+    """predictions.pt holds the solve done directly, and `compare` counts its 2×2 table and McNemar's
+    p as they are counted here by hand. 20 train and 200 test digits: the NNGP and the NTK then
+    disagree on a dozen or more images (at 40 train images both make 0–1 errors in 30)."""
+    overrides = SMALL + ["data.n_train=20", "data.n_test=200", "hydra.run.dir=run"]
+    out, err, code = ntklab("regress", *overrides, cwd=tmp_path)
+    assert code == 0, err
+    data, direct = _direct(compose_config("regress", SMALL + ["data.n_train=20", "data.n_test=200"]))
+    saved = torch.load(tmp_path / "run" / results.PREDICTIONS, weights_only=True)
+    right = {}
+    for kind in ("nngp", "ntk"):
+        # eigendecomposition against LU on a well-conditioned float64 kernel: rounding only
+        assert torch.allclose(saved[kind], direct[kind]["predicted"], rtol=1e-8, atol=1e-10)
+        right[kind] = direct[kind]["predicted"].argmax(1) == data.labels_test
+    assert torch.equal(saved["labels_test"], data.labels_test) and torch.equal(saved["y_test"], data.y_test)
+    only_nngp = int((right["nngp"] & ~right["ntk"]).sum())
+    only_ntk = int((~right["nngp"] & right["ntk"]).sum())
+    both, neither = int((right["nngp"] & right["ntk"]).sum()), int((~right["nngp"] & ~right["ntk"]).sum())
+    assert only_nngp + only_ntk >= 10            # a table worth testing, not 0 against 0
+
+    out, err, code = ntklab("compare", "run:nngp", "run", cwd=tmp_path)      # B's kind defaults to ntk
+    assert code == 0, err
+    assert f"images right       both {both}, only A {only_nngp}, only B {only_ntk}, neither {neither}" in out
+    accuracy = {kind: right[kind].double().mean().item() for kind in right}
+    assert f"accuracy           A {accuracy['nngp']:.4f}   B {accuracy['ntk']:.4f}" in out
+    # the paired standard error is the population standard deviation of d_i over √M
+    differences = right["ntk"].double() - right["nngp"].double()
+    se = differences.std(unbiased=False).item() / math.sqrt(200)
+    assert f"B − A              {differences.mean().item():+.4f} ± {se:.4f}" in out
+    assert f"McNemar exact p    {_mcnemar_by_hand(only_nngp, only_ntk):.4g}" in out
+
+
+def test_compare_refuses_runs_it_cannot_pair(tmp_path):
+    """Another test draw, a kernel that is not there, a directory without predictions: exit code 2 and why."""
+    for name, extra in (("a", []), ("b", ["data.seed=1"])):
+        assert ntklab("regress", *SMALL, f"hydra.run.dir={name}", *extra, cwd=tmp_path)[2] == 0
+    out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
+    assert code == 2 and "were tested on different images" in err, err
+    out, err, code = ntklab("compare", "a:nngp", "a:cntk", cwd=tmp_path)
+    assert code == 2 and "has no kernel 'cntk'; it has nngp, ntk" in err, err
+    (tmp_path / "a" / results.PREDICTIONS).unlink()
+    out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
+    assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err

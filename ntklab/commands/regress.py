@@ -19,6 +19,10 @@ chosen from ``ridges`` on a held-out part of the train set. Files in the run dir
                       (re-running with other ridges only solves again); several processes with the
                       same config may fill it together, each block claimed by a lock on its own
                       .NAME.lock file while it is computed (:func:`compute_blocks`)
+    predictions.pt    each kernel's prediction f(X*) (M, k) at the ridge regression.json reports, the
+                      test targets (M, k) and labels (M,), and a SHA-256 of the test inputs: what
+                      ``python -m ntklab compare`` pairs image by image (:mod:`ntklab.compare`);
+                      written before regression.json, which marks the directory finished
 """
 
 from __future__ import annotations
@@ -141,8 +145,13 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
 def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid", device, config: Dict) -> Dict:
     train, test, kernel_seconds = assemble(grid, run_dir / BLOCKS)
     started = time.perf_counter()
-    solved = {kind: solve(train[kind], test[kind], data, cfg) for kind in KINDS}
+    solved, predicted = {}, {}
+    for kind in KINDS:
+        solved[kind], predicted[kind] = solve(train[kind], test[kind], data, cfg)
     solve_seconds = time.perf_counter() - started
+    results.save_torch(run_dir / results.PREDICTIONS, {
+        **predicted, "y_test": data.y_test, "labels_test": data.labels_test,
+        "test_inputs_sha256": results.content_digest(data.x_test)})
     entries = grid.entries
     summary = {
         "status": results.OK, "n_train": data.n_train, "n_test": data.n_test, "in_shape": list(data.in_shape),
@@ -277,9 +286,9 @@ def assemble(grid: BlockGrid, blocks_dir: Path):
 
 # ----------------------------------------------------------------------------- the solve
 
-def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Dict:
-    """Kernel regression with one kernel: the ridge (chosen on a held-out split when ``cfg.ridges``
-    is given), test accuracy and MSE."""
+def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Tensor]:
+    """Kernel regression with one kernel: (the ridge (chosen on a held-out split when ``cfg.ridges``
+    is given), test accuracy and MSE; the test prediction (M, k))."""
     y_train, y_test = data.y_train.double(), data.y_test.double()
     classification = data.labels_test is not None
     precision = getattr(torch, cfg.dtype)       # the kernels' entries carry this dtype's rounding
@@ -297,7 +306,7 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Dict:
     scores = _scores(predicted, y_test, classification)
     return {"ridge": ridge, "test_accuracy": scores.get("accuracy"), "test_mse": scores["mse"],
             "condition_number": predictor.spectrum.condition_number,
-            "unfitted_directions": int(predictor.spectrum.null.sum()), "held_out": tried or None}
+            "unfitted_directions": int(predictor.spectrum.null.sum()), "held_out": tried or None}, predicted
 
 
 def predict(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
