@@ -127,7 +127,8 @@ COMMANDS: Dict[str, Tuple[str, Callable, Optional[str]]] = {
     "gan": ("a GAN whose generator is frozen, chaotic or normalised: mode collapse, checkerboards, its NTK over "
             "latents", _gan, "gan"),
     "collect": ("gather run directories (a multirun sweep) into one table: PATH/results.csv", _collect, None),
-    "compare": ("two regress runs on the same test images, image by image: counts, paired error, McNemar p",
+    "compare": ("two runs (regress or train) on the same test images, image by image: counts, paired error, "
+                "McNemar p",
                 _compare, None),
 }
 

@@ -18,13 +18,16 @@ the two kernels err on the same images, as kernels of one architecture do.
 
 Usage::
 
-    python -m ntklab compare RUN_A[:KIND] RUN_B[:KIND]     # KIND: ntk (default) or nngp
+    python -m ntklab compare RUN_A[:KIND] RUN_B[:KIND]
 
-Each RUN is a ``regress`` run directory; its predictions.pt holds every kernel's test prediction.
-The two must have been tested on the same images (same data settings): the SHA-256 of the test
-inputs saved with the predictions is compared. Exit code 2, with one line saying why, for a
-directory without predictions.pt, a kind that is not there, test sets that differ, or a data set
-without classes.
+Each RUN is a ``regress`` run directory (KIND ntk, the default, or nngp: the kernel's t = ∞
+prediction) or a training run directory (KIND net, the default: the trained net's test outputs;
+init; analytic: its kernel's prediction for the same step; linear: the linearised net's), read from
+its predictions.pt. The two must have been tested on the same images (same data settings): the
+SHA-256 of the test inputs rounded to float32 is compared (:func:`ntklab.results.test_inputs_sha256`),
+so a float32 training run pairs with a float64 ``regress`` run. Exit code 2, with one line saying
+why, for a directory without predictions.pt, a kind that is not there, test sets that differ, or a
+data set without classes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,9 +44,6 @@ from scipy.stats import binomtest
 
 from ntklab import results
 from ntklab.dynamics import correct
-
-DEFAULT_KIND = "ntk"
-
 
 class CompareError(ValueError):
     """The two runs cannot be paired; the message says why."""
@@ -96,46 +96,75 @@ def paired_comparison(right_a, right_b) -> PairedComparison:
                             only_b=int(np.sum(~a & b)), neither=int(np.sum(~a & ~b)))
 
 
-def load_predictions(run_dir: Path) -> dict:
-    """A ``regress`` run directory's predictions.pt (see :mod:`ntklab.commands.regress`)."""
+# a training run's predictions.pt: its test outputs by name (the trainer's _save_predictions)
+TRAINED_OUTPUTS = {"net": "f_final", "init": "f_init", "analytic": "f_pred_analytic", "linear": "f_pred_linear"}
+DEFAULT_KIND = {"regress": "ntk", "train": "net"}
+
+
+@dataclass(frozen=True)
+class TestPredictions:
+    """One run's test outputs by kind ((M, k) each), the targets (M, k), whether they are classes,
+    and the SHA-256 of its test inputs rounded to float32 (what pairs runs computed in either dtype)."""
+
+    outputs: dict
+    y_test: torch.Tensor
+    classification: bool
+    inputs_sha256: str
+    default_kind: str
+
+
+def load_predictions(run_dir: Path) -> TestPredictions:
+    """The test predictions of a ``regress`` run (each kernel's t = ∞ prediction: ntk, nngp) or a
+    training run (the net at the end: net; at init: init; its kernel's prediction for the same step:
+    analytic; the linearised net's: linear), from its predictions.pt."""
     path = Path(run_dir) / results.PREDICTIONS
     if not path.exists():
         if (Path(run_dir) / results.REGRESSION).exists():
             raise CompareError(f"{run_dir} has no {results.PREDICTIONS}: run the same `python -m ntklab regress` "
                                "command in it again to write it (its kernel blocks are reused; only the solve runs)")
-        raise CompareError(f"{run_dir} is not a finished regress run directory (no {results.PREDICTIONS})")
+        raise CompareError(f"{run_dir} is not a finished regress or training run directory (no {results.PREDICTIONS})")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CompareError(f"{path} cannot be read ({type(err).__name__}: {err})") from err
-    if not isinstance(saved, dict) or "test_inputs_sha256" not in saved:
-        raise CompareError(f"{path} is not a regress run's predictions (a training run's?)")
-    return saved
+    if isinstance(saved, dict) and "test_inputs_sha256" in saved:
+        return TestPredictions(outputs={kind: saved[kind] for kind in ("nngp", "ntk") if kind in saved},
+                               y_test=saved["y_test"], classification=saved["labels_test"] is not None,
+                               inputs_sha256=saved["test_inputs_sha256"], default_kind=DEFAULT_KIND["regress"])
+    if isinstance(saved, dict) and "f_final" in saved:
+        return TestPredictions(outputs={kind: saved[key] for kind, key in TRAINED_OUTPUTS.items()
+                                        if torch.is_tensor(saved.get(key))},
+                               y_test=saved["y_test"], classification="classes" in saved.get("extras", {}),
+                               inputs_sha256=results.test_inputs_sha256(saved["x_test"]), default_kind=DEFAULT_KIND["train"])
+    raise CompareError(f"{path} holds neither a regress run's nor a training run's test predictions")
 
 
-def compare_runs(run_a: Path, kind_a: str, run_b: Path, kind_b: str) -> PairedComparison:
-    """Pair kernel ``kind_a`` of ``run_a`` with ``kind_b`` of ``run_b`` on their shared test images."""
-    saved = []
+def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
+                 kind_b: Optional[str]) -> Tuple[PairedComparison, str, str]:
+    """Pair output ``kind_a`` of ``run_a`` with ``kind_b`` of ``run_b`` (None: the run's default, ntk
+    or net) on their shared test images: (the comparison, kind_a, kind_b as resolved)."""
+    loaded = []
     for run_dir, kind in ((run_a, kind_a), (run_b, kind_b)):
         predictions = load_predictions(run_dir)
-        if kind not in predictions or not torch.is_tensor(predictions[kind]):
-            kinds = sorted(k for k, v in predictions.items() if torch.is_tensor(v) and k not in ("y_test", "labels_test"))
-            raise CompareError(f"{run_dir} has no kernel {kind!r}; it has {', '.join(kinds)}")
-        if predictions["labels_test"] is None:
+        kind = kind or predictions.default_kind
+        if kind not in predictions.outputs:
+            raise CompareError(f"{run_dir} has no output {kind!r}; it has {', '.join(predictions.outputs)}")
+        if not predictions.classification:
             raise CompareError(f"{run_dir}: its data set has no classes, so there are no accuracies to pair")
-        saved.append((predictions, kind))
-    (first, kind_first), (second, kind_second) = saved
-    if first["test_inputs_sha256"] != second["test_inputs_sha256"] or not torch.equal(first["y_test"],
-                                                                                     second["y_test"]):
+        loaded.append((predictions, kind))
+    (first, kind_first), (second, kind_second) = loaded
+    if first.inputs_sha256 != second.inputs_sha256 or not torch.allclose(first.y_test.double(), second.y_test.double(),
+                                                                          rtol=0, atol=1e-6):
         raise CompareError(f"{run_a} and {run_b} were tested on different images (their data settings differ: "
                            "data set, data.n_test, data.seed, normalisation); a paired comparison needs the same test set")
-    return paired_comparison(correct(first[kind_first], first["y_test"]).numpy(),
-                             correct(second[kind_second], second["y_test"]).numpy())
+    comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test).numpy(),
+                                   correct(second.outputs[kind_second], second.y_test).numpy())
+    return comparison, kind_first, kind_second
 
 
 def _run_and_kind(text: str):
     path, separator, kind = text.rpartition(":")
-    return (Path(path), kind) if separator else (Path(text), DEFAULT_KIND)
+    return (Path(path), kind) if separator else (Path(text), None)
 
 
 def report(comparison: PairedComparison, name_a: str, name_b: str) -> str:
@@ -160,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     (run_a, kind_a), (run_b, kind_b) = _run_and_kind(args.run_a), _run_and_kind(args.run_b)
     try:
-        comparison = compare_runs(run_a, kind_a, run_b, kind_b)
+        comparison, kind_a, kind_b = compare_runs(run_a, kind_a, run_b, kind_b)
     except CompareError as err:
         print(f"ntklab compare: {err}", file=sys.stderr)
         return 2

@@ -219,6 +219,13 @@ class WriteError(OSError):
         self.path = Path(path)
 
 
+def test_inputs_sha256(x_test) -> str:
+    """SHA-256 of test inputs rounded to float32 (:func:`content_digest`): what says two runs were
+    tested on the same images. A float64 ``regress`` run and a float32 training run on the same
+    images give the same digest (float64 → float32 rounds the same way everywhere)."""
+    return content_digest(x_test.detach().cpu().float())
+
+
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 

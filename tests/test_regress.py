@@ -280,7 +280,42 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path):
     out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
     assert code == 2 and "were tested on different images" in err, err
     out, err, code = ntklab("compare", "a:nngp", "a:cntk", cwd=tmp_path)
-    assert code == 2 and "has no kernel 'cntk'; it has nngp, ntk" in err, err
+    assert code == 2 and "has no output 'cntk'; it has nngp, ntk" in err, err
     (tmp_path / "a" / results.PREDICTIONS).unlink()
     out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
     assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err
+
+
+def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(tmp_path):
+    """A float32 training run and a float64 regress run on the same digits pair (their test inputs
+    agree once rounded to float32); the trained net's and its kernel's right and wrong images are
+    counted from the two predictions.pt files by hand."""
+    data_settings = ["data=digits", "data.n_train=20", "data.n_test=60", "data.targets=onehot",
+                     "data.center_targets=true"]
+    out, err, code = ntklab("train", "model=cnn", "width=8", "depth=1", "model.readout=flatten", *data_settings,
+                            "optim.steps=30", "track.log_steps=3", "track.probe_size=8", "track.progress=false",
+                            "track.plots=false", "track.save_kernels=false", "device=cpu", "dtype=float32",
+                            "hydra.run.dir=trained", cwd=tmp_path)
+    assert code == 0, err
+    out, err, code = ntklab("regress", "width=8", "depth=1", "model.readout=flatten", *data_settings, "device=cpu",
+                            "progress=false", "hydra.run.dir=kernel", cwd=tmp_path)
+    assert code == 0, err
+    trained = torch.load(tmp_path / "trained" / results.PREDICTIONS, weights_only=True)
+    kernel = torch.load(tmp_path / "kernel" / results.PREDICTIONS, weights_only=True)
+    # the trained run's inputs were float32 (saved widened to float64), the regress run's float64
+    assert torch.equal(trained["x_test"].float().double(), trained["x_test"])
+    assert not torch.equal(load_data(compose_config("regress", data_settings).data, images=True).x_test,
+                           trained["x_test"])
+    net_right = trained["f_final"].argmax(1) == kernel["labels_test"]
+    for kind in ("ntk", "nngp"):
+        kernel_right = kernel[kind].argmax(1) == kernel["labels_test"]
+        out, err, code = ntklab("compare", "trained", f"kernel:{kind}", cwd=tmp_path)     # A's kind defaults to net
+        assert code == 0, err
+        counts = (int((net_right & kernel_right).sum()), int((net_right & ~kernel_right).sum()),
+                  int((~net_right & kernel_right).sum()), int((~net_right & ~kernel_right).sum()))
+        assert "A = trained net\n" in out
+        assert "images right       both {}, only A {}, only B {}, neither {}".format(*counts) in out
+    analytic_right = trained["f_pred_analytic"].argmax(1) == kernel["labels_test"]
+    out, err, code = ntklab("compare", "trained:analytic", "trained:net", cwd=tmp_path)
+    assert code == 0, err
+    assert f"accuracy           A {analytic_right.double().mean().item():.4f}" in out

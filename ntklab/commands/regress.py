@@ -20,7 +20,8 @@ chosen from ``ridges`` on a held-out part of the train set. Files in the run dir
                       same config may fill it together, each block claimed by a lock on its own
                       .NAME.lock file while it is computed (:func:`compute_blocks`)
     predictions.pt    each kernel's prediction f(X*) (M, k) at the ridge regression.json reports, the
-                      test targets (M, k) and labels (M,), and a SHA-256 of the test inputs: what
+                      test targets (M, k) and labels (M,), and a SHA-256 of the test inputs (as
+                      float32, :func:`ntklab.results.test_inputs_sha256`): what
                       ``python -m ntklab compare`` pairs image by image (:mod:`ntklab.compare`);
                       written before regression.json, which marks the directory finished
 """
@@ -151,7 +152,7 @@ def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid",
     solve_seconds = time.perf_counter() - started
     results.save_torch(run_dir / results.PREDICTIONS, {
         **predicted, "y_test": data.y_test, "labels_test": data.labels_test,
-        "test_inputs_sha256": results.content_digest(data.x_test)})
+        "test_inputs_sha256": results.test_inputs_sha256(data.x_test)})
     entries = grid.entries
     summary = {
         "status": results.OK, "n_train": data.n_train, "n_test": data.n_test, "in_shape": list(data.in_shape),
