@@ -1,7 +1,7 @@
-"""``python -m ntklab compare``: two kernel regressions scored on the same test images, image by image.
+"""``python -m ntklab compare``: two runs' test predictions scored on the same images, image by image.
 
 Two accuracies measured on the same M test images are not independent samples: most images are
-easy for both kernels, and only the images exactly one of them gets right say which is better.
+easy for both, and only the images exactly one of them gets right say which is better.
 With b = images only A classifies right and c = images only B does, the exact McNemar test asks
 how surprising the split is if both are equally good, each of the b + c discordant images then
 A's with probability ½:
@@ -13,8 +13,9 @@ the mean of d_i = [B right on i] − [A right on i] ∈ {−1, 0, 1}:
 
     se = √((b + c)/M − ((c − b)/M)²) / √M.
 
-Both are smaller than what two independent binomial errors (√(acc (1 − acc)/M) each) suggest when
-the two kernels err on the same images, as kernels of one architecture do.
+It is smaller than two independent binomial errors (√(acc (1 − acc)/M) each) suggest when the two
+err on the same images, as kernels of one architecture do, so the paired test sees differences the
+unpaired error bars hide; and it says when a difference of a few images is noise.
 
 Usage::
 
@@ -44,6 +45,7 @@ from scipy.stats import binomtest
 
 from ntklab import results
 from ntklab.dynamics import correct
+
 
 class CompareError(ValueError):
     """The two runs cannot be paired; the message says why."""
@@ -135,7 +137,8 @@ def load_predictions(run_dir: Path) -> TestPredictions:
         return TestPredictions(outputs={kind: saved[key] for kind, key in TRAINED_OUTPUTS.items()
                                         if torch.is_tensor(saved.get(key))},
                                y_test=saved["y_test"], classification="classes" in saved.get("extras", {}),
-                               inputs_sha256=results.test_inputs_sha256(saved["x_test"]), default_kind=DEFAULT_KIND["train"])
+                               inputs_sha256=results.test_inputs_sha256(saved["x_test"]),
+                               default_kind=DEFAULT_KIND["train"])
     raise CompareError(f"{path} holds neither a regress run's nor a training run's test predictions")
 
 
@@ -153,10 +156,12 @@ def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
             raise CompareError(f"{run_dir}: its data set has no classes, so there are no accuracies to pair")
         loaded.append((predictions, kind))
     (first, kind_first), (second, kind_second) = loaded
-    if first.inputs_sha256 != second.inputs_sha256 or not torch.allclose(first.y_test.double(), second.y_test.double(),
-                                                                          rtol=0, atol=1e-6):
+    # targets compared to 1e-6: a float32 training run's are the float64 ones rounded
+    same_targets = torch.allclose(first.y_test.double(), second.y_test.double(), rtol=0, atol=1e-6)
+    if first.inputs_sha256 != second.inputs_sha256 or not same_targets:
         raise CompareError(f"{run_a} and {run_b} were tested on different images (their data settings differ: "
-                           "data set, data.n_test, data.seed, normalisation); a paired comparison needs the same test set")
+                           "data set, data.n_test, data.seed, normalisation); a paired comparison needs the same "
+                           "test set")
     comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test).numpy(),
                                    correct(second.outputs[kind_second], second.y_test).numpy())
     return comparison, kind_first, kind_second
@@ -184,8 +189,9 @@ def report(comparison: PairedComparison, name_a: str, name_b: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ntklab compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_a", help="a regress run directory, optionally :ntk or :nngp (default :ntk)")
-    parser.add_argument("run_b", help="the other run directory (the same one with the other kernel is fine)")
+    parser.add_argument("run_a", help="a regress run directory, optionally :ntk (default) or :nngp, or a training "
+                                      "run directory, optionally :net (default), :analytic, :linear or :init")
+    parser.add_argument("run_b", help="the other run directory (the same one with another kind is fine)")
     args = parser.parse_args(argv)
     (run_a, kind_a), (run_b, kind_b) = _run_and_kind(args.run_a), _run_and_kind(args.run_b)
     try:
