@@ -182,3 +182,13 @@ def monte_carlo_kernel_errors(arch_of, x, channels, samples):
             rms[kind].append(math.sqrt(squares[kind] / samples))
             of_average[kind].append(((sums[kind] / samples - reference).norm() / reference.norm()).item())
     return rms, of_average
+
+
+def mcnemar_by_hand(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value as the binomial sum written out (integers, no scipy):
+    2 Σ_{i ≤ min(b, c)} C(b + c, i) / 2^(b + c), at most 1; 1 when b + c = 0."""
+    discordant = only_a + only_b
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, i) for i in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2 ** discordant)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from ntklab.compare import CompareError, paired_comparison
-from tests.test_regress import _mcnemar_by_hand
+from tests.helpers import mcnemar_by_hand
 
 
 def test_the_table_counts_each_image_once():
@@ -25,7 +25,7 @@ def test_the_p_value_is_the_exact_binomial_tail(only_a, only_b):
     right_b = np.array([False] * only_a + [True] * only_b + [True] * 50 + [False] * 7)
     c = paired_comparison(right_a, right_b)
     # scipy's binomtest sums the same terms in floating point: agreement to rounding
-    assert c.p_value == pytest.approx(_mcnemar_by_hand(only_a, only_b), rel=1e-12)
+    assert c.p_value == pytest.approx(mcnemar_by_hand(only_a, only_b), rel=1e-12)
     differences = right_b.astype(float) - right_a.astype(float)
     assert c.standard_error == pytest.approx(differences.std() / math.sqrt(len(differences)), rel=1e-12)
 

@@ -21,7 +21,7 @@ from ntklab.commands import regress
 from ntklab.errors import ConfigError
 from ntklab.nets import cnn_layers
 from ntklab.train.trainer import load_data
-from tests.helpers import compose_config, draw, ntklab, start_ntklab, stop_all, wait_until
+from tests.helpers import compose_config, draw, mcnemar_by_hand, ntklab, start_ntklab, stop_all, wait_until
 
 # flatten readout: its kernel needs only the spatial diagonal, so these stay fast (GAP is tested in test_cntk.py)
 SMALL = ["data.n_train=40", "data.n_test=30", "width=4", "depth=1", "model.readout=flatten", "device=cpu",
@@ -40,7 +40,8 @@ def _direct(cfg, ridge=0.0):
         k_train = k_train + ridge * k_train.diagonal().mean() * torch.eye(len(k_train), dtype=torch.float64)
         predicted = k_test @ torch.linalg.solve(k_train, data.y_train)
         eigenvalues = torch.linalg.eigvalsh(k_train)
-        out[kind] = {"predicted": predicted, "accuracy": (predicted.argmax(1) == data.labels_test).double().mean().item(),
+        out[kind] = {"predicted": predicted,
+                     "accuracy": (predicted.argmax(1) == data.labels_test).double().mean().item(),
                      "mse": (predicted - data.y_test).pow(2).mean().item(),
                      "condition_number": (eigenvalues[-1] / eigenvalues[0]).item()}
     return data, out
@@ -232,15 +233,6 @@ def test_bad_regress_configs_name_the_field(tmp_path, overrides, message):
     assert message in str(err.value)
 
 
-def _mcnemar_by_hand(only_a: int, only_b: int) -> float:
-    """Exact two-sided McNemar p-value as the binomial sum: 2 Σ_{i ≤ min(b, c)} C(b + c, i) / 2^(b + c), at most 1."""
-    discordant = only_a + only_b
-    if discordant == 0:
-        return 1.0
-    tail = sum(math.comb(discordant, i) for i in range(min(only_a, only_b) + 1))
-    return min(1.0, 2 * tail / 2 ** discordant)
-
-
 def test_compare_pairs_two_kernels_on_the_same_test_images(tmp_path):
     """predictions.pt holds the solve done directly, and `compare` counts its 2×2 table and McNemar's
     p as they are counted here by hand. 20 train and 200 test digits: the NNGP and the NTK then
@@ -270,7 +262,7 @@ def test_compare_pairs_two_kernels_on_the_same_test_images(tmp_path):
     differences = right["ntk"].double() - right["nngp"].double()
     se = differences.std(unbiased=False).item() / math.sqrt(200)
     assert f"B − A              {differences.mean().item():+.4f} ± {se:.4f}" in out
-    assert f"McNemar exact p    {_mcnemar_by_hand(only_nngp, only_ntk):.4g}" in out
+    assert f"McNemar exact p    {mcnemar_by_hand(only_nngp, only_ntk):.4g}" in out
 
 
 def test_compare_refuses_runs_it_cannot_pair(tmp_path):
