@@ -1,34 +1,41 @@
 #!/usr/bin/env bash
 # The checks and benchmarks that need a GPU, as one prepared run for a session lent a device machine
-# (CI never has one). Run it there from the repository root; everything it prints is also written
-# under OUT (default ./gpu_out): one log per step, so a step cut short at its time limit still
-# leaves the others.
+# (CI never has one). Run it there from the repository root. Every step's output goes to one log per
+# step under a work folder, and after each step OUT (default ./gpu_out) gets two files, remade each
+# time: gpu_checks.log (all logs, in order) and gpu_checks.tgz (the logs and the regression runs'
+# regression.json, config and predictions.pt). So a run cut short at its limit still leaves every
+# finished step, and a device tool that brings back only a few files brings back everything.
 #
-#     OUT=$OUT bash scripts/gpu_checks.sh            # about 8-11 minutes on an H100/H200
-#     OUT=/tmp/g bash scripts/gpu_checks.sh --quick  # tiny sizes: checks that every step runs (CPU too)
-#     ONLY="cuda_tests bench_cntk" OUT=$OUT bash scripts/gpu_checks.sh   # only these steps (names below),
-#                                                    # e.g. to split the run over two 10-minute calls
+#     OUT=$OUT DEADLINE=540 bash scripts/gpu_checks.sh    # every step ends within 540 s of the start
+#     OUT=/tmp/g bash scripts/gpu_checks.sh --quick       # tiny sizes: checks that every step runs (CPU too)
+#     ONLY="cuda_tests bench_cntk" OUT=$OUT bash scripts/gpu_checks.sh   # only these steps (names below)
 #
-# Steps, in order of what the open issues still lack:
-#   1. the CUDA tests (pytest -m cuda): kernels, nets, trainer and the structured NTK on the device
-#      against the CPU;
-#   2. the CNTK's per-entry time (scripts/bench_cntk.py; target on an H100/H200: global average pool
-#      ≤ 1 ms per entry in float32) and kernel regression throughput (scripts/bench_regress.py);
-#   3. the step loop (scripts/bench_train.py --tables step: ≤ 0.5 ms per step at width 1024, the
-#      width-8192 step's share of the fp32 peak, eager and with compile=reduce-overhead, i.e. CUDA
-#      graphs) and seeds at once (--tables seeds: 8 seeds at width 256 in ≤ 2× one seed's time);
-#   4. the tracked quantities' cost at width 1024 and 4096 (--tables run);
-#   5. (only where data/mnist and data/fashion_mnist hold the files) the CNTK-GAP regression rows the
-#      CPU could not reach: n = 1000 and 3000 balanced train images, 1000 test images, float32
-#      kernels, MNIST and Fashion-MNIST (`regress -m +sweep=cntk`, GAP readout). The runs go to
-#      /tmp/ntklab_regress (their kernel blocks are hundreds of MB) and only their regression.json
-#      and config come back under OUT/cntk_regress/. To have the data there, before the device call:
+# Each step has its own time limit (below); with DEADLINE a step gets at most the seconds left before
+# it, and one with under 20 s left is skipped. Steps, in order of what the open issues still lack:
+#   cuda_tests        the CUDA tests (pytest -m cuda): kernels, nets, trainer and the structured NTK on
+#                     the device against the CPU;
+#   bench_cntk        the CNTK's per-entry time (scripts/bench_cntk.py; target on an H100/H200: global
+#                     average pool <= 1 ms per entry in float32);
+#   bench_train_step  the step loop (scripts/bench_train.py --tables step: <= 0.5 ms per step at width
+#                     1024, the width-8192 step's share of the fp32 peak, eager and with
+#                     compile=reduce-overhead, i.e. CUDA graphs) and seeds at once (--tables seeds: 8
+#                     seeds at width 256 in <= 2x one seed's time);
+#   param_sweep       `python -m ntklab train -m +sweep=param device=cuda` (48 runs, 3 seeds at once
+#                     per job): its wall time;
+#   bench_regress     kernel-regression throughput and solve time against n (scripts/bench_regress.py);
+#   regress_mnist, regress_fashion_mnist
+#                     (only where data/mnist and data/fashion_mnist hold the files) kernel regression
+#                     with the depth-2 flatten CNTK (CNTK-V) on REGRESS_N balanced train images
+#                     (default 10000) and as many test images, float32 kernels. The runs go to
+#                     /tmp/ntklab_regress (their kernel blocks are gigabytes); their regression.json,
+#                     config and predictions.pt go into gpu_checks.tgz. To have the data there, before
+#                     the device call:
 #          mkdir -p data/mnist data/fashion_mnist && cp .../mnist.pkl.gz data/mnist/ &&
 #          cp .../fashion-mnist/*-ubyte.gz data/fashion_mnist/ && echo /data/ >> .git/info/exclude  (/data/: not docs/data)
-#      and add "data" to the call's carry (47 MB with the wheels below).
+#                     and add "data" to the call's carry (47 MB with the wheels below).
 #
 # The device image has torch, numpy, scipy, pandas, pyarrow, matplotlib, tqdm and pytest but not Hydra:
-# carry its pure-Python wheels (made here: `pip wheel --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.0
+# carry its pure-Python wheels (made here: `pip wheel --no-deps -w .whl hydra-core==1.3.2 omegaconf==2.3.0
 # antlr4-python3-runtime==4.9.3 submitit hydra-submitit-launcher`, with `.whl/` in .git/info/exclude) and
 # start the device command with
 #     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -39,53 +46,75 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 QUICK=${1:-}
+ONLY=${ONLY:-}
+DEADLINE=${DEADLINE:-0}
+REGRESS_N=${REGRESS_N:-10000}
+WORK=$(mktemp -d /tmp/gpu_checks.XXXXXX)
+RUNS=/tmp/ntklab_regress
 export PYTHONUNBUFFERED=1
 
-ONLY=${ONLY:-}
-
-cntk_regress() {    # cntk_regress N_TRAIN_LIST [EXTRA...]: the GAP rows of both data sets, results to $OUT
-    local sizes=$1
-    shift
-    for set in mnist fashion_mnist; do
-        if [ ! -d "data/$set" ]; then
-            echo "no data/$set: skipped (see the header)"
-            continue
-        fi
-        python -m ntklab regress -m +sweep=cntk data=$set data.root=data/$set data.n_train=$sizes \
-            model.readout=gap dtype=float32 progress=false hydra.sweep.dir=/tmp/ntklab_regress/$set "$@"
-        mkdir -p "$OUT/cntk_regress/$set"
-        (cd /tmp/ntklab_regress/$set && find . \( -name regression.json -o -name config.yaml \) \
-            -exec cp --parents {} "$OUT/cntk_regress/$set/" \;)
-    done
+pack() {        # remake OUT's two files from what WORK and RUNS hold now
+    cat "$WORK"/*.log > "$OUT/gpu_checks.log" 2>/dev/null
+    local runs=()
+    if [ -d "$RUNS" ]; then
+        mapfile -t runs < <(cd "$RUNS" && find . -name regression.json -o -name config.yaml -o -name predictions.pt)
+    fi
+    if [ ${#runs[@]} -gt 0 ]; then
+        tar czf "$OUT/gpu_checks.tgz" -C "$WORK" . -C "$RUNS" "${runs[@]}"
+    else
+        tar czf "$OUT/gpu_checks.tgz" -C "$WORK" .
+    fi
 }
 
-step() {        # step NAME COMMAND...: run it, keep its output in $OUT/NAME.log, go on whatever happens
-    local name=$1
-    shift
+step() {        # step NAME SECONDS COMMAND...: run it within its limit, log it, pack, go on whatever happens
+    local name=$1 limit=$2
+    shift 2
     if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then
         return 0
     fi
-    echo "== $name: $*" | tee "$OUT/$name.log"
+    STEP=$((STEP + 1))
+    local log="$WORK/$(printf %02d $STEP)_$name.log"
+    if [ "$DEADLINE" -gt 0 ]; then
+        local left=$((DEADLINE - SECONDS))
+        if [ "$left" -lt 20 ]; then
+            echo "== $name: skipped, $left s left before the deadline" | tee "$log"
+            pack
+            return 0
+        fi
+        [ "$left" -lt "$limit" ] && limit=$left
+    fi
+    echo "== $name (limit $limit s): $*" | tee "$log"
     local start=$SECONDS
-    "$@" 2>&1 | tee -a "$OUT/$name.log"
-    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$OUT/$name.log"
+    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
+    local status=${PIPESTATUS[0]}
+    [ "$status" = 124 ] && echo "== $name: stopped at its limit of $limit s" | tee -a "$log"
+    echo "== $name: exit $status after $((SECONDS - start)) s" | tee -a "$log"
+    pack
 }
 
-python -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))" \
-    | tee "$OUT/device.log"
+STEP=0
+step device 30 bash -c 'python -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"; nvidia-smi || true'
 if [ "$QUICK" = "--quick" ]; then
-    step cuda_tests python -m pytest -m cuda -q
-    step bench_cntk python scripts/bench_cntk.py --depth 3 --size 8 --n-gap 2 --n-flatten 4 --digits-n 16 \
+    step cuda_tests 300 python -m pytest -m cuda -q
+    step bench_cntk 120 python scripts/bench_cntk.py --depth 3 --size 8 --n-gap 2 --n-flatten 4 --digits-n 16 \
         --empirical-n 4 --repeats 1
-    step bench_regress python scripts/bench_regress.py --quick
-    step bench_train python scripts/bench_train.py --tables step seeds --step-steps 10 --steps 10 --seeds 2 \
-        --seeds-width 16 --seeds-plots false
-    step cntk_regress cntk_regress 20 data.n_test=20
+    step bench_train_step 120 python scripts/bench_train.py --tables step seeds --step-steps 10 --steps 10 \
+        --seeds 2 --seeds-width 16 --seeds-plots false
+    step bench_regress 120 python scripts/bench_regress.py --quick
+    for set in mnist fashion_mnist; do
+        [ -d "data/$set" ] && step regress_$set 120 python -m ntklab regress data=$set data.root=data/$set \
+            data.n_train=20 data.n_test=20 depth=2 model.readout=flatten dtype=float32 block_size=2048 \
+            progress=false hydra.run.dir=$RUNS/flatten_${set}_20
+    done
     exit 0
 fi
-step cuda_tests python -m pytest -m cuda -q
-step bench_cntk python scripts/bench_cntk.py --dtypes float32 float64 --n-gap 8 --n-flatten 128
-step bench_regress python scripts/bench_regress.py
-step bench_train_step python scripts/bench_train.py --tables step seeds --seeds-plots false
-step bench_train_run python scripts/bench_train.py --tables run --widths 1024 4096 --steps 1000
-step cntk_regress cntk_regress 1000,3000
+step cuda_tests 150 python -m pytest -m cuda -q
+step bench_cntk 90 python scripts/bench_cntk.py --dtypes float32 float64 --n-gap 8 --n-flatten 128
+step bench_train_step 150 python scripts/bench_train.py --tables step seeds --seeds-plots false
+step param_sweep 100 python -m ntklab train -m +sweep=param device=cuda hydra.sweep.dir=/tmp/param_sweep
+step bench_regress 60 python scripts/bench_regress.py
+for set in mnist fashion_mnist; do
+    [ -d "data/$set" ] && step regress_$set 150 python -m ntklab regress data=$set data.root=data/$set \
+        data.n_train=$REGRESS_N data.n_test=$REGRESS_N depth=2 model.readout=flatten dtype=float32 \
+        block_size=2048 progress=false hydra.run.dir=$RUNS/flatten_${set}_$REGRESS_N
+done

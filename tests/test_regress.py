@@ -99,6 +99,25 @@ def test_ridges_are_chosen_on_a_held_out_split_and_the_blocks_are_reused(tmp_pat
         assert summary["kernels"][kind]["test_accuracy"] == direct[kind]["accuracy"]
 
 
+@pytest.mark.cuda
+def test_regress_on_cuda_matches_the_cpu_run(tmp_path):
+    # kernels and solve on the GPU (with ridges, so the held-out split indexes device tensors too)
+    ridges = ["ridges=[0,0.1]", "validation_fraction=0.25"]
+    on_cpu = regress.run(compose_config("regress", SMALL + ridges), tmp_path / "cpu")
+    on_device = [o if o != "device=cpu" else "device=cuda" for o in SMALL]
+    on_cuda = regress.run(compose_config("regress", on_device + ridges), tmp_path / "cuda")
+    for kind in ("nngp", "ntk"):
+        cpu, cuda = on_cpu["kernels"][kind], on_cuda["kernels"][kind]
+        # float64 kernels and eigendecompositions on two devices differ by rounding, ~1e-13 relative in
+        # the entries; the 30 test points' classes and the chosen ridge cannot move at that size
+        assert (cuda["ridge"], cuda["test_accuracy"]) == (cpu["ridge"], cpu["test_accuracy"])
+        assert cuda["test_mse"] == pytest.approx(cpu["test_mse"], rel=1e-8)
+    cpu_predicted = torch.load(tmp_path / "cpu" / results.PREDICTIONS, weights_only=True)
+    cuda_predicted = torch.load(tmp_path / "cuda" / results.PREDICTIONS, weights_only=True)
+    for kind in ("nngp", "ntk"):
+        assert cuda_predicted[kind].device.type == "cpu"
+        torch.testing.assert_close(cuda_predicted[kind], cpu_predicted[kind], rtol=1e-8, atol=1e-10)
+
 def test_a_killed_regress_resumes_to_the_identical_result(tmp_path):
     # a GAP readout (the full spatial covariance) makes each block slow enough to be caught mid-run
     overrides = ["data.n_train=30", "data.n_test=12", "width=4", "depth=1", "device=cpu", "block_size=6",

@@ -148,7 +148,9 @@ def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid",
     started = time.perf_counter()
     solved, predicted = {}, {}
     for kind in KINDS:
-        solved[kind], predicted[kind] = solve(train[kind], test[kind], data, cfg)
+        # on the run's device: a float64 eigendecomposition of a 10k × 10k kernel takes seconds on a GPU
+        solved[kind], predicted[kind] = solve(train[kind].to(device), test[kind].to(device), data, cfg)
+        predicted[kind] = predicted[kind].cpu()
     solve_seconds = time.perf_counter() - started
     results.save_torch(run_dir / results.PREDICTIONS, {
         **predicted, "y_test": data.y_test, "labels_test": data.labels_test,
@@ -289,8 +291,8 @@ def assemble(grid: BlockGrid, blocks_dir: Path):
 
 def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Tensor]:
     """Kernel regression with one kernel: (the ridge (chosen on a held-out split when ``cfg.ridges``
-    is given), test accuracy and MSE; the test prediction (M, k))."""
-    y_train, y_test = data.y_train.double(), data.y_test.double()
+    is given), test accuracy and MSE; the test prediction (M, k)), on the kernels' device."""
+    y_train, y_test = (data.y_train.to(k_train.device, torch.float64), data.y_test.to(k_train.device, torch.float64))
     classification = data.labels_test is not None
     precision = getattr(torch, cfg.dtype)       # the kernels' entries carry this dtype's rounding
     tried = []
