@@ -38,8 +38,13 @@
 # carry its pure-Python wheels (made here: `pip wheel --no-deps -w .whl hydra-core==1.3.2 omegaconf==2.3.0
 # antlr4-python3-runtime==4.9.3 submitit hydra-submitit-launcher`, with `.whl/` in .git/info/exclude) and
 # start the device command with
+#     mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
+#     export PATH=/tmp/bin:$PATH
 #     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 #     python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
+# (the image's python3 is a virtual environment's and there is no `python`; a symbolic link named
+# python to it starts Python outside the environment, without torch, so the wrapper execs python3),
+# and end it with `OUT=$OUT DEADLINE=530 bash scripts/gpu_checks.sh` under a call limit of 600 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -53,17 +58,15 @@ WORK=$(mktemp -d /tmp/gpu_checks.XXXXXX)
 RUNS=/tmp/ntklab_regress
 export PYTHONUNBUFFERED=1
 
-pack() {        # remake OUT's two files from what WORK and RUNS hold now
-    cat "$WORK"/*.log > "$OUT/gpu_checks.log" 2>/dev/null
+pack() {        # remake OUT's two files from what WORK and RUNS hold now (each written aside, then moved in)
+    cat "$WORK"/*.log > "$WORK/all.txt" 2>/dev/null && mv -f "$WORK/all.txt" "$OUT/gpu_checks.log"
     local runs=()
     if [ -d "$RUNS" ]; then
         mapfile -t runs < <(cd "$RUNS" && find . -name regression.json -o -name config.yaml -o -name predictions.pt)
     fi
-    if [ ${#runs[@]} -gt 0 ]; then
-        tar czf "$OUT/gpu_checks.tgz" -C "$WORK" . -C "$RUNS" "${runs[@]}"
-    else
-        tar czf "$OUT/gpu_checks.tgz" -C "$WORK" .
-    fi
+    local logs=("$WORK"/*.log)
+    tar czf "$WORK/pack.tgz" -C "$WORK" "${logs[@]#$WORK/}" ${runs[@]+-C "$RUNS" "${runs[@]}"} \
+        && mv -f "$WORK/pack.tgz" "$OUT/gpu_checks.tgz"
 }
 
 step() {        # step NAME SECONDS COMMAND...: run it within its limit, log it, pack, go on whatever happens
@@ -83,12 +86,19 @@ step() {        # step NAME SECONDS COMMAND...: run it within its limit, log it,
         fi
         [ "$left" -lt "$limit" ] && limit=$left
     fi
-    echo "== $name (limit $limit s): $*" | tee "$log"
+    echo "== $name (limit $limit s): $*" > "$log"
     local start=$SECONDS
-    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
-    local status=${PIPESTATUS[0]}
-    [ "$status" = 124 ] && echo "== $name: stopped at its limit of $limit s" | tee -a "$log"
-    echo "== $name: exit $status after $((SECONDS - start)) s" | tee -a "$log"
+    # Its own session, and its output into a file, not a pipe: at the limit timeout signals the
+    # step's process group, and whatever outlives that (a compile worker that ignores SIGTERM, say)
+    # is killed with the session below; no pipe is left held open by it to stall this script.
+    setsid timeout -k 10 "$limit" "$@" >> "$log" 2>&1 < /dev/null &
+    local pid=$!    # setsid does not fork here (a background job is no group leader): pid is the session id
+    wait "$pid"
+    local status=$?
+    pkill -KILL -s "$pid" 2>/dev/null
+    [ "$status" = 124 ] && echo "== $name: stopped at its limit of $limit s" >> "$log"
+    echo "== $name: exit $status after $((SECONDS - start)) s" >> "$log"
+    cat "$log"
     pack
 }
 
