@@ -6,7 +6,7 @@
 # regression.json, config and predictions.pt). So a run cut short at its limit still leaves every
 # finished step, and a device tool that brings back only a few files brings back everything.
 #
-#     OUT=$OUT DEADLINE=540 bash scripts/gpu_checks.sh    # every step ends within 540 s of the start
+#     OUT=$OUT DEADLINE=530 bash scripts/gpu_checks.sh    # every step ends within 530 s of the start
 #     OUT=/tmp/g bash scripts/gpu_checks.sh --quick       # tiny sizes: checks that every step runs (CPU too)
 #     ONLY="cuda_tests bench_cntk" OUT=$OUT bash scripts/gpu_checks.sh   # only these steps (names below)
 #
@@ -56,6 +56,8 @@ DEADLINE=${DEADLINE:-0}
 REGRESS_N=${REGRESS_N:-10000}
 WORK=$(mktemp -d /tmp/gpu_checks.XXXXXX)
 RUNS=/tmp/ntklab_regress
+# the regress steps' model and kernel settings (depth-2 CNTK-V, float32 kernels)
+REGRESS_ARGS=(depth=2 model.readout=flatten dtype=float32 block_size=2048 progress=false)
 export PYTHONUNBUFFERED=1
 
 pack() {        # remake OUT's two files from what WORK and RUNS hold now (each written aside, then moved in)
@@ -113,8 +115,7 @@ if [ "$QUICK" = "--quick" ]; then
     step bench_regress 120 python scripts/bench_regress.py --quick
     for set in mnist fashion_mnist; do
         [ -d "data/$set" ] && step regress_$set 120 python -m ntklab regress data=$set data.root=data/$set \
-            data.n_train=20 data.n_test=20 depth=2 model.readout=flatten dtype=float32 block_size=2048 \
-            progress=false hydra.run.dir=$RUNS/flatten_${set}_20
+            data.n_train=20 data.n_test=20 "${REGRESS_ARGS[@]}" hydra.run.dir=$RUNS/flatten_${set}_20
     done
     exit 0
 fi
@@ -125,6 +126,5 @@ step param_sweep 100 python -m ntklab train -m +sweep=param device=cuda hydra.sw
 step bench_regress 60 python scripts/bench_regress.py
 for set in mnist fashion_mnist; do
     [ -d "data/$set" ] && step regress_$set 150 python -m ntklab regress data=$set data.root=data/$set \
-        data.n_train=$REGRESS_N data.n_test=$REGRESS_N depth=2 model.readout=flatten dtype=float32 \
-        block_size=2048 progress=false hydra.run.dir=$RUNS/flatten_${set}_$REGRESS_N
+        data.n_train=$REGRESS_N data.n_test=$REGRESS_N "${REGRESS_ARGS[@]}" hydra.run.dir=$RUNS/flatten_${set}_$REGRESS_N
 done

@@ -118,6 +118,7 @@ def test_regress_on_cuda_matches_the_cpu_run(tmp_path):
         assert cuda_predicted[kind].device.type == "cpu"
         torch.testing.assert_close(cuda_predicted[kind], cpu_predicted[kind], rtol=1e-8, atol=1e-10)
 
+
 def test_a_killed_regress_resumes_to_the_identical_result(tmp_path):
     # a GAP readout (the full spatial covariance) makes each block slow enough to be caught mid-run
     overrides = ["data.n_train=30", "data.n_test=12", "width=4", "depth=1", "device=cpu", "block_size=6",

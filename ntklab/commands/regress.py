@@ -292,7 +292,8 @@ def assemble(grid: BlockGrid, blocks_dir: Path):
 def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Tensor]:
     """Kernel regression with one kernel: (the ridge (chosen on a held-out split when ``cfg.ridges``
     is given), test accuracy and MSE; the test prediction (M, k)), on the kernels' device."""
-    y_train, y_test = (data.y_train.to(k_train.device, torch.float64), data.y_test.to(k_train.device, torch.float64))
+    y_train = data.y_train.to(k_train.device, torch.float64)
+    y_test = data.y_test.to(k_train.device, torch.float64)
     classification = data.labels_test is not None
     precision = getattr(torch, cfg.dtype)       # the kernels' entries carry this dtype's rounding
     tried = []
