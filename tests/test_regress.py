@@ -99,6 +99,45 @@ def test_ridges_are_chosen_on_a_held_out_split_and_the_blocks_are_reused(tmp_pat
         assert summary["kernels"][kind]["test_accuracy"] == direct[kind]["accuracy"]
 
 
+def test_float32_kernels_are_stored_as_computed_and_solved_in_float64(tmp_path):
+    cfg = compose_config("regress", SMALL + ["dtype=float32"])
+    summary = regress.run(cfg, tmp_path / "run")
+    data = load_data(cfg.data, images=True)
+    arch = cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    grid = regress.BlockGrid(40, 30, 16)
+    chunks = grid.chunks(40)
+    for split, r, c in grid.blocks:
+        saved = torch.load(tmp_path / "run" / regress.BLOCKS / grid.file_name((split, r, c)), weights_only=True)
+        rows = (data.x_train if split == "train" else data.x_test)[grid.chunks(40 if split == "train" else 30)[r]]
+        # each block as float32 arithmetic gave it (half a float64 block's bytes), bit for bit
+        direct = (analytic_kernels(arch, rows, dtype=torch.float32) if (split == "train" and r == c)
+                  else analytic_kernels(arch, rows, data.x_train[chunks[c]], dtype=torch.float32))
+        for kind in ("nngp", "ntk"):
+            assert saved[kind].dtype == torch.float32
+            assert torch.equal(saved[kind], getattr(direct, kind))
+    # the solve: the whole float32 kernels, widened, against LU in float64. The kernels agree with the
+    # blocks to float32 rounding (~1e-7 relative: blocks and whole matrix batch the arithmetic
+    # differently), amplified by condition numbers < 1e4 (4.5e3 and 7.7e2 here): the predictions
+    # differed by 2e-6 and 4e-7 relative, the MSEs by 1e-7; the MSE is held to 1e-4, and the 30
+    # test classes must match
+    predicted = torch.load(tmp_path / "run" / results.PREDICTIONS, weights_only=True)
+    train = analytic_kernels(arch, data.x_train, dtype=torch.float32)
+    test = analytic_kernels(arch, data.x_test, data.x_train, dtype=torch.float32)
+    for kind in ("nngp", "ntk"):
+        k_train, k_test = getattr(train, kind).double(), getattr(test, kind).double()
+        direct = k_test @ torch.linalg.solve(k_train, data.y_train)
+        result = summary["kernels"][kind]
+        assert predicted[kind].dtype == torch.float64
+        assert result["condition_number"] < 1e4 and result["unfitted_directions"] == 0
+        assert result["test_mse"] == pytest.approx((direct - data.y_test).pow(2).mean().item(), rel=1e-4)
+        assert torch.equal(predicted[kind].argmax(1), direct.argmax(1))
+        assert result["test_accuracy"] == (direct.argmax(1) == data.labels_test).double().mean().item()
+    # blocks that earlier versions saved widened to float64 narrow back exactly: the same solve
+    for path in (tmp_path / "run" / regress.BLOCKS).glob("*.pt"):
+        saved = torch.load(path, weights_only=True)
+        results.save_torch(path, {**saved, "nngp": saved["nngp"].double(), "ntk": saved["ntk"].double()})
+    assert regress.run(cfg, tmp_path / "run")["kernels"] == summary["kernels"]
+
 @pytest.mark.cuda
 def test_regress_on_cuda_matches_the_cpu_run(tmp_path):
     # kernels and solve on the GPU (with ridges, so the held-out split indexes device tensors too)

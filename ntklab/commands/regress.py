@@ -14,11 +14,11 @@ chosen from ``ridges`` on a held-out part of the train set. Files in the run dir
                       the kernels were computed in: a pseudo-inverse), timings (kernel entries per
                       second, solve), the config
     kernel_blocks/    the kernel matrix in blocks of block_size × block_size inputs (train × train on
-                      and above the diagonal, test × train), each saved as it finishes: a killed job
-                      continues with the blocks it lacks, and a finished directory reuses them all
-                      (re-running with other ridges only solves again); several processes with the
-                      same config may fill it together, each block claimed by a lock on its own
-                      .NAME.lock file while it is computed (:func:`compute_blocks`)
+                      and above the diagonal, test × train), in ``dtype``, each saved as it finishes:
+                      a killed job continues with the blocks it lacks, and a finished directory reuses
+                      them all (re-running with other ridges only solves again); several processes
+                      with the same config may fill it together, each block claimed by a lock on its
+                      own .NAME.lock file while it is computed (:func:`compute_blocks`)
     predictions.pt    each kernel's prediction f(X*) (M, k) at the ridge regression.json reports, the
                       test targets (M, k) and labels (M,), and a SHA-256 of the test inputs (as
                       float32, :func:`ntklab.results.test_inputs_sha256`): what
@@ -144,12 +144,14 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
 
 
 def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid", device, config: Dict) -> Dict:
-    train, test, kernel_seconds = assemble(grid, run_dir / BLOCKS)
+    train, test, kernel_seconds = assemble(grid, run_dir / BLOCKS, getattr(torch, cfg.dtype))
     started = time.perf_counter()
     solved, predicted = {}, {}
     for kind in KINDS:
-        # where the kernels were computed: on a GPU run the O(n³) eigendecomposition is the GPU's too
-        solved[kind], predicted[kind] = solve(train[kind].to(device), test[kind].to(device), data, cfg)
+        # where the kernels were computed: on a GPU run the O(n³) eigendecomposition is the GPU's too;
+        # widened to float64 there, one kernel at a time, so the host holds only the kernels' own dtype
+        solved[kind], predicted[kind] = solve(train[kind].to(device).double(), test[kind].to(device).double(),
+                                              data, cfg)
         predicted[kind] = predicted[kind].cpu()
     solve_seconds = time.perf_counter() - started
     results.save_torch(run_dir / results.PREDICTIONS, {
@@ -204,8 +206,10 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
                    progress: bool = True, stop_after: Optional[int] = None) -> int:
     """Compute and save every block of ``grid`` that ``blocks_dir`` lacks; returns how many exist.
 
-    Each block file holds the NNGP and NTK of its pairs, float64 on the CPU, and the seconds it
-    took. A diagonal train block is the symmetric kernel of its inputs (exact ρ = 1 on its diagonal).
+    Each block file holds the NNGP and NTK of its pairs on the CPU, in ``dtype`` (the precision they
+    were computed in: float32 blocks take half the disk and memory of float64 ones and lose nothing),
+    and the seconds it took. A diagonal train block is the symmetric kernel of its inputs (exact
+    ρ = 1 on its diagonal).
 
     Several processes may fill one ``blocks_dir`` at once (the workers of one kernel matrix): a block
     is computed under an exclusive lock on its own lock file, a worker passes over the blocks others
@@ -228,7 +232,7 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
         started = time.perf_counter()
         kernels = (analytic_kernels(arch, x_rows, dtype=dtype) if split == "train" and r == c
                    else analytic_kernels(arch, x_rows, x_cols, dtype=dtype))
-        nngp, ntk = kernels.nngp.double().cpu(), kernels.ntk.double().cpu()   # waits for the device
+        nngp, ntk = kernels.nngp.cpu(), kernels.ntk.cpu()       # waits for the device
         results.save_torch(path(block), {"nngp": nngp, "ntk": ntk, "seconds": time.perf_counter() - started})
 
     def attempt(block, wait: bool) -> bool:
@@ -263,12 +267,14 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     return sum(path(b).exists() for b in grid.blocks)
 
 
-def assemble(grid: BlockGrid, blocks_dir: Path):
-    """({kind: K(X, X) (N, N)}, {kind: K(X*, X) (M, N)}, seconds the blocks took in all), float64."""
+def assemble(grid: BlockGrid, blocks_dir: Path, dtype: torch.dtype = torch.float64):
+    """({kind: K(X, X) (N, N)}, {kind: K(X*, X) (M, N)}, seconds the blocks took in all), in ``dtype``
+    (the kernels' precision; the float64 blocks earlier versions saved for float32 runs hold float32
+    values, which narrow back exactly), on the CPU."""
     rows = {"train": grid.chunks(grid.n_train), "test": grid.chunks(grid.n_test)}
     columns = rows["train"]
-    train = {kind: torch.empty(grid.n_train, grid.n_train, dtype=torch.float64) for kind in KINDS}
-    test = {kind: torch.empty(grid.n_test, grid.n_train, dtype=torch.float64) for kind in KINDS}
+    train = {kind: torch.empty(grid.n_train, grid.n_train, dtype=dtype) for kind in KINDS}
+    test = {kind: torch.empty(grid.n_test, grid.n_train, dtype=dtype) for kind in KINDS}
     seconds = 0.0
     for block in grid.blocks:
         split, r, c = block
