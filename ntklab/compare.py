@@ -26,7 +26,8 @@ prediction) or a training run directory (KIND net, the default: the trained net'
 init; analytic: its kernel's prediction for the same step; linear: the linearised net's), read from
 its predictions.pt. The two must have been tested on the same images (same data settings): the
 SHA-256 of the test inputs rounded to float32 is compared (:func:`ntklab.results.test_inputs_sha256`),
-so a float32 training run pairs with a float64 ``regress`` run. Exit code 2, with one line saying
+so a float32 training run pairs with a float64 ``regress`` run, and an MLP's flattened images with a
+CNN's. Exit code 2, with one line saying
 why, for a directory without predictions.pt, a kind that is not there, test sets that differ, or a
 data set without classes.
 """
@@ -44,7 +45,7 @@ import torch
 from scipy.stats import binomtest
 
 from ntklab import results
-from ntklab.dynamics import correct
+from ntklab.dynamics import class_midpoint, correct
 
 
 class CompareError(ValueError):
@@ -106,12 +107,14 @@ DEFAULT_KIND = {"regress": "ntk", "train": "net"}
 @dataclass(frozen=True)
 class TestPredictions:
     """One run's test outputs by kind ((M, k) each), the targets (M, k), whether they are classes,
-    and the SHA-256 of its test inputs rounded to float32 (what pairs runs computed in either dtype)."""
+    and the SHA-256s of its test inputs rounded to float32 (:func:`ntklab.results.test_inputs_sha256`:
+    what pairs runs computed in either dtype and either layout; two runs share one when they were
+    tested on the same inputs)."""
 
     outputs: dict
     y_test: torch.Tensor
     classification: bool
-    inputs_sha256: str
+    inputs_sha256: frozenset
     default_kind: str
 
 
@@ -132,12 +135,13 @@ def load_predictions(run_dir: Path) -> TestPredictions:
     if isinstance(saved, dict) and "test_inputs_sha256" in saved:
         return TestPredictions(outputs={kind: saved[kind] for kind in ("nngp", "ntk") if kind in saved},
                                y_test=saved["y_test"], classification=saved["labels_test"] is not None,
-                               inputs_sha256=saved["test_inputs_sha256"], default_kind=DEFAULT_KIND["regress"])
+                               inputs_sha256=_digests(saved["test_inputs_sha256"]),
+                               default_kind=DEFAULT_KIND["regress"])
     if isinstance(saved, dict) and "f_final" in saved:
         return TestPredictions(outputs={kind: saved[key] for kind, key in TRAINED_OUTPUTS.items()
                                         if torch.is_tensor(saved.get(key))},
                                y_test=saved["y_test"], classification="classes" in saved.get("extras", {}),
-                               inputs_sha256=results.test_inputs_sha256(saved["x_test"]),
+                               inputs_sha256=frozenset(results.test_inputs_sha256(saved["x_test"])),
                                default_kind=DEFAULT_KIND["train"])
     raise CompareError(f"{path} holds neither a regress run's nor a training run's test predictions")
 
@@ -156,15 +160,28 @@ def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
             raise CompareError(f"{run_dir}: its data set has no classes, so there are no accuracies to pair")
         loaded.append((predictions, kind))
     (first, kind_first), (second, kind_second) = loaded
-    # targets compared to 1e-6: a float32 training run's are the float64 ones rounded
-    same_targets = torch.allclose(first.y_test.double(), second.y_test.double(), rtol=0, atol=1e-6)
-    if first.inputs_sha256 != second.inputs_sha256 or not same_targets:
-        raise CompareError(f"{run_a} and {run_b} were tested on different images (their data settings differ: "
-                           "data set, data.n_test, data.seed, normalisation); a paired comparison needs the same "
-                           "test set")
-    comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test).numpy(),
-                                   correct(second.outputs[kind_second], second.y_test).numpy())
+    # the inputs first, then the targets' shapes, then their values (to 1e-6: a float32 training
+    # run's are the float64 ones rounded): runs on different test sets fail the first or second
+    same_test_set = (not first.inputs_sha256.isdisjoint(second.inputs_sha256)
+                     and first.y_test.shape == second.y_test.shape
+                     and torch.allclose(first.y_test.double(), second.y_test.double(), rtol=0, atol=1e-6))
+    if not same_test_set:
+        raise CompareError(f"{run_a} and {run_b} were tested on different images or targets (their data settings "
+                           "differ: data set, data.n_test, data.seed, data.classes, data.targets, normalisation); "
+                           "a paired comparison needs the same test set")
+    try:
+        # scalar targets: both runs' outputs against one threshold, from the shared targets
+        midpoint = class_midpoint(first.y_test) if first.y_test.shape[1] == 1 else None
+    except ValueError as err:
+        raise CompareError(f"{run_a}, {run_b}: {err}") from None
+    comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test, midpoint).numpy(),
+                                   correct(second.outputs[kind_second], second.y_test, midpoint).numpy())
     return comparison, kind_first, kind_second
+
+
+def _digests(stored) -> frozenset:
+    """A regress run's stored digests: a list of them, or one string (runs written before there were two)."""
+    return frozenset([stored] if isinstance(stored, str) else stored)
 
 
 def _run_and_kind(text: str):

@@ -51,19 +51,31 @@ def mse_loss(fx: Tensor, y: Tensor) -> Tensor:
     return 0.5 * ((torch.as_tensor(fx) - y) ** 2).mean(dim=tuple(range(-y.dim(), 0)))
 
 
-def correct(fx: Tensor, y: Tensor) -> Tensor:
+def class_midpoint(y: Tensor) -> float:
+    """The threshold between the two classes of scalar targets y (N, 1) (±1, possibly centred): the
+    midpoint of their two values. Take it from targets that hold both classes (the train set's) and
+    pass it to :func:`correct` for any subset, which may hold one class only."""
+    low, high = y.min().item(), y.max().item()
+    if low == high:
+        raise ValueError(f"scalar targets hold one value only ({low:g}): the two classes' midpoint needs "
+                         "targets of both classes (pass midpoint= from the train targets)")
+    return (low + high) / 2
+
+
+def correct(fx: Tensor, y: Tensor, midpoint: Optional[float] = None) -> Tensor:
     """(M,) bool: which of the M points (outputs fx (M, k), targets y (M, k)) are classified right:
-    argmax for one-hot targets; for scalar two-valued targets (±1, possibly centred) the side of the
-    midpoint between the two values."""
+    argmax for one-hot targets; for scalar two-valued targets (±1, possibly centred) the side of
+    ``midpoint`` (default: :func:`class_midpoint` of y, which needs both classes in y)."""
     if y.shape[1] == 1:
-        midpoint = (y.max() + y.min()) / 2
+        if midpoint is None:
+            midpoint = class_midpoint(y)
         return ((fx > midpoint) == (y > midpoint)).reshape(-1)
     return fx.argmax(1) == y.argmax(1)
 
 
-def accuracy(fx: Tensor, y: Tensor) -> float:
+def accuracy(fx: Tensor, y: Tensor, midpoint: Optional[float] = None) -> float:
     """Fraction of points classified right (:func:`correct`)."""
-    return correct(fx, y).double().mean().item()
+    return correct(fx, y, midpoint).double().mean().item()
 
 
 def max_learning_rate(k_train_train: Tensor, out_dim: int = 1, fraction: float = 1.0) -> float:

@@ -71,10 +71,13 @@ class RunDirBusy(RuntimeError):
 class RunDirCorrupt(RuntimeError):
     """A file of the run directory does not hold what was written: the run cannot be resumed exactly."""
 
-    def __init__(self, path: Path, problem: str):
+    def __init__(self, path: Path, problem: str, remedy: Optional[str] = None):
+        """``remedy``: what to do about it (default: a training run's, to start again from step 0)."""
         self.path = Path(path)
-        super().__init__(f"{path}: {problem}; delete {path.parent / CHECKPOINT} and {path.parent / METRICS} "
-                         "to run again from step 0, or restore both from a copy")
+        if remedy is None:
+            remedy = (f"delete {path.parent / CHECKPOINT} and {path.parent / METRICS} to run again from step 0, "
+                      "or restore both from a copy")
+        super().__init__(f"{path}: {problem}; {remedy}")
 
 
 def content_digest(obj) -> str:
@@ -219,27 +222,40 @@ class WriteError(OSError):
         self.path = Path(path)
 
 
-def test_inputs_sha256(x_test) -> str:
-    """SHA-256 of test inputs rounded to float32 (:func:`content_digest`): what says two runs were
-    tested on the same images. A float64 ``regress`` run and a float32 training run on the same
-    images give the same digest (float64 → float32 rounds the same way everywhere)."""
-    return content_digest(x_test.detach().cpu().float())
+def test_inputs_sha256(x_test) -> List[str]:
+    """SHA-256s of test inputs (M, ...) rounded to float32 (:func:`content_digest`): what says two runs
+    were tested on the same images. A float64 ``regress`` run and a float32 training run on the same
+    images give the same digests (float64 → float32 rounds the same way everywhere).
+
+    Two digests, of the same numbers in two layouts: first as (M, features), so an MLP's flattened
+    images (M, H·W) and a CNN's (M, C, H, W) match; then as given, the one digest written before
+    there were two, so runs written then still pair (one digest only when x_test is (M, features))."""
+    x = x_test.detach().cpu().float()
+    digests = [content_digest(x.reshape(len(x), -1)), content_digest(x)]
+    return digests[:1] if x.dim() == 2 else digests
 
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def remove_leftover(path: Path) -> Optional[Path]:
+    """Delete the temporary file (``.NAME.tmp``) that an atomic write of ``path`` left when its process
+    was killed; the file deleted, or None. Call it holding whatever lock guards writes of ``path``."""
+    tmp = _tmp_path(Path(path))
+    if not tmp.exists():
+        return None
+    tmp.unlink(missing_ok=True)
+    return tmp
+
+
 def remove_leftovers(run_dir: Path) -> List[Path]:
     """Delete the temporary files of atomic writes that a killed process left in ``run_dir``
-    (``.checkpoint.pt.tmp``, ``.summary.json.tmp``, ...); call it holding the directory's lock."""
-    removed = []
-    for name in (CONFIG, SUMMARY, KERNELS, PREDICTIONS, CHECKPOINT):
-        tmp = _tmp_path(Path(run_dir) / name)
-        if tmp.exists():
-            tmp.unlink()
-            removed.append(tmp)
-    return removed
+    (``.checkpoint.pt.tmp``, ``.summary.json.tmp``, ``.regression.json.tmp``, ...); call it holding
+    the directory's lock."""
+    removed = [remove_leftover(Path(run_dir) / name)
+               for name in (CONFIG, SUMMARY, KERNELS, PREDICTIONS, CHECKPOINT, REGRESSION)]
+    return [path for path in removed if path is not None]
 
 
 def _replace_atomically(path: Path, write) -> None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk
-from ntklab.dynamics import (ensemble_predictor, gp_inference, linearize, max_learning_rate, mse_loss,
-                             mse_predictor, symmetry_tolerance)
+from ntklab.dynamics import (accuracy, class_midpoint, correct, ensemble_predictor, gp_inference, linearize,
+                             max_learning_rate, mse_loss, mse_predictor, symmetry_tolerance)
 from tests.helpers import gradient_descent, random_inputs
 
 
@@ -355,3 +355,18 @@ def test_kernel_symmetry_is_checked_at_the_rounding_of_its_dtype(problem):
         near[0, 1] += size
         with pytest.raises(ValueError, match="not symmetric") if not accepted else contextlib.nullcontext():
             max_learning_rate(near)
+
+
+def test_scalar_targets_are_classified_on_either_side_of_the_two_classes_midpoint():
+    # centred ±1 targets of an unbalanced train set (mean 0.5: classes at 0.5 and −1.5, midpoint −0.5)
+    fx = torch.tensor([[0.2], [-0.4], [-0.6], [-3.0]], dtype=torch.float64)
+    y = torch.tensor([[0.5], [0.5], [-1.5], [0.5]], dtype=torch.float64)
+    assert class_midpoint(y) == -0.5
+    assert correct(fx, y).tolist() == [True, True, True, False]
+    # a subset of one class (a small held-out part) takes the midpoint of targets that hold both:
+    # its own max and min would make the threshold the class value itself, so −3.0 < 0.5 counted right
+    one_class = y[[0, 1, 3]]
+    with pytest.raises(ValueError, match="one value only"):
+        correct(fx[[0, 1, 3]], one_class)
+    assert correct(fx[[0, 1, 3]], one_class, midpoint=class_midpoint(y)).tolist() == [True, True, False]
+    assert accuracy(fx[[0, 1, 3]], one_class, class_midpoint(y)) == pytest.approx(2 / 3)

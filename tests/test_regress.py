@@ -18,6 +18,7 @@ import torch
 from ntklab import analytic_kernels, results
 from ntklab.collect import read_table
 from ntklab.commands import regress
+from ntklab.compare import CompareError, compare_runs
 from ntklab.errors import ConfigError
 from ntklab.nets import cnn_layers
 from ntklab.train.trainer import load_data
@@ -137,6 +138,56 @@ def test_float32_kernels_are_stored_as_computed_and_solved_in_float64(tmp_path):
         saved = torch.load(path, weights_only=True)
         results.save_torch(path, {**saved, "nngp": saved["nngp"].double(), "ntk": saved["ntk"].double()})
     assert regress.run(cfg, tmp_path / "run")["kernels"] == summary["kernels"]
+
+def test_held_out_ridges_score_scalar_targets_at_the_midpoint_of_both_classes(tmp_path):
+    # two classes as centred ±1 scalars; a held-out part of 2 images may hold one class only, and is
+    # scored at the threshold between the two classes' target values, as the test set is
+    overrides = SMALL + ["data.classes=[3,8]", "data.targets=scalar", "data.center_targets=true",
+                         "ridges=[0,0.1,10]", "validation_fraction=0.05"]
+    cfg = compose_config("regress", overrides)
+    summary = regress.run(cfg, tmp_path / "run")
+    data = load_data(cfg.data, images=True)
+    midpoint = (data.y_train.max() + data.y_train.min()).item() / 2
+    fit, held_out = regress._held_out_split(40, 0.05, 0)
+    assert len(held_out) == 2
+    arch = cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    kernels = analytic_kernels(arch, data.x_train)
+    for kind in ("nngp", "ntk"):
+        k = getattr(kernels, kind)
+        for tried, ridge in zip(summary["kernels"][kind]["held_out"], (0.0, 0.1, 10.0)):
+            k_fit = k[fit][:, fit]
+            system = k_fit + ridge * k_fit.diagonal().mean() * torch.eye(len(fit), dtype=torch.float64)
+            predicted = k[held_out][:, fit] @ torch.linalg.solve(system, data.y_train[fit])
+            right = (predicted > midpoint) == (data.y_train[held_out] > midpoint)
+            assert tried["accuracy"] == right.double().mean().item()
+
+
+def test_partial_saves_of_a_killed_worker_are_removed(tmp_path):
+    run_dir = tmp_path / "run"
+    assert regress.run(compose_config("regress", SMALL + ["stop_after_blocks=1"]), run_dir)["status"] == "stopped"
+    grid = regress.BlockGrid(40, 30, 16)
+    missing = run_dir / regress.BLOCKS / grid.file_name(grid.blocks[-1])
+    # what a worker killed while saving leaves: the atomic write's temporary files
+    leftovers = [missing.with_name(f".{missing.name}.tmp"), run_dir / f".{results.REGRESSION}.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    assert regress.run(compose_config("regress", SMALL), run_dir)["status"] == "ok"
+    assert missing.exists() and not any(path.exists() for path in leftovers)
+
+
+def test_a_block_that_cannot_be_read_is_named_with_what_to_do(tmp_path):
+    regress.run(compose_config("regress", SMALL), tmp_path / "run")
+    grid = regress.BlockGrid(40, 30, 16)
+    broken = tmp_path / "run" / regress.BLOCKS / grid.file_name(grid.blocks[1])
+    broken.write_bytes(broken.read_bytes()[:100])
+    with pytest.raises(results.RunDirCorrupt) as err:
+        regress.run(compose_config("regress", SMALL + ["ridge=0.1"]), tmp_path / "run")
+    message = str(err.value)
+    assert message.startswith(f"{broken}: cannot be read") and "delete it and run again" in message
+    assert results.CHECKPOINT not in message            # a training run's remedy, not this one's
+    broken.unlink()
+    assert regress.run(compose_config("regress", SMALL + ["ridge=0.1"]), tmp_path / "run")["status"] == "ok"
+    assert broken.exists()
 
 @pytest.mark.cuda
 def test_regress_on_cuda_matches_the_cpu_run(tmp_path):
@@ -330,11 +381,39 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path):
         assert ntklab("regress", *SMALL, f"hydra.run.dir={name}", *extra, cwd=tmp_path)[2] == 0
     out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
     assert code == 2 and "were tested on different images" in err, err
+    # targets of another shape (fewer test images) fail the same way, not as a broadcasting error
+    assert ntklab("regress", *SMALL, "hydra.run.dir=c", "data.n_test=20", cwd=tmp_path)[2] == 0
+    out, err, code = ntklab("compare", "a", "c", cwd=tmp_path)
+    assert code == 2 and "were tested on different images" in err, err
     out, err, code = ntklab("compare", "a:nngp", "a:cntk", cwd=tmp_path)
     assert code == 2 and "has no output 'cntk'; it has nngp, ntk" in err, err
     (tmp_path / "a" / results.PREDICTIONS).unlink()
     out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
     assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err
+
+
+def test_compare_pairs_an_mlp_with_a_cnn_on_the_same_images(tmp_path):
+    """An MLP's test images are the CNN's flattened: the two pair, and a regress run that stored its
+    digest the earlier way (one, of the (M, C, H, W) tensor) still pairs with a CNN's run."""
+    regress.run(compose_config("regress", SMALL), tmp_path / "cnn")
+    mlp = [o for o in SMALL if o not in ("width=4", "depth=1", "model.readout=flatten")] + ["model=mlp"]
+    regress.run(compose_config("regress", mlp), tmp_path / "mlp")
+    saved = {name: torch.load(tmp_path / name / results.PREDICTIONS, weights_only=True) for name in ("cnn", "mlp")}
+    comparison, kind_a, kind_b = compare_runs(tmp_path / "mlp", None, tmp_path / "cnn", "nngp")
+    assert (kind_a, kind_b) == ("ntk", "nngp")
+    right_mlp = saved["mlp"]["ntk"].argmax(1) == saved["mlp"]["labels_test"]
+    right_cnn = saved["cnn"]["nngp"].argmax(1) == saved["cnn"]["labels_test"]
+    assert (comparison.only_a, comparison.only_b) == (int((right_mlp & ~right_cnn).sum()),
+                                                      int((~right_mlp & right_cnn).sum()))
+    assert comparison.both_right == int((right_mlp & right_cnn).sum()) > 0
+    # the earlier single digest: that of the images as the CNN took them
+    x_cnn = load_data(compose_config("regress", SMALL).data, images=True).x_test
+    legacy = {**saved["cnn"], "test_inputs_sha256": results.content_digest(x_cnn.float())}
+    (tmp_path / "legacy").mkdir()
+    results.save_torch(tmp_path / "legacy" / results.PREDICTIONS, legacy)
+    assert compare_runs(tmp_path / "legacy", None, tmp_path / "cnn", None)[0].only_a == 0
+    with pytest.raises(CompareError, match="different images"):      # that digest cannot see the MLP's layout
+        compare_runs(tmp_path / "legacy", None, tmp_path / "mlp", None)
 
 
 def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(tmp_path):

@@ -20,7 +20,7 @@ chosen from ``ridges`` on a held-out part of the train set. Files in the run dir
                       with the same config may fill it together, each block claimed by a lock on its
                       own .NAME.lock file while it is computed (:func:`compute_blocks`)
     predictions.pt    each kernel's prediction f(X*) (M, k) at the ridge regression.json reports, the
-                      test targets (M, k) and labels (M,), and a SHA-256 of the test inputs (as
+                      test targets (M, k) and labels (M,), and SHA-256s of the test inputs (as
                       float32, :func:`ntklab.results.test_inputs_sha256`): what
                       ``python -m ntklab compare`` pairs image by image (:mod:`ntklab.compare`);
                       written before regression.json, which marks the directory finished
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from ntklab import results
 from ntklab.config import RegressConfig, build_arch, check_known_keys, wants_images
 from ntklab.data import Dataset
-from ntklab.dynamics import MSEPredictor, accuracy, mse_loss, mse_predictor
+from ntklab.dynamics import MSEPredictor, accuracy, class_midpoint, mse_loss, mse_predictor
 from ntklab.errors import ConfigError, check_choice, check_seed
 from ntklab.kernels import analytic_kernels, limit_problem
 
@@ -245,6 +245,8 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
             # the existence check comes after the lock: a worker that listed the block as missing may
             # get the lock only after its holder saved it
             if not path(block).exists():
+                if results.remove_leftover(path(block)) is not None:      # its holder died mid-save
+                    log.warning("removed the partial save of %s, left by a killed worker", grid.file_name(block))
                 compute(block)
                 computed += 1
             lock.unlink(missing_ok=True)    # safe: whoever locks this file next checks the block first
@@ -282,8 +284,8 @@ def assemble(grid: BlockGrid, blocks_dir: Path, dtype: torch.dtype = torch.float
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise results.RunDirCorrupt(path, f"cannot be read ({type(err).__name__}); delete it to recompute "
-                                              "that block") from err
+            raise results.RunDirCorrupt(path, f"cannot be read ({type(err).__name__})",
+                                        "delete it and run again to recompute that block") from err
         seconds += float(saved["seconds"])
         target = train if split == "train" else test
         for kind in KINDS:
@@ -301,6 +303,9 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
     y_train = data.y_train.to(k_train.device, torch.float64)
     y_test = data.y_test.to(k_train.device, torch.float64)
     classification = data.labels_test is not None
+    # scalar ±1 targets: one threshold for the held-out and test scores, from targets of both classes
+    # (a small held-out part may hold one class only)
+    midpoint = class_midpoint(torch.cat([y_train, y_test])) if classification and y_train.shape[1] == 1 else None
     precision = getattr(torch, cfg.dtype)       # the kernels' entries carry this dtype's rounding
     tried = []
     ridge = float(cfg.ridge)
@@ -308,12 +313,12 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
         fit, held_out = _held_out_split(data.n_train, cfg.validation_fraction, cfg.seed)
         for candidate in sorted(float(r) for r in cfg.ridges):
             predicted, _ = predict(k_train[fit][:, fit], k_train[held_out][:, fit], y_train[fit], candidate, precision)
-            tried.append({"ridge": candidate, **_scores(predicted, y_train[held_out], classification)})
+            tried.append({"ridge": candidate, **_scores(predicted, y_train[held_out], classification, midpoint)})
         # best held-out accuracy (classification) or MSE; ties go to the smallest ridge
         key = (lambda t: -t["accuracy"]) if classification else (lambda t: t["mse"])
         ridge = min(tried, key=key)["ridge"]
     predicted, predictor = predict(k_train, k_test, y_train, ridge, precision)
-    scores = _scores(predicted, y_test, classification)
+    scores = _scores(predicted, y_test, classification, midpoint)
     return {"ridge": ridge, "test_accuracy": scores.get("accuracy"), "test_mse": scores["mse"],
             "condition_number": predictor.spectrum.condition_number,
             "unfitted_directions": int(predictor.spectrum.null.sum()), "held_out": tried or None}, predicted
@@ -329,11 +334,13 @@ def predict(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
     return predictor(math.inf, 0.0, 0.0, k_test).test, predictor
 
 
-def _scores(predicted: Tensor, y: Tensor, classification: bool) -> Dict[str, float]:
-    """MSE as 1/(Mk) Σ‖f − y‖² (twice :func:`mse_loss`) and, for classification, the accuracy."""
+def _scores(predicted: Tensor, y: Tensor, classification: bool,
+            midpoint: Optional[float] = None) -> Dict[str, float]:
+    """MSE as 1/(Mk) Σ‖f − y‖² (twice :func:`mse_loss`) and, for classification, the accuracy
+    (scalar targets: on either side of ``midpoint``, :func:`ntklab.dynamics.correct`)."""
     scores = {"mse": 2 * mse_loss(predicted, y).item()}
     if classification:
-        scores["accuracy"] = accuracy(predicted, y)
+        scores["accuracy"] = accuracy(predicted, y, midpoint)
     return scores
 
 

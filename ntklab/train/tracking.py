@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ntklab.data import Dataset
-from ntklab.dynamics import accuracy, max_learning_rate, mse_loss, mse_predictor
+from ntklab.dynamics import accuracy, class_midpoint, max_learning_rate, mse_loss, mse_predictor
 from ntklab.hessian import LossHessian, gauss_newton_share, lanczos
 from ntklab.kernels import analytic_kernels
 from ntklab.nets import Net
@@ -200,6 +200,9 @@ class Tracker:
                        for name, params in parameter_groups(model).items()}
         self.theta0_norm = math.sqrt(sum(_squared_norm(ps) for ps in self.theta0.values()))
         self.y_train, self.y_test = data.y_train.double(), data.y_test.double()
+        # scalar ±1 targets: one threshold for both splits, from targets that hold both classes
+        self.midpoint = (class_midpoint(torch.cat([self.y_train, self.y_test]))
+                         if data.labels_train is not None and self.y_train.shape[1] == 1 else None)
         self.probe = data.x_train[: reference.probe_size]
         self._row = {int(s): i for i, s in enumerate(log_steps)}
         times = torch.tensor([int(s) for s in log_steps], dtype=torch.float64)
@@ -225,8 +228,8 @@ class Tracker:
                                      "train_loss": mse_loss(f_train, self.y_train).item(),
                                      "test_loss": mse_loss(f_test, self.y_test).item()}
         if self.data.labels_train is not None:
-            record["train_accuracy"] = accuracy(f_train, self.y_train)
-            record["test_accuracy"] = accuracy(f_test, self.y_test)
+            record["train_accuracy"] = accuracy(f_train, self.y_train, self.midpoint)
+            record["test_accuracy"] = accuracy(f_test, self.y_test, self.midpoint)
         for kind, predicted in self.predictions.items():
             record[f"pred_train_loss_{kind}"] = predicted["train_loss"][row].item()
             record[f"pred_test_loss_{kind}"] = predicted["test_loss"][row].item()
