@@ -88,6 +88,25 @@ def test_idx_images_hold_the_file_pixels(tmp_path, name, gz):
     assert torch.equal(data.x_train, expected_train[:, None]) and torch.equal(data.x_test, expected_test[:, None])
 
 
+def test_a_data_sets_own_subfolder_wins_over_files_loose_in_the_root(tmp_path):
+    # MNIST's files loose in a shared root, Fashion-MNIST's (same names, other labels) where torchvision
+    # puts them: fashion_mnist reads its own folder, mnist the root; and never a set mixed from both
+    write_idx_set(tmp_path, train_labels=BALANCED_TRAIN, test_labels=BALANCED_TEST)
+    fashion = [9 - label for label in BALANCED_TRAIN], [9 - label for label in BALANCED_TEST]
+    write_idx_set(tmp_path / "FashionMNIST" / "raw", train_labels=fashion[0], test_labels=fashion[1])
+    kwargs = dict(n_train=40, n_test=20, root=tmp_path, balanced=False, normalize="none", images=True)
+    for name, labels in (("fashion_mnist", fashion), ("mnist", (BALANCED_TRAIN, BALANCED_TEST))):
+        data = load_dataset(name, **kwargs)
+        # which written image each drawn one is, by its first pixel (distinct: 31m mod 255 + 1), and
+        # the label the folder's file gave it
+        first_pixels = torch.from_numpy(mnist_images(len(labels[0]), 0)[:, 0, 0]).long()
+        drawn = [int((first_pixels == p).nonzero()[0]) for p in (data.x_train[:, 0, 0, 0] * 255).round().long()]
+        assert torch.equal(data.labels_train, torch.tensor(labels[0])[drawn]), name
+    (tmp_path / "FashionMNIST" / "raw" / IDX_NAMES[3]).unlink()       # three there, all four in the root
+    assert torch.equal(load_dataset("fashion_mnist", **kwargs).labels_test,
+                       load_dataset("mnist", **kwargs).labels_test)
+
+
 def test_digits_images_are_scikit_learns_images():
     from sklearn.datasets import load_digits
 

@@ -266,7 +266,7 @@ def _needs(title: str, names: Sequence[str], subdir: Path, gz: bool, hint: str) 
     """The sentence every missing-file error ends with: which files, where, and how to get them."""
     return (f"{title} needs the files {', '.join(names)}"
             + (" (each may also be gzip-compressed, with the suffix .gz)" if gz else "")
-            + f" directly in data.root or in its subdirectory {subdir} ({hint})")
+            + f" all directly in data.root or all in its subdirectory {subdir} ({hint})")
 
 
 def _data_dir(root: Optional[str], needs: str) -> Path:
@@ -279,14 +279,20 @@ def _data_dir(root: Optional[str], needs: str) -> Path:
 
 
 def _find(base: Path, names: Sequence[str], subdir: Path, gz: bool) -> Tuple[Dict[str, Path], list]:
-    """The paths found for ``names`` (first of base/name, base/name.gz, base/subdir/...) and the names missing."""
+    """The paths of ``names`` (each name, or name.gz when ``gz``), all from one folder: the data set's
+    own base/subdir when it holds them all, else base; and the names that folder lacks (the folder
+    holding more of them). Never some from each: Fashion-MNIST's files have MNIST's names, so files of
+    the other set may lie loose in a shared data.root."""
     suffixes = ("", ".gz") if gz else ("",)
-    found, missing = {}, []
-    for name in names:
-        candidates = [folder / (name + suffix) for folder in (base, base / subdir) for suffix in suffixes]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            missing.append(name)
-        else:
-            found[name] = path
-    return found, missing
+    best: Dict[str, Path] = {}
+    for folder in (base / subdir, base):
+        found = {}
+        for name in names:
+            path = next((folder / (name + s) for s in suffixes if (folder / (name + s)).is_file()), None)
+            if path is not None:
+                found[name] = path
+        if len(found) == len(names):
+            return found, []
+        if len(found) > len(best):
+            best = found
+    return best, [name for name in names if name not in best]
