@@ -25,11 +25,10 @@ Each RUN is a ``regress`` run directory (KIND ntk, the default, or nngp: the ker
 prediction) or a training run directory (KIND net, the default: the trained net's test outputs;
 init; analytic: its kernel's prediction for the same step; linear: the linearised net's), read from
 its predictions.pt. The two must have been tested on the same images (same data settings): the
-SHA-256 of the test inputs rounded to float32 is compared (:func:`ntklab.results.test_inputs_sha256`),
+SHA-256s of the test inputs rounded to float32 are compared (:func:`ntklab.results.test_inputs_sha256`),
 so a float32 training run pairs with a float64 ``regress`` run, and an MLP's flattened images with a
-CNN's. Exit code 2, with one line saying
-why, for a directory without predictions.pt, a kind that is not there, test sets that differ, or a
-data set without classes.
+CNN's. Exit code 2, with one line saying why, for a directory without predictions.pt, a kind that is
+not there, test sets that differ, or a data set without classes.
 """
 
 from __future__ import annotations
