@@ -247,6 +247,11 @@ def test_scalar_targets_for_two_classes_and_for_many():
     assert set(two.labels_train.tolist()) == {2, 7}
     many = load_dataset("digits", n_train=40, n_test=20)
     assert torch.equal(many.y_train[:, 0], torch.where(many.labels_train % 2 == 0, 1.0, -1.0).double())
+    # classes of one parity: every target +1, nothing to classify (and no threshold to score at)
+    with pytest.raises(ConfigError) as err:
+        load_dataset("digits", n_train=30, n_test=12, classes=[0, 2, 4])
+    assert err.value.field == "data.classes" and "all have the scalar target +1" in str(err.value)
+    assert load_dataset("digits", n_train=30, n_test=12, classes=[0, 2, 4], targets="onehot").out_dim == 3
 
 
 def test_digits_too_many_points():

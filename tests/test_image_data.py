@@ -214,7 +214,7 @@ def test_balanced_counts_are_exact_per_class():
     # ⌊n/10⌋ each, and the remainder one each to the first classes in `classes` order
     assert counts(data.labels_train) == [51, 51] + [50] * 8
     assert counts(data.labels_test) == [3, 3, 3] + [2] * 7
-    chosen = load_dataset("digits", n_train=8, n_test=4, classes=[7, 3, 5])
+    chosen = load_dataset("digits", n_train=8, n_test=4, classes=[7, 3, 5], targets="onehot")
     assert counts(chosen.labels_train, [7, 3, 5]) == [3, 3, 2] and counts(chosen.labels_test, [7, 3, 5]) == [2, 1, 1]
 
 

@@ -60,7 +60,8 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
             true class and −0.1 for the others).
         targets: "scalar" (y of shape (N, 1)) or, for the real sets only, "onehot".
         classes: labels to keep for the real sets (distinct ints in 0..9, at least two; None keeps
-            all ten).
+            all ten). Scalar targets are +1 for the first of two classes, and for more than two the
+            label's parity: points that all get one sign are refused (ConfigError).
         balanced: real sets only (the synthetic ones ignore it): draw each split balanced over
             ``classes``, ⌊n/k⌋ points per class and one more for each of the first n mod k classes
             in ``classes`` order (:mod:`ntklab.data.real`); False draws n points regardless of class.
@@ -112,6 +113,14 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
     else:
         data = make_real(name, n_train=n_train, n_test=n_test, targets=targets, classes=classes,
                          balanced=balanced, root=root, seed=seed)
+        if data.y_train.shape[1] == 1 and torch.cat([data.y_train, data.y_test]).unique().numel() < 2:
+            # scalar targets ±1 by parity (more than two classes) or by the first class (two): one sign
+            # for every point leaves nothing to classify, and no threshold between classes to score at
+            raise ConfigError("data.classes", f"the {n_train + n_test} points drawn of classes "
+                                              f"{list(data.extras['classes'])} all have the scalar target "
+                                              f"{data.y_train[0, 0].item():+g}: with more than two classes the "
+                                              "sign is the label's parity, so give classes of both parities "
+                                              "(or two classes, or data.targets=onehot)")
 
     y_train, y_test = data.y_train, data.y_test
     if noise > 0:
