@@ -170,7 +170,7 @@ def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
                            "a paired comparison needs the same test set")
     try:
         # scalar targets: both runs' outputs against one threshold, from the shared targets
-        midpoint = class_midpoint(first.y_test) if first.y_test.shape[1] == 1 else None
+        midpoint = class_midpoint(first.y_test)
     except ValueError as err:
         raise CompareError(f"{run_a}, {run_b}: {err}") from None
     comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test, midpoint).numpy(),

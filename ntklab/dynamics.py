@@ -51,10 +51,13 @@ def mse_loss(fx: Tensor, y: Tensor) -> Tensor:
     return 0.5 * ((torch.as_tensor(fx) - y) ** 2).mean(dim=tuple(range(-y.dim(), 0)))
 
 
-def class_midpoint(y: Tensor) -> float:
+def class_midpoint(y: Tensor) -> Optional[float]:
     """The threshold between the two classes of scalar targets y (N, 1) (±1, possibly centred): the
-    midpoint of their two values. Take it from targets that hold both classes (the train set's) and
-    pass it to :func:`correct` for any subset, which may hold one class only."""
+    midpoint of their two values; None for one-hot targets (N, k > 1), classified by argmax. Take it
+    from targets that hold both classes (the train set's) and pass it to :func:`correct` for any
+    subset, which may hold one class only."""
+    if y.shape[1] > 1:
+        return None
     low, high = y.min().item(), y.max().item()
     if low == high:
         raise ValueError(f"scalar targets hold one value only ({low:g}): the two classes' midpoint needs "

@@ -370,3 +370,4 @@ def test_scalar_targets_are_classified_on_either_side_of_the_two_classes_midpoin
         correct(fx[[0, 1, 3]], one_class)
     assert correct(fx[[0, 1, 3]], one_class, midpoint=class_midpoint(y)).tolist() == [True, True, False]
     assert accuracy(fx[[0, 1, 3]], one_class, class_midpoint(y)) == pytest.approx(2 / 3)
+    assert class_midpoint(torch.eye(3, dtype=torch.float64)) is None        # one-hot: argmax, no threshold

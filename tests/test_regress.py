@@ -29,10 +29,15 @@ SMALL = ["data.n_train=40", "data.n_test=30", "width=4", "depth=1", "model.reado
          "block_size=16", "progress=false"]
 
 
+def _small_arch(cfg, data):
+    """The SMALL configs' net, built here from its layers: depth 1, 4 channels, flatten readout."""
+    return cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+
+
 def _direct(cfg, ridge=0.0):
     """The kernels and the solve written out: (K + σ²I) α = Y by LU, f* = K* α, per kernel."""
     data = load_data(cfg.data, images=True)
-    arch = cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    arch = _small_arch(cfg, data)
     train = analytic_kernels(arch, data.x_train)
     test = analytic_kernels(arch, data.x_test, data.x_train)
     out = {}
@@ -82,7 +87,7 @@ def test_ridges_are_chosen_on_a_held_out_split_and_the_blocks_are_reused(tmp_pat
     data = load_data(cfg.data, images=True)
     fit, held_out = regress._held_out_split(40, 0.25, 0)
     assert len(held_out) == 10 and sorted(torch.cat([fit, held_out]).tolist()) == list(range(40))
-    arch = cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    arch = _small_arch(cfg, data)
     kernels = analytic_kernels(arch, data.x_train)
     for kind in ("nngp", "ntk"):
         k = getattr(kernels, kind)
@@ -104,7 +109,7 @@ def test_float32_kernels_are_stored_as_computed_and_solved_in_float64(tmp_path):
     cfg = compose_config("regress", SMALL + ["dtype=float32"])
     summary = regress.run(cfg, tmp_path / "run")
     data = load_data(cfg.data, images=True)
-    arch = cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    arch = _small_arch(cfg, data)
     grid = regress.BlockGrid(40, 30, 16)
     chunks = grid.chunks(40)
     for split, r, c in grid.blocks:
@@ -139,6 +144,7 @@ def test_float32_kernels_are_stored_as_computed_and_solved_in_float64(tmp_path):
         results.save_torch(path, {**saved, "nngp": saved["nngp"].double(), "ntk": saved["ntk"].double()})
     assert regress.run(cfg, tmp_path / "run")["kernels"] == summary["kernels"]
 
+
 def test_held_out_ridges_score_scalar_targets_at_the_midpoint_of_both_classes(tmp_path):
     # two classes as centred ±1 scalars; a held-out part of 2 images may hold one class only, and is
     # scored at the threshold between the two classes' target values, as the test set is
@@ -150,7 +156,7 @@ def test_held_out_ridges_score_scalar_targets_at_the_midpoint_of_both_classes(tm
     midpoint = (data.y_train.max() + data.y_train.min()).item() / 2
     fit, held_out = regress._held_out_split(40, 0.05, 0)
     assert len(held_out) == 2
-    arch = cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    arch = _small_arch(cfg, data)
     kernels = analytic_kernels(arch, data.x_train)
     for kind in ("nngp", "ntk"):
         k = getattr(kernels, kind)

@@ -305,7 +305,7 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
     classification = data.labels_test is not None
     # scalar ±1 targets: one threshold for the held-out and test scores, from targets of both classes
     # (a small held-out part may hold one class only)
-    midpoint = class_midpoint(torch.cat([y_train, y_test])) if classification and y_train.shape[1] == 1 else None
+    midpoint = class_midpoint(torch.cat([y_train, y_test])) if classification else None
     precision = getattr(torch, cfg.dtype)       # the kernels' entries carry this dtype's rounding
     tried = []
     ridge = float(cfg.ridge)

@@ -202,7 +202,7 @@ class Tracker:
         self.y_train, self.y_test = data.y_train.double(), data.y_test.double()
         # scalar ±1 targets: one threshold for both splits, from targets that hold both classes
         self.midpoint = (class_midpoint(torch.cat([self.y_train, self.y_test]))
-                         if data.labels_train is not None and self.y_train.shape[1] == 1 else None)
+                         if data.labels_train is not None else None)
         self.probe = data.x_train[: reference.probe_size]
         self._row = {int(s): i for i, s in enumerate(log_steps)}
         times = torch.tensor([int(s) for s in log_steps], dtype=torch.float64)
