@@ -21,7 +21,8 @@
 
 Non-finite numbers (a diverged loss) are written as JSON ``null``, so every file is strict JSON.
 An atomic write goes through ``.NAME.tmp``: a write that fails removes it, and the next run removes
-those a killed process left (:func:`remove_leftovers`); an OSError (a full disk) becomes a
+those a killed process left (:func:`remove_leftovers`); the rename is made durable by an fsync of the
+directory (skipped where the filesystem refuses one); an OSError (a full disk) becomes a
 :class:`WriteError` naming the file.
 """
 
@@ -258,14 +259,40 @@ def remove_leftovers(run_dir: Path) -> List[Path]:
     return [path for path in removed if path is not None]
 
 
+# fsync on a directory is refused by some filesystems (network and FUSE mounts): there the rename
+# stands but is only as durable as the filesystem makes it, which is no reason to fail a run.
+_DIRECTORY_SYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES,
+                               errno.EPERM, errno.EISDIR}
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync ``directory`` so that a rename into it survives a power loss (POSIX makes the file's
+    contents durable by fsyncing the file, its name by fsyncing the directory that holds it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as err:
+        if err.errno in _DIRECTORY_SYNC_UNSUPPORTED:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in _DIRECTORY_SYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
 def _replace_atomically(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename over ``path``: readers see the old or the new file.
-    A write that fails removes its temporary file; an OSError (a full disk) becomes a
-    :class:`WriteError` naming ``path``."""
+    """Write through ``write(tmp_path)`` then rename over ``path`` and fsync its directory: readers see
+    the old or the new file, and once this returns the new name survives a power loss (its contents
+    too where ``write`` fsyncs the file). A write that fails removes its temporary file; an OSError
+    (a full disk) becomes a :class:`WriteError` naming ``path``."""
     tmp = _tmp_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)
+        _sync_directory(path.parent)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and not isinstance(err, WriteError):

@@ -2,6 +2,7 @@
 failing job, checkpoints and metrics altered on disk, files left cut short or behind, a full
 disk, and values that must be refused or classified rather than crash."""
 
+import errno
 import json
 import os
 import signal
@@ -214,6 +215,41 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary_file(tm
     assert not list(tmp_path.glob(".*.tmp"))
     summary = json.loads((tmp_path / results.SUMMARY).read_text())     # there was room for the summary
     assert summary["status"] == "failed" and "checkpoint.pt" in summary["error"]
+
+
+def test_an_atomic_write_fsyncs_the_file_then_its_directory_and_survives_a_filesystem_that_refuses(
+        tmp_path, monkeypatch):
+    real_fsync, synced = os.fsync, []
+
+    def record(fd):
+        synced.append(("directory" if os.path.isdir(f"/proc/self/fd/{fd}") else "file",
+                       os.path.exists(tmp_path / "a.json")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(results.os, "fsync", record)
+    results.write_json(tmp_path / "a.json", {"x": 1.5})
+    results.save_torch(tmp_path / "b.pt", {"x": 2.5})
+    # each: the temporary file's contents before the rename, then the directory after it (a.json exists)
+    assert synced == [("file", False), ("directory", True), ("file", True), ("directory", True)]
+
+    def refuse_directories(fd):      # as some network and FUSE filesystems do
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(results.os, "fsync", refuse_directories)
+    results.write_json(tmp_path / "a.json", {"x": 3.5})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 3.5}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    def fail_directories(fd):       # a real I/O error is not swallowed
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(results.os, "fsync", fail_directories)
+    with pytest.raises(results.WriteError, match="a.json"):
+        results.write_json(tmp_path / "a.json", {"x": 4.5})
 
 
 # ----------------------------------------------------------------------------- 6. values refused or classified

@@ -51,7 +51,9 @@ def load_dataset(name: str, *, n_train: int = 256, n_test: int = 256, dim: int =
         parity_bits: the parity target multiplies the first ``parity_bits`` coordinates (1..dim).
         teacher_depth, teacher_width, teacher_activation: the teacher MLP (NTK parametrization,
             σ_w = 1, σ_b = 0), built from seed + ``synthetic.TEACHER_SEED_OFFSET``.
-        noise: standard deviation of Gaussian noise added to the train targets (all sets).
+        noise: standard deviation of Gaussian noise added to the train targets (all sets); the test
+            targets stay clean. Train accuracies (the tracker's, and the ridge chosen on ``regress``'s
+            held-out split) score against the noisy targets, as one who has only them would.
         normalize: one of ``NORMALIZATIONS`` (formulas in :mod:`ntklab.data.transforms`); "default"
             is "none" for the synthetic sets and "sqrt_dim" for the real ones. "channel_standardize"
             needs a real (image) set.
