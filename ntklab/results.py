@@ -109,6 +109,27 @@ def content_digest(obj) -> str:
     return digest.hexdigest()
 
 
+def _recorded_pid(fd: int) -> Optional[int]:
+    """The pid written in an open lock file, or None (none written yet, or two writes interleaved)."""
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (ValueError, OSError):
+        return None
+
+
+def _is_running(pid: Optional[int]) -> bool:
+    """Whether a process ``pid`` exists on this machine (signal 0 checks without sending anything)."""
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # it exists, under another user
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def locked(run_dir: Path, shared: bool = False) -> Iterator[None]:
     """Hold the run directory's lock (its .lock file) for the ``with`` block: exclusive, or ``shared``
@@ -127,15 +148,11 @@ def locked(run_dir: Path, shared: bool = False) -> Iterator[None]:
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            try:
-                pid = int(os.pread(fd, 32, 0).decode().strip())
-            except (ValueError, OSError):   # the holder has not written its pid yet
-                pid = None
-            raise RunDirBusy(Path(run_dir), pid) from None
-        if not shared:      # shared holders leave the first one's pid (any of them names a user of the directory)
+            raise RunDirBusy(Path(run_dir), _recorded_pid(fd)) from None
+        # shared holders keep a live holder's pid (any of them names a user of the directory) and replace
+        # one that has ended; a pid of another machine's worker reads as ended here, and is replaced too
+        if not shared or not _is_running(_recorded_pid(fd)):
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        elif os.fstat(fd).st_size == 0:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:

@@ -54,6 +54,23 @@ def test_the_shared_lock_of_regress_workers_admits_more_workers_and_refuses_a_tr
             with results.locked(tmp_path, shared=True):
                 pass
 
+
+def test_a_refusal_names_a_live_worker_not_one_that_has_ended(tmp_path):
+    hold_shared = _HOLD.replace("results.locked(sys.argv[1])", "results.locked(sys.argv[1], shared=True)")
+    worker = subprocess.Popen([sys.executable, "-c", hold_shared, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "locked"
+        with results.locked(tmp_path, shared=True):     # a second worker joins while the first lives
+            with pytest.raises(results.RunDirBusy, match=f"process {worker.pid}"):
+                run(compose_train(TINY), tmp_path)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate()
+    assert (tmp_path / results.LOCK).read_text().strip() == str(worker.pid)    # a dead worker's pid stays...
+    with results.locked(tmp_path, shared=True):        # ...until the next worker takes the lock
+        with pytest.raises(results.RunDirBusy, match=f"process {os.getpid()}"):
+            run(compose_train(TINY), tmp_path)
+
 # ----------------------------------------------------------------------------- 2. sweeps keep every job
 
 @pytest.mark.parametrize("launcher", ["basic", "local"])
