@@ -283,6 +283,37 @@ def test_two_regress_processes_fill_one_run_directory_together(tmp_path):
     assert json.loads((tmp_path / "shared" / regress.REGRESSION_JSON).read_text())["kernels"] == whole["kernels"]
 
 
+def test_workers_of_one_directory_solve_once_and_a_rerun_solves_again(tmp_path, monkeypatch):
+    run_dir, cfg = tmp_path / "run", compose_config("regress", SMALL)
+    solves, real_solve, compute_blocks = [], regress.solve, regress.compute_blocks
+    monkeypatch.setattr(regress, "solve", lambda *args: solves.append(1) or real_solve(*args))
+
+    def coworker_finishes_first(*args, **kwargs):
+        done = compute_blocks(*args, **kwargs)
+        if not coworker:
+            # a second worker (progress shown) reaches the solve first, while this one still computes
+            coworker.append(None)
+            coworker[0] = regress.run(compose_config("regress", SMALL[:-1] + ["progress=true"]), run_dir)
+        return done
+
+    coworker = []
+    monkeypatch.setattr(regress, "compute_blocks", coworker_finishes_first)
+    summary = regress.run(cfg, run_dir)
+    # two workers, one solve per kernel: the first's result, file and all, is the second's
+    assert len(solves) == 2 and summary == coworker[0]
+    assert summary == json.loads((run_dir / regress.REGRESSION_JSON).read_text())
+    monkeypatch.setattr(regress, "compute_blocks", compute_blocks)
+    regress.run(cfg, run_dir)                   # a rerun of a finished directory solves again
+    assert len(solves) == 4
+    # a worker that joins with other ridges solves for them itself, the blocks shared
+    coworker.clear()
+    shutil.rmtree(run_dir)
+    monkeypatch.setattr(regress, "compute_blocks", coworker_finishes_first)
+    other = regress.run(compose_config("regress", SMALL + ["ridges=[0,1]"]), run_dir)
+    assert len(solves) == 4 + 2 + 2 and other["kernels"]["ntk"]["held_out"] is not None
+    assert coworker[0]["kernels"]["ntk"]["held_out"] is None
+
+
 @pytest.fixture(scope="module")
 def regress_sweep(tmp_path_factory):
     """`regress -m` over n_train and readout, collected: the table of +sweep=cntk in miniature."""

@@ -55,8 +55,10 @@ log = logging.getLogger(__name__)
 REGRESSION_JSON = results.REGRESSION
 BLOCKS = "kernel_blocks"
 KINDS = ("nngp", "ntk")
+# Fields that change nothing in the results.
+_NEUTRAL = ("progress", "stop_after_blocks")
 # Fields that change only the solve, not the kernels: a run directory's blocks serve any of them.
-_NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed", "progress", "stop_after_blocks")
+_NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed") + _NEUTRAL
 
 
 def validate(cfg) -> None:
@@ -84,8 +86,9 @@ def run(cfg, run_dir: Path) -> Dict:
 
     Several invocations with the same config may share ``run_dir`` (on the cores of one machine, or
     as the tasks of a job array on a shared filesystem): they hold the directory's lock shared, split
-    the kernel blocks between them (:func:`compute_blocks`), and each solves once all blocks exist,
-    one at a time (the same numbers: the solve is deterministic).
+    the kernel blocks between them (:func:`compute_blocks`), and once all blocks exist the first to
+    get there solves; the others return its result (:func:`_solved_meanwhile`), or solve themselves,
+    one at a time, when their config asks for another solve (other ridges).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +134,7 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
         for leftover in results.remove_leftovers(run_dir):
             log.warning("removed %s, left by an interrupted write", leftover)
         results.check_same_config(run_dir, config, _NOT_COMPARED, schema=RegressConfig)
+        result_at_start = _file_stamp(run_dir / REGRESSION_JSON)
 
     grid = BlockGrid(data.n_train, data.n_test, int(cfg.block_size))
     done = compute_blocks(spec or arch, data, grid, blocks_dir, device=device, dtype=getattr(torch, cfg.dtype),
@@ -140,7 +144,43 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
                  done, len(grid.blocks))
         return {"status": results.STOPPED, "blocks_done": done, "blocks": len(grid.blocks)}
     with _exclusive(run_dir):
+        solved = _solved_meanwhile(run_dir, config, result_at_start)
+        if solved is not None:
+            log.info("another worker of this run directory solved with the same config; its regression.json stands")
+            return solved
         return _solve_and_write(cfg, run_dir, data, arch, grid, device, config)
+
+
+def _file_stamp(path: Path) -> Optional[Tuple[int, int, int]]:
+    """(inode, size, mtime in ns) of ``path``, or None: an atomic rewrite changes the inode."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _solved_meanwhile(run_dir: Path, config: Dict, stamp_at_start) -> Optional[Dict]:
+    """The regression.json another worker wrote while this one computed or waited (finished, with the
+    same config but for the fields that change nothing: progress, stop_after_blocks), else None.
+
+    The workers of one directory need one solve, not one each: at n = 10,000 a solve takes minutes.
+    A result that was there when this worker started is solved again (a rerun asks for that)."""
+    path = run_dir / REGRESSION_JSON
+    if _file_stamp(path) == stamp_at_start or not (run_dir / results.PREDICTIONS).exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != results.OK:
+        return None
+
+    def relevant(tree) -> Dict:
+        return {key: value for key, value in (tree or {}).items() if key not in _NEUTRAL}
+
+    same = relevant(summary.get("config")) == relevant(json.loads(json.dumps(results.json_ready(config))))
+    return summary if same else None
 
 
 def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid", device, config: Dict) -> Dict:
