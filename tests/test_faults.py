@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -70,6 +71,7 @@ def test_a_refusal_names_a_live_worker_not_one_that_has_ended(tmp_path):
     with results.locked(tmp_path, shared=True):        # ...until the next worker takes the lock
         with pytest.raises(results.RunDirBusy, match=f"process {os.getpid()}"):
             run(compose_train(TINY), tmp_path)
+
 
 # ----------------------------------------------------------------------------- 2. sweeps keep every job
 
@@ -239,7 +241,7 @@ def test_an_atomic_write_fsyncs_the_file_then_its_directory_and_survives_a_files
     real_fsync, synced = os.fsync, []
 
     def record(fd):
-        synced.append(("directory" if os.path.isdir(f"/proc/self/fd/{fd}") else "file",
+        synced.append(("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file",
                        os.path.exists(tmp_path / "a.json")))
         real_fsync(fd)
 
@@ -250,7 +252,7 @@ def test_an_atomic_write_fsyncs_the_file_then_its_directory_and_survives_a_files
     assert synced == [("file", False), ("directory", True), ("file", True), ("directory", True)]
 
     def refuse_directories(fd):      # as some network and FUSE filesystems do
-        if os.path.isdir(f"/proc/self/fd/{fd}"):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "Invalid argument")
         real_fsync(fd)
 
@@ -260,7 +262,7 @@ def test_an_atomic_write_fsyncs_the_file_then_its_directory_and_survives_a_files
     assert not list(tmp_path.glob(".*.tmp"))
 
     def fail_directories(fd):       # a real I/O error is not swallowed
-        if os.path.isdir(f"/proc/self/fd/{fd}"):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
             raise OSError(errno.EIO, "Input/output error")
         real_fsync(fd)
 

@@ -291,7 +291,8 @@ def test_workers_of_one_directory_solve_once_and_a_rerun_solves_again(tmp_path, 
     def coworker_finishes_first(*args, **kwargs):
         done = compute_blocks(*args, **kwargs)
         if not coworker:
-            # a second worker (progress shown) reaches the solve first, while this one still computes
+            # a second worker (progress shown) reaches the solve first, while this one still computes;
+            # the place is taken first because the co-worker's own compute_blocks comes back here
             coworker.append(None)
             coworker[0] = regress.run(compose_config("regress", SMALL[:-1] + ["progress=true"]), run_dir)
         return done
