@@ -193,7 +193,7 @@ class RegressConfig:
     validation_fraction: float = 0.2    # the held-out part's share when ridges are given
     block_size: int = 256               # inputs per side of a saved kernel block
     seed: int = 0                       # of the held-out split
-    progress: bool = True               # tqdm progress bar over the kernel blocks
+    progress: bool = True               # tqdm progress bar over the kernel blocks; without it a line in the log a minute
     stop_after_blocks: Optional[int] = None   # end this invocation after this many new blocks (resumable)
 
 

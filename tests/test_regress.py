@@ -283,6 +283,20 @@ def test_two_regress_processes_fill_one_run_directory_together(tmp_path):
     assert json.loads((tmp_path / "shared" / regress.REGRESSION_JSON).read_text())["kernels"] == whole["kernels"]
 
 
+def test_without_a_progress_bar_the_log_counts_the_blocks(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(regress, "PROGRESS_LOG_SECONDS", 0.0)        # a line after every block
+    grid = regress.BlockGrid(40, 30, 16)
+    with caplog.at_level("INFO", logger=regress.log.name):
+        regress.run(compose_config("regress", SMALL + ["stop_after_blocks=1"]), tmp_path / "run")
+        regress.run(compose_config("regress", SMALL), tmp_path / "run")      # resumes with the rest
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kernel blocks:")]
+    n = len(grid.blocks)        # 3·4/2 train blocks on and above the diagonal, 2·3 test ones
+    assert n == 12
+    # done counts every block in the directory, "by this worker" only this invocation's
+    assert lines == [f"kernel blocks: 1 of {n} done (1 by this worker)"] + [
+        f"kernel blocks: {k} of {n} done ({k - 1} by this worker)" for k in range(2, n + 1)]
+
+
 def test_workers_of_one_directory_solve_once_and_a_rerun_solves_again(tmp_path, monkeypatch):
     run_dir, cfg = tmp_path / "run", compose_config("regress", SMALL)
     solves, real_solve, compute_blocks = [], regress.solve, regress.compute_blocks

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 REGRESSION_JSON = results.REGRESSION
 BLOCKS = "kernel_blocks"
 KINDS = ("nngp", "ntk")
+# Without a progress bar (progress=false, or a log that is not a terminal: a batch job) a worker logs
+# how many blocks exist at most this often.
+PROGRESS_LOG_SECONDS = 60.0
 # Fields that change nothing in the results.
 _NEUTRAL = ("progress", "stop_after_blocks")
 # Fields that change only the solve, not the kernels: a run directory's blocks serve any of them.
@@ -263,7 +266,14 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     missing = [b for b in grid.blocks if not path(b).exists()]
     bar = tqdm(total=len(grid.blocks), initial=len(grid.blocks) - len(missing), desc="kernel blocks",
                unit="block", disable=None if progress else True, dynamic_ncols=True)
-    computed = 0
+    computed, last_report = 0, time.monotonic()
+
+    def report() -> None:
+        nonlocal last_report
+        if bar.disable and time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
+            last_report = time.monotonic()
+            log.info("kernel blocks: %d of %d done (%d by this worker)",
+                     sum(path(b).exists() for b in grid.blocks), len(grid.blocks), computed)
 
     def compute(block) -> None:
         split, r, c = block
@@ -291,6 +301,7 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
                 computed += 1
             lock.unlink(missing_ok=True)    # safe: whoever locks this file next checks the block first
         bar.update(1)
+        report()
         return True
 
     try:
