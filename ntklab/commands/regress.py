@@ -259,6 +259,10 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     hold, and then waits for them, computing any whose holder died (the OS releases a dead process's
     lock, so no claim is ever stale). ``stop_after`` counts the blocks this call computes; it ends
     without waiting for the others.
+
+    ``progress`` shows a tqdm bar; where there is none (``progress=False``, or a log that is not a
+    terminal, as a batch job's), a line "kernel blocks: k of N done (m by this worker)" is logged
+    after a block at most once every ``PROGRESS_LOG_SECONDS``.
     """
     rows = {"train": grid.chunks(grid.n_train), "test": grid.chunks(grid.n_test)}
     inputs = {"train": data.x_train, "test": data.x_test}
