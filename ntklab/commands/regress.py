@@ -267,6 +267,7 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     rows = {"train": grid.chunks(grid.n_train), "test": grid.chunks(grid.n_test)}
     inputs = {"train": data.x_train, "test": data.x_test}
     path = lambda block: blocks_dir / grid.file_name(block)
+    blocks_saved = lambda: sum(path(b).exists() for b in grid.blocks)      # by any worker, so far
     missing = [b for b in grid.blocks if not path(b).exists()]
     bar = tqdm(total=len(grid.blocks), initial=len(grid.blocks) - len(missing), desc="kernel blocks",
                unit="block", disable=None if progress else True, dynamic_ncols=True)
@@ -276,8 +277,7 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
         nonlocal last_report
         if bar.disable and time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
             last_report = time.monotonic()
-            log.info("kernel blocks: %d of %d done (%d by this worker)",
-                     sum(path(b).exists() for b in grid.blocks), len(grid.blocks), computed)
+            log.info("kernel blocks: %d of %d done (%d by this worker)", blocks_saved(), len(grid.blocks), computed)
 
     def compute(block) -> None:
         split, r, c = block
@@ -321,7 +321,7 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
             attempt(block, wait=True)
     finally:
         bar.close()
-    return sum(path(b).exists() for b in grid.blocks)
+    return blocks_saved()
 
 
 def assemble(grid: BlockGrid, blocks_dir: Path, dtype: torch.dtype = torch.float64):
