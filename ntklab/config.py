@@ -192,6 +192,7 @@ class RegressConfig:
     ridges: List[float] = field(default_factory=list)  # candidates chosen on a held-out part of the train set
     validation_fraction: float = 0.2    # the held-out part's share when ridges are given
     block_size: int = 256               # inputs per side of a saved kernel block
+    block_elements: Optional[int] = None  # kernel entries per analytic_kernels pass (memory, speed); None: by device
     seed: int = 0                       # of the held-out split
     progress: bool = True               # tqdm progress bar over the kernel blocks; without it a line in the log a minute
     stop_after_blocks: Optional[int] = None   # end this invocation after this many new blocks (resumable)

@@ -7,7 +7,9 @@ markdown tables.
 Kernel table: the analytic NNGP + NTK that ``python -m ntklab regress`` computes for its default
 model (``model=cnn``: ``--depth`` blocks of 3×3 "same" conv + relu, σ_w = √2, then a global-average-
 pool or flatten readout and dense(10)) on scikit-learn's digits (1×8×8, ‖x‖ = 8), the symmetric
-n × n train kernel as regress computes it (``--block`` inputs per side of a block):
+n × n train kernel as regress computes it (``--block`` inputs per side of a block, ``--block-elements``
+kernel entries per pass of the recursion: by default the device's, as regress, 2^20 on a CPU and up
+to 2^26 on a GPU):
   entries/s   n(n+1)/2 distinct entries over the best of --repeats calls' seconds.
 Solve table: ``ntklab.commands.regress.predict`` (one float64 eigendecomposition of the n × n train
 kernel, then K(X*, X) V …) for a relu NTK of n random points on the sphere and 10 outputs, against
@@ -27,14 +29,16 @@ from bench_ntk import _best_time  # noqa: E402  (one timing helper for every ben
 
 from ntklab import ArchSpec, analytic_kernels  # noqa: E402
 from ntklab.commands.regress import BlockGrid, predict  # noqa: E402
+from ntklab.kernels.analytic import default_block_elements  # noqa: E402
 from ntklab.data import load_dataset  # noqa: E402
 from ntklab.nets import cnn_layers  # noqa: E402
 from ntklab.results import environment  # noqa: E402
 
 
 def kernel_table(args) -> None:
+    block_elements = args.block_elements or default_block_elements(args.device)
     print(f"\n### Kernel matrix: CNTK of {args.depth} × (3×3 conv + relu) on digits 1×8×8, {args.device}, "
-          f"float64\n")
+          f"float64, block_elements {block_elements}\n")
     print("| readout | n | blocks | seconds | entries/s |")
     print("|---|---:|---:|---:|---:|")
     data = load_dataset("digits", n_train=max(max(args.n_gap), max(args.n_flatten)), n_test=10, images=True,
@@ -49,9 +53,9 @@ def kernel_table(args) -> None:
             def blocks():      # the train blocks of regress: diagonal ones symmetric, the others cross
                 for _, r, c in grid.blocks:
                     if r == c:
-                        analytic_kernels(arch, x[chunks[r]])
+                        analytic_kernels(arch, x[chunks[r]], block_elements=block_elements)
                     else:
-                        analytic_kernels(arch, x[chunks[r]], x[chunks[c]])
+                        analytic_kernels(arch, x[chunks[r]], x[chunks[c]], block_elements=block_elements)
 
             seconds = _best_time(blocks, args.device, args.repeats)
             print(f"| {readout} | {n} | {len(grid.blocks)} | {seconds:.3f} | {grid.entries / seconds:,.0f} |")
@@ -79,6 +83,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--block-elements", type=int, default=None,
+                        help="kernel entries per pass of the recursion (default: the device's, as regress)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--n-gap", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--n-flatten", type=int, nargs="+", default=[256, 512, 1024])

@@ -16,15 +16,14 @@
 # it, and one with under 20 s left is skipped. Steps, in order of what the open issues still lack:
 #   cuda_tests        the CUDA tests (pytest -m cuda): kernels, nets, trainer and the structured NTK on
 #                     the device against the CPU;
-#   bench_cntk        the CNTK's per-entry time (scripts/bench_cntk.py; target on an H100/H200: global
-#                     average pool <= 1 ms per entry in float32);
-#   bench_train_step  the step loop (scripts/bench_train.py --tables step: <= 0.5 ms per step at width
-#                     1024, the width-8192 step's share of the fp32 peak, eager and with
-#                     compile=reduce-overhead, i.e. CUDA graphs) and seeds at once (--tables seeds: 8
-#                     seeds at width 256 in <= 2x one seed's time);
-#   param_sweep       `python -m ntklab train -m +sweep=param device=cuda` (48 runs, 3 seeds at once
-#                     per job): its wall time;
-#   bench_regress     kernel-regression throughput and solve time against n (scripts/bench_regress.py);
+#   regress_gap_mnist, regress_gap_fashion_mnist
+#                     (only where data/ holds the files, as below) kernel regression with the depth-2
+#                     global-average-pool CNTK (CNTK-GAP) on GAP_N class-balanced train images
+#                     (default 3000, out of a CPU's reach: about 13 h of two cores) and the 200
+#                     balanced test images of the README's CPU rows, float32, each step within
+#                     GAP_LIMIT seconds (default 200; a later call with ONLY=... resumes its blocks);
+#   bench_regress     kernel-regression throughput and solve time against n (scripts/bench_regress.py),
+#                     once with the GPU's block_elements and once with the CPU's 2^20, side by side;
 #   regress_mnist, regress_fashion_mnist
 #                     (only where data/mnist and data/fashion_mnist hold the files) kernel regression
 #                     with the depth-2 flatten CNTK (CNTK-V) on REGRESS_N train images (default 10000)
@@ -40,6 +39,14 @@
 #          mkdir -p data/mnist data/fashion_mnist && cp .../mnist.pkl.gz data/mnist/ &&
 #          cp .../fashion-mnist/*-ubyte.gz data/fashion_mnist/ && echo /data/ >> .git/info/exclude  (/data/: not docs/data)
 #                     and add "data" to the call's carry (47 MB with the wheels below).
+#   bench_cntk        the CNTK's per-entry time (scripts/bench_cntk.py; target on an H100/H200: global
+#                     average pool <= 1 ms per entry in float32);
+#   bench_train_step  the step loop (scripts/bench_train.py --tables step: <= 0.5 ms per step at width
+#                     1024, the width-8192 step's share of the fp32 peak, eager and with
+#                     compile=reduce-overhead, i.e. CUDA graphs) and seeds at once (--tables seeds: 8
+#                     seeds at width 256 in <= 2x one seed's time);
+#   param_sweep       `python -m ntklab train -m +sweep=param device=cuda` (48 runs, 3 seeds at once
+#                     per job): its wall time;
 #
 # The device image has torch, numpy, scipy, pandas, pyarrow, matplotlib, tqdm and pytest but not Hydra:
 # carry its pure-Python wheels (made here: `pip wheel --no-deps -w .whl hydra-core==1.3.2 omegaconf==2.3.0
@@ -63,10 +70,14 @@ DEADLINE=${DEADLINE:-0}
 REGRESS_N=${REGRESS_N:-10000}
 REGRESS_LIMIT=${REGRESS_LIMIT:-150}    # seconds for each regress step
 REGRESS_N_TEST=${REGRESS_N_TEST:-$((REGRESS_N < 10000 ? REGRESS_N : 10000))}
+GAP_N=${GAP_N:-3000}
+GAP_LIMIT=${GAP_LIMIT:-200}    # seconds for each GAP regress step
 WORK=$(mktemp -d /tmp/gpu_checks.XXXXXX)
 RUNS=/tmp/ntklab_regress
 # the regress steps' data, model and kernel settings (unbalanced draws, depth-2 CNTK-V, float32 kernels)
 REGRESS_ARGS=(data.balanced=false depth=2 model.readout=flatten dtype=float32 block_size=2048 progress=false)
+# the GAP steps': balanced draws (the README's CPU rows at n = 100, 300, 1000 test on the same 200 images)
+GAP_ARGS=(data.n_test=200 depth=2 model.readout=gap dtype=float32 block_size=256 progress=false)
 export PYTHONUNBUFFERED=1
 
 pack() {        # remake OUT's two files from what WORK and RUNS hold now (each written aside, then moved in)
@@ -123,17 +134,24 @@ if [ "$QUICK" = "--quick" ]; then
         --seeds 2 --seeds-width 16 --seeds-plots false
     step bench_regress 120 python scripts/bench_regress.py --quick
     for set in mnist fashion_mnist; do
+        [ -d "data/$set" ] && step regress_gap_$set 120 python -m ntklab regress data=$set data.root=data/$set \
+            data.n_train=10 "${GAP_ARGS[@]}" data.n_test=10 hydra.run.dir=$RUNS/gap_${set}_10
         [ -d "data/$set" ] && step regress_$set 120 python -m ntklab regress data=$set data.root=data/$set \
             data.n_train=20 data.n_test=20 "${REGRESS_ARGS[@]}" hydra.run.dir=$RUNS/flatten_${set}_20
     done
     exit 0
 fi
 step cuda_tests 150 python -m pytest -m cuda -q
-step bench_cntk 90 python scripts/bench_cntk.py --dtypes float32 float64 --n-gap 8 --n-flatten 128
-step bench_train_step 150 python scripts/bench_train.py --tables step seeds --seeds-plots false
-step param_sweep 100 python -m ntklab train -m +sweep=param device=cuda hydra.sweep.dir=/tmp/param_sweep
+for set in mnist fashion_mnist; do
+    [ -d "data/$set" ] && step regress_gap_$set "$GAP_LIMIT" python -m ntklab regress data=$set data.root=data/$set \
+        data.n_train=$GAP_N "${GAP_ARGS[@]}" hydra.run.dir=$RUNS/gap_${set}_$GAP_N
+done
 step bench_regress 60 python scripts/bench_regress.py
+step bench_regress_cpu_blocks 40 python scripts/bench_regress.py --block-elements 1048576 --n-solve 500
 for set in mnist fashion_mnist; do
     [ -d "data/$set" ] && step regress_$set "$REGRESS_LIMIT" python -m ntklab regress data=$set data.root=data/$set \
         data.n_train=$REGRESS_N data.n_test=$REGRESS_N_TEST "${REGRESS_ARGS[@]}" hydra.run.dir=$RUNS/flatten_${set}_$REGRESS_N
 done
+step bench_cntk 90 python scripts/bench_cntk.py --dtypes float32 float64 --n-gap 8 --n-flatten 128
+step bench_train_step 150 python scripts/bench_train.py --tables step seeds --seeds-plots false
+step param_sweep 100 python -m ntklab train -m +sweep=param device=cuda hydra.sweep.dir=/tmp/param_sweep

@@ -140,6 +140,25 @@ def test_cross_kernel_is_a_block_of_the_joint_kernel_and_blocking_changes_nothin
     assert torch.allclose(tiny_symmetric.ntk, joint.ntk[:9, :9], rtol=1e-13, atol=0)
 
 
+def test_block_elements_default_by_device(monkeypatch):
+    from types import SimpleNamespace
+
+    from ntklab.kernels.analytic import WORKING_ARRAYS, default_block_elements
+
+    assert default_block_elements("cpu") == 2 ** 20
+    # a GPU's share is a quarter of its total memory over 14 arrays, between 2^20 and 2^26 entries
+    for total, dtype, expected in [(80 * 10 ** 9, torch.float32, 2 ** 26), (80 * 10 ** 9, torch.float64, 2 ** 26),
+                                   (8 * 10 ** 9, torch.float64, 8 * 10 ** 9 // 4 // (WORKING_ARRAYS * 8)),
+                                   (2 ** 28, torch.float64, 2 ** 20)]:
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=total))
+        chosen = default_block_elements("cuda", dtype)
+        assert chosen == expected, (total, dtype, chosen)
+        if chosen > 2 ** 20:      # the working memory it implies fits the quarter
+            assert WORKING_ARRAYS * chosen * torch.empty((), dtype=dtype).element_size() <= total / 4
+    with pytest.raises(ValueError, match="block_elements must be an integer >= 1 or None"):
+        analytic_kernels(ArchSpec(depth=1, width=4), torch.ones(2, 3), block_elements=0)
+
+
 def test_ntk_parametrization_kernel_does_not_depend_on_width(rng):
     x = random_inputs(5, 3, rng)
     narrow = analytic_kernels(ArchSpec(depth=2, width=4, activation="erf"), x)

@@ -237,6 +237,31 @@ def test_a_killed_regress_resumes_to_the_identical_result(tmp_path):
     assert len(list(blocks_dir.glob("*.pt"))) == total
 
 
+def test_block_elements_changes_only_the_grouping_and_a_rerun_with_another_reuses_the_blocks(tmp_path):
+    # GAP on digits: each pair carries its full (8·8)² = 4096-entry covariance, so block_elements=4096
+    # runs one pair per pass where the default (2^20) runs a whole 8 × 8 block in one
+    overrides = ["data.n_train=24", "data.n_test=8", "width=4", "depth=1", "device=cpu", "block_size=8",
+                 "progress=false"]
+    one_pair = regress.run(compose_config("regress", overrides + ["block_elements=4096"]), tmp_path / "one")
+    whole = regress.run(compose_config("regress", overrides), tmp_path / "whole")
+    blocks = sorted((tmp_path / "one" / regress.BLOCKS).glob("*.pt"))
+    assert len(blocks) == len(regress.BlockGrid(24, 8, 8).blocks)
+    for block in blocks:
+        first, second = (torch.load(run / regress.BLOCKS / block.name, weights_only=True)
+                         for run in (tmp_path / "one", tmp_path / "whole"))
+        for kind in regress.KINDS:
+            # the same entries, grouped otherwise: rounding apart, but where two positions' patches are
+            # proportional (ρ = 1, common among digits' sparse pixels) the relu dual's √(1 − ρ²) turns a
+            # 1-ulp difference in ρ into √ε ≈ 1.5e-8 of the entry; 1e-7 leaves a margin of 6 over that
+            torch.testing.assert_close(first[kind], second[kind], rtol=1e-7, atol=0)
+    for kind in regress.KINDS:
+        assert one_pair["kernels"][kind]["test_accuracy"] == whole["kernels"][kind]["test_accuracy"]
+    stamps = [block.stat().st_mtime_ns for block in blocks]
+    rerun = regress.run(compose_config("regress", overrides + ["block_elements=8192"]), tmp_path / "one")
+    assert [block.stat().st_mtime_ns for block in blocks] == stamps         # not one block recomputed
+    assert rerun["kernels"] == one_pair["kernels"]
+
+
 @pytest.mark.parametrize("holder_saves", [True, False], ids=["holder saves it", "holder dies"])
 def test_a_worker_leaves_a_held_block_to_its_holder_and_takes_it_over_if_the_holder_dies(tmp_path, holder_saves):
     # The test process is the other worker: it holds one block's lock while regress runs in a thread.
@@ -387,6 +412,7 @@ def test_a_failed_regress_says_why_in_regression_json(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["ridge=-1"], "ridge: must be finite numbers >= 0"),
     (["validation_fraction=1.0"], "validation_fraction: must lie in (0, 1)"),
+    (["block_elements=0"], "block_elements: must be an integer >= 1 or null"),
     (["data=sphere", "data.targets=scalar"], "model=cnn takes images"),
 ])
 def test_bad_regress_configs_name_the_field(tmp_path, overrides, message):

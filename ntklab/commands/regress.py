@@ -58,8 +58,9 @@ KINDS = ("nngp", "ntk")
 # Without a progress bar (progress=false, or a log that is not a terminal: a batch job) a worker logs
 # how many blocks exist at most this often.
 PROGRESS_LOG_SECONDS = 60.0
-# Fields that change nothing in the results.
-_NEUTRAL = ("progress", "stop_after_blocks")
+# Fields that change nothing in the results (block_elements: how many pairs one pass of analytic_kernels
+# groups, for speed and memory; at most the last bits of a global-average-pool sum move with it).
+_NEUTRAL = ("progress", "stop_after_blocks", "block_elements")
 # Fields that change only the solve, not the kernels: a run directory's blocks serve any of them.
 _NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed") + _NEUTRAL
 
@@ -77,6 +78,9 @@ def validate(cfg) -> None:
     if cfg.block_size < 1:
         raise ConfigError("block_size", f"must be an integer >= 1, got {cfg.block_size!r}")
     check_seed("seed", cfg.seed)
+    if cfg.block_elements is not None and cfg.block_elements < 1:
+        raise ConfigError("block_elements", f"must be an integer >= 1 or null (the device's default), "
+                                            f"got {cfg.block_elements!r}")
     if cfg.stop_after_blocks is not None and cfg.stop_after_blocks < 1:
         raise ConfigError("stop_after_blocks", f"must be an integer >= 1, got {cfg.stop_after_blocks!r}")
 
@@ -141,7 +145,8 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
 
     grid = BlockGrid(data.n_train, data.n_test, int(cfg.block_size))
     done = compute_blocks(spec or arch, data, grid, blocks_dir, device=device, dtype=getattr(torch, cfg.dtype),
-                          progress=cfg.progress, stop_after=cfg.stop_after_blocks)
+                          progress=cfg.progress, stop_after=cfg.stop_after_blocks,
+                          block_elements=cfg.block_elements)
     if done < len(grid.blocks):
         log.info("stopped with %d of %d kernel blocks done (stop_after_blocks); run again to continue",
                  done, len(grid.blocks))
@@ -246,7 +251,8 @@ class BlockGrid:
 
 
 def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, device, dtype: torch.dtype,
-                   progress: bool = True, stop_after: Optional[int] = None) -> int:
+                   progress: bool = True, stop_after: Optional[int] = None,
+                   block_elements: Optional[int] = None) -> int:
     """Compute and save every block of ``grid`` that ``blocks_dir`` lacks; returns how many exist.
 
     Each block file holds the NNGP and NTK of its pairs on the CPU, in ``dtype`` (the precision they
@@ -259,6 +265,8 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     hold, and then waits for them, computing any whose holder died (the OS releases a dead process's
     lock, so no claim is ever stale). ``stop_after`` counts the blocks this call computes; it ends
     without waiting for the others.
+
+    ``block_elements`` goes to :func:`~ntklab.kernels.analytic_kernels` (None: its device default).
 
     ``progress`` shows a tqdm bar; where there is none (``progress=False``, or a log that is not a
     terminal, as a batch job's), a line "kernel blocks: k of N done (m by this worker)" is logged
@@ -284,8 +292,9 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
         x_rows = inputs[split][rows[split][r]].to(device, torch.float64)
         x_cols = data.x_train[rows["train"][c]].to(device, torch.float64)
         started = time.perf_counter()
-        kernels = (analytic_kernels(arch, x_rows, dtype=dtype) if split == "train" and r == c
-                   else analytic_kernels(arch, x_rows, x_cols, dtype=dtype))
+        kernels = (analytic_kernels(arch, x_rows, dtype=dtype, block_elements=block_elements)
+                   if split == "train" and r == c
+                   else analytic_kernels(arch, x_rows, x_cols, dtype=dtype, block_elements=block_elements))
         nngp, ntk = kernels.nngp.cpu(), kernels.ntk.cpu()       # waits for the device
         results.save_torch(path(block), {"nngp": nngp, "ntk": ntk, "seconds": time.perf_counter() - started})
 
