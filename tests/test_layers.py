@@ -174,6 +174,32 @@ def test_cnn_features_computed_in_pieces_change_nothing(name, rng, monkeypatch):
     assert any(inputs > 1 for inputs, _ in calls)
 
 
+@pytest.mark.parametrize("name", sorted(CNNS) + ["mlp"])
+def test_the_first_layer_skips_the_zero_input_ntk_and_changes_nothing(name, rng, monkeypatch):
+    """The input's NTK is 0, so the first dense or conv layer writes σ-scaled copies of its NNGP sum
+    into the NTK instead of summing zeros (strided, "valid", transposed and dense first layers here):
+    the same numbers to the last bit as the recursion that carries the zeros through."""
+    from ntklab.kernels import analytic as analytic_module
+
+    arch = ArchSpec(depth=3, width=8, activation="relu", sigma_b=0.3) if name == "mlp" else CNNS[name](4)
+    shape = (5,) if name == "mlp" else (2, 7, 6)
+    x1, x2 = (torch.randn((n,) + shape, generator=rng, dtype=torch.float64) for n in (5, 4))
+    skipped = [analytic_kernels(arch, x1, x2), analytic_kernels(arch, x1)]
+    original = analytic_module.input_state
+
+    def carried_zeros(*args, **kwargs):
+        state = original(*args, **kwargs)
+        for _, part in state.parts():
+            part.ntk_is_zero = False
+        return state
+
+    monkeypatch.setattr(analytic_module, "input_state", carried_zeros)
+    carried = [analytic_kernels(arch, x1, x2), analytic_kernels(arch, x1)]
+    for fast, slow in zip(skipped, carried):
+        assert torch.equal(fast.ntk, slow.ntk) and torch.equal(fast.nngp, slow.nngp)
+        assert fast.ntk.abs().min() > 0          # a real kernel, not zeros on both sides
+
+
 def test_conv_structured_routes_agree(rng, monkeypatch):
     """The conv layer's Gram rule has two exact routes (position pairs, per-input gradients): force each."""
     from ntklab.layers import dense as dense_module

@@ -283,7 +283,7 @@ def input_state(x1: Tensor, x2: Optional[Tensor], full: bool, options: KernelOpt
         diag1 = own(flat1) if self_pairs else None
         diag2 = own(flat2) if self_pairs and x2 is not None else None
         spatial = (h, w)
-    as_part = lambda k: None if k is None else Part(k, torch.zeros_like(k))
+    as_part = lambda k: None if k is None else Part(k, torch.zeros_like(k), ntk_is_zero=True)
     return KernelState(as_part(block), as_part(diag1), as_part(diag2), spatial, full and bool(spatial), options)
 
 

@@ -266,10 +266,15 @@ def _annotate_spatial(node: Node, full_output_needed: bool) -> bool:
 
 @dataclass
 class Part:
-    """NNGP and NTK of a set of input pairs: the spatial axes (if any), then the pair axes."""
+    """NNGP and NTK of a set of input pairs: the spatial axes (if any), then the pair axes.
+
+    ntk_is_zero marks the input's NTK (no parameters below it: an array of zeros), so that the first
+    dense or conv layer can skip the passes over it; a rule that makes a new Part leaves it False.
+    """
 
     nngp: Any
     ntk: Any
+    ntk_is_zero: bool = False
 
     def clone(self) -> "Part":
         copy = (lambda a: a.clone()) if isinstance(self.nngp, Tensor) else (lambda a: a.copy())

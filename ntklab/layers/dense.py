@@ -67,20 +67,25 @@ class _Parametrized(Layer):
         return params
 
     @staticmethod
-    def _affine_rule(scale: LayerScale, nngp, ntk, count: int = 1, owned: bool = False) -> Part:
+    def _affine_rule(scale: LayerScale, nngp, ntk, count: int = 1, owned: bool = False,
+                     ntk_is_zero: bool = False) -> Part:
         """The rule of the module docstring with E_in = nngp / count and Θ_in = ntk / count.
 
         The conv rule passes the sums over its ``count`` window offsets and the division is folded
         into the constants, which saves a pass over each array. ntk is the state's own array and is
         updated in place; so is nngp where ``owned`` (the conv's offset sum), else it may be a recorded
-        variance (see :mod:`ntklab.layers.core`) and is not. Constants that are 0 (σ_b = 0) cost no pass.
+        variance (see :mod:`ntklab.layers.core`) and is not. Constants that are 0 (σ_b = 0) cost no pass,
+        nor does Θ_in where ``ntk_is_zero`` (the input's: ntk only gives its array to write into).
         """
         weight_variance = scale.weight_variance / count
         ntk_weight = scale.weight_ntk_factor * scale.fan_in / count
         if not is_tensor(ntk):      # mpmath object arrays (the spectra's vector nets): count is 1
             ntk = ntk * weight_variance + nngp * ntk_weight + scale.bias_ntk_factor
             return Part(weight_variance * nngp + scale.bias_variance, ntk)
-        ntk = ntk.mul_(weight_variance).add_(nngp, alpha=ntk_weight)
+        if ntk_is_zero:
+            ntk = torch.mul(nngp, ntk_weight, out=ntk)
+        else:
+            ntk = ntk.mul_(weight_variance).add_(nngp, alpha=ntk_weight)
         if scale.bias_ntk_factor:
             ntk = ntk.add_(scale.bias_ntk_factor)
         nngp = nngp.mul_(weight_variance) if owned else nngp * weight_variance
@@ -130,7 +135,7 @@ class Dense(_Parametrized):
         return z
 
     def rule(self, node: Node, part: Part, q1, q2, state) -> Part:
-        return self._affine_rule(node.scale, part.nngp, part.ntk)
+        return self._affine_rule(node.scale, part.nngp, part.ntk, ntk_is_zero=part.ntk_is_zero)
 
     def ntk_gram(self, module, features1, features2, full: bool) -> Tensor:
         """(c a·a' + c') (δ·δ'): features (a (b, fan_in), δ (b, k, out_dim))."""
@@ -209,14 +214,17 @@ class Conv(_Windowed):
         if self.stride == (1, 1) and top + bottom == kh - 1 and left + right == kw - 1:
             # The output has the input's shape: the sums replace the arrays they are made from (the NTK
             # always, the NNGP where the state may overwrite it), through one scratch array for both.
+            # The input's zero NTK sums to zero: its array only receives the result.
             scratch = torch.empty_like(part.ntk)
-            ntk = _same_size_offset_sum(part.ntk, self.kernel_size, pad, state.full, scratch, out=part.ntk)
+            ntk = part.ntk if part.ntk_is_zero else _same_size_offset_sum(part.ntk, self.kernel_size, pad,
+                                                                          state.full, scratch, out=part.ntk)
             nngp = _same_size_offset_sum(part.nngp, self.kernel_size, pad, state.full, scratch,
                                          out=part.nngp if state.may_overwrite_nngp else None)
         else:
             nngp = _offset_sum(part.nngp, self.kernel_size, self.stride, pad, state.full)
-            ntk = _offset_sum(part.ntk, self.kernel_size, self.stride, pad, state.full)
-        return self._affine_rule(node.scale, nngp, ntk, count=kh * kw, owned=True)
+            ntk = (torch.empty_like(nngp) if part.ntk_is_zero
+                   else _offset_sum(part.ntk, self.kernel_size, self.stride, pad, state.full))
+        return self._affine_rule(node.scale, nngp, ntk, count=kh * kw, owned=True, ntk_is_zero=part.ntk_is_zero)
 
     def _gradient_route(self, node: Node, k: int, full: bool) -> bool:
         """Whether :meth:`ntk_gram` contracts per-input weight gradients G = Σ_s δ_s ⊗ patch_s (k, C_out, F)
