@@ -15,10 +15,11 @@ flatten keeps its spatial diagonal, 1024 entries. The self pairs, which give the
 O(H·W) each in both (analytic_kernels carries only their spatial diagonals when x2 is given), so
 s/entry is the cost of one pair of distinct images.
 
-Digits table (``--digits-n``, 0 skips it): the same for the net ``python -m ntklab regress`` uses by
-default (configs/model/cnn.yaml at depth 2: 2 × (3×3 conv + relu), σ_w = √2, σ_b = 0, global average
-pool, dense) on 1×8×8 images, the size of scikit-learn's digits: n × n entries, as one of its
-off-diagonal blocks of the kernel matrix.
+Digits table (``--digits-n``, 0 skips it; ``--skip-cntk`` does not): the same for the net ``python -m
+ntklab regress`` uses by default (configs/model/cnn.yaml at depth 2: 2 × (3×3 conv + relu), σ_w = √2,
+σ_b = 0, global average pool, dense) on 1×8×8 images, the size of scikit-learn's digits (1×28×28,
+MNIST's, with ``--regress-size 28``): n × n entries, as one of its off-diagonal blocks of the kernel
+matrix.
 
 Empirical NTK table: ``structured`` against ``jacobian`` for a 4-layer, 64-channel CNN
 (3×3 "same" conv + relu, flatten, dense) on 1×28×28 inputs, x2 = x1, float32: seconds (best of
@@ -91,11 +92,13 @@ def cntk_table(args) -> None:
 
 
 def digits_table(args) -> None:
-    print(f"\n### CNTK of the regress default net, 2 × (3×3 conv + relu), global average pool, on 1×8×8, "
+    size = args.regress_size
+    print(f"\n### CNTK of the regress default net, 2 × (3×3 conv + relu), global average pool, on 1×{size}×{size}, "
           f"{args.device}, load {os.getloadavg()[0]:.1f}\n")
     print("| net | dtype | entries | seconds | s/entry | block |")
     print("|---|---|---:|---:|---:|---:|")
-    _kernel_rows(args, [("digits gap", digits_net(), args.digits_n, (1, 8, 8), None)])
+    name = "digits gap" if size == 8 else f"regress gap {size}×{size}"
+    _kernel_rows(args, [(name, digits_net(), args.digits_n, (1, size, size), None)])
 
 
 def empirical_table(args) -> None:
@@ -140,6 +143,8 @@ def main() -> None:
     parser.add_argument("--block-flatten", type=int, default=None, help="block_elements (default: analytic_kernels')")
     parser.add_argument("--digits-n", type=int, default=256, help="images per side for the digits table; 0 skips it")
     parser.add_argument("--block-digits", type=int, default=2 ** 22)
+    parser.add_argument("--regress-size", type=int, default=8,
+                        help="side of the digits table's images: 8 as digits, 28 as MNIST and Fashion-MNIST")
     parser.add_argument("--empirical-n", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None,
@@ -155,8 +160,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores")
     if not args.skip_cntk:
         cntk_table(args)
-        if args.digits_n:
-            digits_table(args)
+    if args.digits_n:
+        digits_table(args)
     if not args.skip_empirical:
         empirical_table(args)
     if args.digits_memory:
