@@ -191,6 +191,7 @@ class RegressConfig:
     ridge: float = 0.0                  # σ² = ridge × mean diagonal of the train kernel (neural-tangents' diag_reg)
     ridges: List[float] = field(default_factory=list)  # candidates chosen on a held-out part of the train set
     validation_fraction: float = 0.2    # the held-out part's share when ridges are given
+    solver: str = "auto"                # eigh | cholesky | auto (eigh up to 20,000 train points, Cholesky above)
     block_size: int = 256               # inputs per side of a saved kernel block
     block_elements: Optional[int] = None  # kernel entries per analytic_kernels pass (memory, speed); None: by device
     seed: int = 0                       # of the held-out split

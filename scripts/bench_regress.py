@@ -12,7 +12,8 @@ kernel entries per pass of the recursion: by default the device's, as regress, 2
 to 2^26 on a GPU):
   entries/s   n(n+1)/2 distinct entries over the best of --repeats calls' seconds.
 Solve table: ``ntklab.commands.regress.predict`` (one float64 eigendecomposition of the n × n train
-kernel, then K(X*, X) V …) for a relu NTK of n random points on the sphere and 10 outputs, against
+kernel, then K(X*, X) V …; regress's solver=eigh) and ``predict_cholesky`` (solver=cholesky, ridge
+1e-6 of the mean diagonal) for a relu NTK of n random points on the sphere and 10 outputs, against
 ``torch.linalg.solve`` of the same system (LU) for scale.
 """
 
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_ntk import _best_time  # noqa: E402  (one timing helper for every benchmark)
 
 from ntklab import ArchSpec, analytic_kernels  # noqa: E402
-from ntklab.commands.regress import BlockGrid, predict  # noqa: E402
+from ntklab.commands.regress import BlockGrid, predict, predict_cholesky  # noqa: E402
 from ntklab.kernels.analytic import default_block_elements  # noqa: E402
 from ntklab.data import load_dataset  # noqa: E402
 from ntklab.nets import cnn_layers  # noqa: E402
@@ -63,8 +64,8 @@ def kernel_table(args) -> None:
 
 def solve_table(args) -> None:
     print(f"\n### Solve: kernel regression on n points, 10 outputs, float64, {args.device}\n")
-    print("| n | predict (eigh) s | linalg.solve s |")
-    print("|---:|---:|---:|")
+    print("| n | predict (eigh) s | predict_cholesky s | linalg.solve s |")
+    print("|---:|---:|---:|---:|")
     generator = torch.Generator().manual_seed(0)
     spec = ArchSpec(depth=2, width=1, activation="relu")
     for n in args.n_solve:
@@ -74,8 +75,9 @@ def solve_table(args) -> None:
         test = analytic_kernels(spec, x[n:], x[:n]).ntk.to(args.device)
         y = torch.randn(n, 10, generator=generator, dtype=torch.float64).to(args.device)
         eigh = _best_time(lambda: predict(kernel, test, y, 0.0), args.device, args.repeats)
+        cholesky = _best_time(lambda: predict_cholesky(kernel, test, y, 1e-6), args.device, args.repeats)
         lu = _best_time(lambda: test @ torch.linalg.solve(kernel, y), args.device, args.repeats)
-        print(f"| {n} | {eigh:.3f} | {lu:.3f} |")
+        print(f"| {n} | {eigh:.3f} | {cholesky:.3f} | {lu:.3f} |", flush=True)
 
 
 def main(argv=None) -> None:

@@ -75,6 +75,49 @@ def test_regress_matches_the_solve_done_directly(tmp_path):
     assert summary["timings"]["kernel_entries"] == entries
 
 
+def test_the_cholesky_solver_gives_the_direct_solve_and_auto_takes_it_above_its_size(tmp_path, monkeypatch):
+    cfg = compose_config("regress", SMALL + ["ridge=1e-3", "solver=cholesky"])
+    summary = regress.run(cfg, tmp_path / "cholesky")
+    eigh = regress.run(compose_config("regress", SMALL + ["ridge=1e-3", "solver=eigh"]), tmp_path / "cholesky")
+    _, direct = _direct(cfg, ridge=1e-3)
+    predicted = torch.load(tmp_path / "cholesky" / results.PREDICTIONS, weights_only=True)   # eigh's, the last run
+    for kind in ("nngp", "ntk"):
+        result = summary["kernels"][kind]
+        assert result["solver"] == "cholesky" and result["condition_number"] is None
+        # LU and Cholesky of the same well-conditioned (ridge 1e-3) system: rounding apart
+        assert result["test_accuracy"] == direct[kind]["accuracy"] == eigh["kernels"][kind]["test_accuracy"]
+        assert result["test_mse"] == pytest.approx(direct[kind]["mse"], rel=1e-8)
+        assert eigh["kernels"][kind]["solver"] == "eigh"
+        torch.testing.assert_close(predicted[kind], direct[kind]["predicted"], rtol=1e-7, atol=1e-9)
+    # auto: an eigendecomposition up to EIGH_MAX_N train points, the factorisation above
+    assert regress.solver_for(compose_config("regress", SMALL), 20_000) == "eigh"
+    assert regress.solver_for(compose_config("regress", SMALL), 20_001) == "cholesky"
+    monkeypatch.setattr(regress, "EIGH_MAX_N", 39)
+    auto = regress.run(compose_config("regress", SMALL + ["ridge=1e-3"]), tmp_path / "auto")
+    assert all(auto["kernels"][kind]["solver"] == "cholesky" for kind in ("nngp", "ntk"))
+    assert auto["kernels"]["ntk"]["test_mse"] == pytest.approx(summary["kernels"]["ntk"]["test_mse"], rel=1e-12)
+
+
+def test_cholesky_passes_over_ridges_that_leave_the_kernel_singular_and_says_which(tmp_path):
+    cfg = compose_config("regress", SMALL + ["solver=cholesky", "ridges=[0,1e-2]"])
+    data = load_data(cfg.data, images=True)
+    generator = torch.Generator().manual_seed(0)
+    # rank 5 of 40, nudged below 0: no factorisation without a ridge, one with 1e-2 of the mean diagonal
+    factor = torch.randn(data.n_train, 5, generator=generator, dtype=torch.float64)
+    k_train = factor @ factor.T - 1e-9 * torch.eye(data.n_train, dtype=torch.float64)
+    k_test = torch.randn(data.n_test, 5, generator=generator, dtype=torch.float64) @ factor.T
+    diagonal = k_train.diagonal().clone()
+    summary, _ = regress.solve(k_train, k_test, data, cfg)
+    assert summary["ridge"] == 1e-2
+    refused, chosen = summary["held_out"]
+    assert refused["ridge"] == 0 and "not positive definite" in refused["error"] and "accuracy" in chosen
+    with pytest.raises(ConfigError, match=r"ridge: .*not positive definite.*eps·‖K‖_F / mean diag K = "):
+        regress.solve(k_train, k_test, data, compose_config("regress", SMALL + ["solver=cholesky"]))
+    with pytest.raises(regress.NotPositiveDefinite):
+        regress.predict_cholesky(k_train, k_test, data.y_train, 0.0)
+    assert torch.equal(k_train.diagonal(), diagonal)      # K's diagonal put back exactly, after every attempt
+
+
 def test_ridges_are_chosen_on_a_held_out_split_and_the_blocks_are_reused(tmp_path):
     run_dir = tmp_path / "run"
     regress.run(compose_config("regress", SMALL), run_dir)
@@ -413,6 +456,7 @@ def test_a_failed_regress_says_why_in_regression_json(tmp_path):
     (["ridge=-1"], "ridge: must be finite numbers >= 0"),
     (["validation_fraction=1.0"], "validation_fraction: must lie in (0, 1)"),
     (["block_elements=0"], "block_elements: must be an integer >= 1 or null"),
+    (["solver=lu"], "solver: unknown value 'lu' (allowed: auto, eigh, cholesky)"),
     (["data=sphere", "data.targets=scalar"], "model=cnn takes images"),
 ])
 def test_bad_regress_configs_name_the_field(tmp_path, overrides, message):

@@ -6,11 +6,12 @@ For each kernel K (the NNGP Σ, the NTK Θ) of ``model`` on the train inputs X a
 
 (the mean prediction of an infinitely wide net trained to convergence on the MSE loss — Bayesian
 for Σ, by gradient descent for Θ — Lee et al. 2019, Arora et al. 2019), with the ridge fixed or
-chosen from ``ridges`` on a held-out part of the train set. Files in the run directory:
+chosen from ``ridges`` on a held-out part of the train set, solved by an eigendecomposition or a
+Cholesky factorisation (``solver``, :func:`solve`). Files in the run directory:
 
-    regression.json   test accuracy (classification sets) and MSE for each kernel, the ridges tried
-                      and chosen, the condition number of K(X, X) + σ²I and how many of its directions
-                      were left unfitted (eigenvalues within the rounding of ``dtype``, the precision
+    regression.json   test accuracy (classification sets) and MSE for each kernel, the solver, the
+                      ridges tried and chosen, (eigh) the condition number of K(X, X) + σ²I and how many
+                      of its directions were left unfitted (eigenvalues within the rounding of ``dtype``, the precision
                       the kernels were computed in: a pseudo-inverse), timings (kernel entries per
                       second, solve), the config
     kernel_blocks/    the kernel matrix in blocks of block_size × block_size inputs (train × train on
@@ -62,7 +63,13 @@ PROGRESS_LOG_SECONDS = 60.0
 # groups, for speed and memory; at most the last bits of a global-average-pool sum move with it).
 _NEUTRAL = ("progress", "stop_after_blocks", "block_elements")
 # Fields that change only the solve, not the kernels: a run directory's blocks serve any of them.
-_NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed") + _NEUTRAL
+_NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed", "solver") + _NEUTRAL
+SOLVERS = ("auto", "eigh", "cholesky")
+# solver=auto: an eigendecomposition up to this many train points, a Cholesky factorisation above. In
+# float64, eigh holds about 3n² numbers beside the kernel (LAPACK's and cuSOLVER's divide and conquer)
+# and costs ~9n³ flops against the factorisation's n² and n³/3: at n = 60,000 that is ~86 GB, more
+# than an 80 GB GPU holds, and many minutes, where the factorisation takes seconds.
+EIGH_MAX_N = 20_000
 
 
 def validate(cfg) -> None:
@@ -70,6 +77,7 @@ def validate(cfg) -> None:
     check_known_keys(cfg, RegressConfig)
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
     check_choice("dtype", cfg.dtype, ("float32", "float64"))
+    check_choice("solver", cfg.solver, SOLVERS)
     for name, value in [("ridge", cfg.ridge)] + [("ridges", r) for r in cfg.ridges]:
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(name, f"must be finite numbers >= 0, got {value!r}")
@@ -196,7 +204,7 @@ def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid",
     started = time.perf_counter()
     solved, predicted = {}, {}
     for kind in KINDS:
-        # where the kernels were computed: on a GPU run the O(n³) eigendecomposition is the GPU's too;
+        # where the kernels were computed: on a GPU run the O(n³) solve is the GPU's too;
         # widened to float64 there, one kernel at a time, so the host holds only the kernels' own dtype
         solved[kind], predicted[kind] = solve(train[kind].to(device).double(), test[kind].to(device).double(),
                                               data, cfg)
@@ -361,9 +369,20 @@ def assemble(grid: BlockGrid, blocks_dir: Path, dtype: torch.dtype = torch.float
 
 # ----------------------------------------------------------------------------- the solve
 
+def solver_for(cfg, n_train: int) -> str:
+    """The solver ``cfg.solver`` names, "auto" resolved by the number of train points (EIGH_MAX_N)."""
+    if cfg.solver != "auto":
+        return cfg.solver
+    return "eigh" if n_train <= EIGH_MAX_N else "cholesky"
+
+
 def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Tensor]:
     """Kernel regression with one kernel: (the ridge (chosen on a held-out split when ``cfg.ridges``
-    is given), test accuracy and MSE; the test prediction (M, k)), on the kernels' device."""
+    is given), test accuracy and MSE; the test prediction (M, k)), on the kernels' device.
+
+    With the eigh solver the summary has the train kernel's condition number and how many directions
+    were left unfitted as rounding; the Cholesky solver has neither (None), and a ridge candidate whose
+    K + σ²I is not positive definite in float64 is recorded as such and passed over."""
     y_train = data.y_train.to(k_train.device, torch.float64)
     y_test = data.y_test.to(k_train.device, torch.float64)
     classification = data.labels_test is not None
@@ -371,21 +390,70 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
     # (a small held-out part may hold one class only)
     midpoint = class_midpoint(torch.cat([y_train, y_test])) if classification else None
     precision = getattr(torch, cfg.dtype)       # the kernels' entries carry this dtype's rounding
+    solver = solver_for(cfg, data.n_train)
     tried = []
     ridge = float(cfg.ridge)
     if cfg.ridges:
         fit, held_out = _held_out_split(data.n_train, cfg.validation_fraction, cfg.seed)
         for candidate in sorted(float(r) for r in cfg.ridges):
-            predicted, _ = predict(k_train[fit][:, fit], k_train[held_out][:, fit], y_train[fit], candidate, precision)
+            try:
+                predicted = _predict(solver, k_train[fit][:, fit], k_train[held_out][:, fit], y_train[fit], candidate,
+                                     precision)[0]
+            except NotPositiveDefinite as err:
+                tried.append({"ridge": candidate, "error": str(err)})
+                continue
             tried.append({"ridge": candidate, **_scores(predicted, y_train[held_out], classification, midpoint)})
+        scored = [t for t in tried if "error" not in t]
+        if not scored:
+            raise ConfigError("ridges", f"no candidate gave a positive definite K + σ²I on the fit part with "
+                                        f"solver={solver}: try larger ridges, or solver=eigh")
         # best held-out accuracy (classification) or MSE; ties go to the smallest ridge
         key = (lambda t: -t["accuracy"]) if classification else (lambda t: t["mse"])
-        ridge = min(tried, key=key)["ridge"]
-    predicted, predictor = predict(k_train, k_test, y_train, ridge, precision)
+        ridge = min(scored, key=key)["ridge"]
+    try:
+        predicted, predictor = _predict(solver, k_train, k_test, y_train, ridge, precision)
+    except NotPositiveDefinite as err:
+        # the kernel's entries are exact only to eps·‖K‖_F of their dtype: a ridge below it fits rounding
+        rounding = (torch.finfo(precision).eps * torch.linalg.matrix_norm(k_train) / k_train.diagonal().mean()).item()
+        raise ConfigError("ridge", f"{err}: give a ridge above the rounding of the {cfg.dtype} entries "
+                                   f"(eps·‖K‖_F / mean diag K = {rounding:.1e} here), or solver=eigh, "
+                                   f"which leaves rounding-level directions unfitted") from None
     scores = _scores(predicted, y_test, classification, midpoint)
-    return {"ridge": ridge, "test_accuracy": scores.get("accuracy"), "test_mse": scores["mse"],
-            "condition_number": predictor.spectrum.condition_number,
-            "unfitted_directions": int(predictor.spectrum.null.sum()), "held_out": tried or None}, predicted
+    spectrum = None if predictor is None else predictor.spectrum
+    return {"ridge": ridge, "test_accuracy": scores.get("accuracy"), "test_mse": scores["mse"], "solver": solver,
+            "condition_number": None if spectrum is None else spectrum.condition_number,
+            "unfitted_directions": None if spectrum is None else int(spectrum.null.sum()),
+            "held_out": tried or None}, predicted
+
+
+def _predict(solver: str, k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
+             precision: torch.dtype) -> Tuple[Tensor, Optional[MSEPredictor]]:
+    if solver == "cholesky":
+        return predict_cholesky(k_train, k_test, y_train, ridge), None
+    return predict(k_train, k_test, y_train, ridge, precision)
+
+
+class NotPositiveDefinite(ValueError):
+    """K + σ²I has no Cholesky factorisation in float64."""
+
+
+def predict_cholesky(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float) -> Tensor:
+    """K(X*, X) (K + σ²I)⁻¹ Y with σ² = ridge · mean diag K, by a Cholesky factorisation K + σ²I = LLᵀ:
+    the same prediction as :func:`predict` where K + σ²I is well conditioned, in n² numbers beside K
+    and ~n³/3 flops. K's diagonal is shifted in place and put back exactly afterwards, so K is not
+    copied. Raises NotPositiveDefinite where the factorisation fails (a rank-deficient K at ridge 0,
+    or eigenvalues that rounding made negative)."""
+    diagonal = k_train.diagonal()
+    original = diagonal.clone()
+    diagonal.add_(ridge * original.mean())
+    try:
+        factor, info = torch.linalg.cholesky_ex(k_train)
+    finally:
+        diagonal.copy_(original)
+    if int(info):
+        raise NotPositiveDefinite(f"K + σ²I (ridge {ridge:g}) is not positive definite in float64 "
+                                  f"(the factorisation failed at column {int(info)} of {len(k_train)})")
+    return k_test @ torch.cholesky_solve(y_train, factor)
 
 
 def predict(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
