@@ -115,6 +115,13 @@ def test_cholesky_passes_over_ridges_that_leave_the_kernel_singular_and_says_whi
         regress.solve(k_train, k_test, data, compose_config("regress", SMALL + ["solver=cholesky"]))
     with pytest.raises(regress.NotPositiveDefinite):
         regress.predict_cholesky(k_train, k_test, data.y_train, 0.0)
+    # overwrite=True factorises in K's place (the held-out loop's own copies): the same prediction
+    kept = regress.predict_cholesky(k_train, k_test, data.y_train, 1e-2)
+    own = k_train.clone()
+    assert torch.equal(regress.predict_cholesky(own, k_test, data.y_train, 1e-2, overwrite=True), kept)
+    factor = own.tril()
+    torch.testing.assert_close(factor @ factor.T, k_train + 1e-2 * diagonal.mean() * torch.eye(len(own),
+                               dtype=torch.float64), rtol=0, atol=1e-12)
     assert torch.equal(k_train.diagonal(), diagonal)      # K's diagonal put back exactly, after every attempt
 
 

@@ -395,10 +395,13 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
     ridge = float(cfg.ridge)
     if cfg.ridges:
         fit, held_out = _held_out_split(data.n_train, cfg.validation_fraction, cfg.seed)
+        fit, held_out = fit.to(k_train.device), held_out.to(k_train.device)
         for candidate in sorted(float(r) for r in cfg.ridges):
             try:
-                predicted = _predict(solver, k_train[fit][:, fit], k_train[held_out][:, fit], y_train[fit], candidate,
-                                     precision)[0]
+                # one gather per block (k_train[fit][:, fit] would hold a fit × n copy on the way), and the
+                # fit block is this loop's own: the factorisation may overwrite it
+                predicted = _predict(solver, k_train[fit[:, None], fit], k_train[held_out[:, None], fit],
+                                     y_train[fit], candidate, precision, overwrite=True)[0]
             except NotPositiveDefinite as err:
                 tried.append({"ridge": candidate, "error": str(err)})
                 continue
@@ -427,9 +430,9 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
 
 
 def _predict(solver: str, k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
-             precision: torch.dtype) -> Tuple[Tensor, Optional[MSEPredictor]]:
+             precision: torch.dtype, overwrite: bool = False) -> Tuple[Tensor, Optional[MSEPredictor]]:
     if solver == "cholesky":
-        return predict_cholesky(k_train, k_test, y_train, ridge), None
+        return predict_cholesky(k_train, k_test, y_train, ridge, overwrite=overwrite), None
     return predict(k_train, k_test, y_train, ridge, precision)
 
 
@@ -437,19 +440,26 @@ class NotPositiveDefinite(ValueError):
     """K + σ²I has no Cholesky factorisation in float64."""
 
 
-def predict_cholesky(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float) -> Tensor:
+def predict_cholesky(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
+                     overwrite: bool = False) -> Tensor:
     """K(X*, X) (K + σ²I)⁻¹ Y with σ² = ridge · mean diag K, by a Cholesky factorisation K + σ²I = LLᵀ:
     the same prediction as :func:`predict` where K + σ²I is well conditioned, in n² numbers beside K
-    and ~n³/3 flops. K's diagonal is shifted in place and put back exactly afterwards, so K is not
-    copied. Raises NotPositiveDefinite where the factorisation fails (a rank-deficient K at ridge 0,
-    or eigenvalues that rounding made negative)."""
+    (none with ``overwrite``, where L takes K's place) and ~n³/3 flops. Without ``overwrite`` K's
+    diagonal is shifted in place and put back exactly afterwards, so K is not copied. Raises
+    NotPositiveDefinite where the factorisation fails (a rank-deficient K at ridge 0, or eigenvalues
+    that rounding made negative)."""
     diagonal = k_train.diagonal()
-    original = diagonal.clone()
-    diagonal.add_(ridge * original.mean())
+    original = None if overwrite else diagonal.clone()
+    diagonal.add_(ridge * diagonal.mean())
     try:
-        factor, info = torch.linalg.cholesky_ex(k_train)
+        if overwrite:
+            factor, info = torch.linalg.cholesky_ex(k_train, out=(k_train, torch.empty((), dtype=torch.int32,
+                                                                                        device=k_train.device)))
+        else:
+            factor, info = torch.linalg.cholesky_ex(k_train)
     finally:
-        diagonal.copy_(original)
+        if original is not None:
+            diagonal.copy_(original)
     if int(info):
         raise NotPositiveDefinite(f"K + σ²I (ridge {ridge:g}) is not positive definite in float64 "
                                   f"(the factorisation failed at column {int(info)} of {len(k_train)})")
