@@ -86,6 +86,7 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     x1, x2 = check_inputs(x1, x2, dtype=dtype, device=device)
     block_elements = _check_block_elements(block_elements, x1.device, dtype)
+    settle_cpu_threads(x1.device)
     root = bind(arch, x1.shape[1:])
     problem = _limit_problem(root)
     if problem is not None:
@@ -163,6 +164,7 @@ def pixel_kernels(arch: Layer, x, *, method: str = "auto", quadrature_degree: in
         raise ValueError(f"method must be one of {', '.join(KERNEL_METHODS)}, got {method!r}")
     x, _ = check_inputs(x, dtype=torch.float64)
     block_elements = _check_block_elements(block_elements, x.device, torch.float64)
+    settle_cpu_threads(x.device)
     root = bind(arch, x.shape[1:])
     if len(root.out_shape) != 3:
         raise ValueError(f"pixel_kernels needs a net that ends with images (C, H, W), this one ends with shape "
@@ -204,6 +206,32 @@ def default_block_elements(device, dtype: torch.dtype = torch.float64) -> int:
     total = torch.cuda.get_device_properties(device).total_memory
     itemsize = torch.empty((), dtype=dtype).element_size()
     return max(CPU_BLOCK_ELEMENTS, min(GPU_BLOCK_ELEMENTS, total // 4 // (WORKING_ARRAYS * itemsize)))
+
+
+_SETTLED_THREADS = 0
+
+
+def settle_cpu_threads(device) -> None:
+    """Run one throwaway elementwise square root on every CPU thread torch uses, once per process and
+    thread count, before any kernel arithmetic.
+
+    In about one process in twenty (torch 2.13.0's MKL build, 2 threads, a 2-core Intel Xeon), the first
+    multi-threaded call of an elementwise function such as sqrt computes the worker thread's share less
+    accurately (relative errors up to 3e-11 where later calls give 1 ulp), as if that thread's math
+    library state were set up while in use. The relu dual turns such differences into 1e-8 of a kernel
+    entry where ρ ≈ 1, so without this a resumed ``regress`` could differ from an uninterrupted one in
+    the eighth digit. Measured here: a first multi-threaded sqrt differed from the process's later ones
+    in 2 of 40 processes, and in 0 of 40 after this; tests/test_regress.py's killed-and-resumed run
+    differed from the uninterrupted one in 2 of 10 runs, and in 0 of 20 after this.
+    """
+    global _SETTLED_THREADS
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or _SETTLED_THREADS == threads:
+        return
+    # at least two of torch's 32,768-element parallel grains per thread, so that every thread gets one
+    torch.full((2 * 32_768 * threads,), 0.25, dtype=torch.float64).sqrt_()
+    torch.full((2 * 32_768 * threads,), 0.25, dtype=torch.float32).sqrt_()
+    _SETTLED_THREADS = threads
 
 
 def _check_block_elements(block_elements, device, dtype) -> int:
