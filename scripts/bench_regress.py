@@ -37,7 +37,7 @@ from ntklab.results import environment  # noqa: E402
 
 
 def kernel_table(args) -> None:
-    block_elements = args.block_elements or default_block_elements(args.device)
+    block_elements = default_block_elements(args.device) if args.block_elements is None else args.block_elements
     print(f"\n### Kernel matrix: CNTK of {args.depth} × (3×3 conv + relu) on digits 1×8×8, {args.device}, "
           f"float64, block_elements {block_elements}\n")
     print("| readout | n | blocks | seconds | entries/s |")

@@ -22,8 +22,9 @@
 #                     (default 3000, out of a CPU's reach: about 13 h of two cores) and the 200
 #                     balanced test images of the README's CPU rows, float32, each step within
 #                     GAP_LIMIT seconds (default 200; a later call with ONLY=... resumes its blocks);
-#   bench_regress     kernel-regression throughput and solve time against n (scripts/bench_regress.py),
-#                     once with the GPU's block_elements and once with the CPU's 2^20, side by side;
+#   bench_regress, bench_regress_cpu_blocks
+#                     kernel-regression throughput and solve time against n (scripts/bench_regress.py)
+#                     with the GPU's block_elements, then the kernel table again with the CPU's 2^20;
 #   regress_mnist, regress_fashion_mnist
 #                     (only where data/mnist and data/fashion_mnist hold the files) kernel regression
 #                     with the depth-2 flatten CNTK (CNTK-V) on REGRESS_N train images (default 10000)

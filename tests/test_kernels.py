@@ -155,7 +155,7 @@ def test_block_elements_default_by_device(monkeypatch):
         assert chosen == expected, (total, dtype, chosen)
         if chosen > 2 ** 20:      # the working memory it implies fits the quarter
             assert WORKING_ARRAYS * chosen * torch.empty((), dtype=dtype).element_size() <= total / 4
-    with pytest.raises(ValueError, match="block_elements must be an integer >= 1 or None"):
+    with pytest.raises(ValueError, match="block_elements must be an integer >= 1, got 0"):
         analytic_kernels(ArchSpec(depth=1, width=4), torch.ones(2, 3), block_elements=0)
 
 

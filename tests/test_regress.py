@@ -98,7 +98,7 @@ def test_the_cholesky_solver_gives_the_direct_solve_and_auto_takes_it_above_its_
     assert auto["kernels"]["ntk"]["test_mse"] == pytest.approx(summary["kernels"]["ntk"]["test_mse"], rel=1e-12)
 
 
-def test_cholesky_passes_over_ridges_that_leave_the_kernel_singular_and_says_which(tmp_path):
+def test_cholesky_passes_over_ridges_that_leave_the_kernel_singular_and_says_which(tmp_path, monkeypatch):
     cfg = compose_config("regress", SMALL + ["solver=cholesky", "ridges=[0,1e-2]"])
     data = load_data(cfg.data, images=True)
     generator = torch.Generator().manual_seed(0)
@@ -115,11 +115,32 @@ def test_cholesky_passes_over_ridges_that_leave_the_kernel_singular_and_says_whi
         regress.solve(k_train, k_test, data, compose_config("regress", SMALL + ["solver=cholesky"]))
     with pytest.raises(regress.NotPositiveDefinite):
         regress.predict_cholesky(k_train, k_test, data.y_train, 0.0)
+    # a ridge that factorises the fit part but not all 40 points gives way to the next larger that scored
+    wider = compose_config("regress", SMALL + ["solver=cholesky", "ridges=[0,1e-2,1e-1]"])
+    original = regress.predict_cholesky
+
+    def refuse_all_points_below(limit):
+        def predict(k, k_star, y, ridge, overwrite=False):
+            if len(k) == data.n_train and ridge < limit:
+                raise regress.NotPositiveDefinite("refused")
+            return original(k, k_star, y, ridge, overwrite=overwrite)
+        return predict
+
+    monkeypatch.setattr(regress, "predict_cholesky", refuse_all_points_below(1e-1))
+    fallen_back, _ = regress.solve(k_train, k_test, data, wider)
+    scored = [t for t in fallen_back["held_out"] if "error" not in t]
+    best = min(scored, key=lambda t: -t["accuracy"])["ridge"]         # the held-out choice, ties to the smallest
+    assert fallen_back["ridge"] == 1e-1
+    assert fallen_back["refused_on_all_points"] == ([1e-2] if best == 1e-2 else None)
+    monkeypatch.setattr(regress, "predict_cholesky", refuse_all_points_below(1.0))
+    with pytest.raises(ConfigError, match=r"^ridges: refused: give a ridge above"):
+        regress.solve(k_train, k_test, data, wider)
+    monkeypatch.undo()
     # overwrite=True factorises in K's place (the held-out loop's own copies): the same prediction
     kept = regress.predict_cholesky(k_train, k_test, data.y_train, 1e-2)
     own = k_train.clone()
     assert torch.equal(regress.predict_cholesky(own, k_test, data.y_train, 1e-2, overwrite=True), kept)
-    factor = own.tril()
+    factor = own.mT.tril()         # the factor in K's storage, column-major: L's transpose row-major
     torch.testing.assert_close(factor @ factor.T, k_train + 1e-2 * diagonal.mean() * torch.eye(len(own),
                                dtype=torch.float64), rtol=0, atol=1e-12)
     assert torch.equal(k_train.diagonal(), diagonal)      # K's diagonal put back exactly, after every attempt

@@ -50,6 +50,7 @@ from ntklab.data import Dataset
 from ntklab.dynamics import MSEPredictor, accuracy, class_midpoint, mse_loss, mse_predictor
 from ntklab.errors import ConfigError, check_choice, check_seed
 from ntklab.kernels import analytic_kernels, limit_problem
+from ntklab.kernels.analytic import default_block_elements
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +275,15 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     lock, so no claim is ever stale). ``stop_after`` counts the blocks this call computes; it ends
     without waiting for the others.
 
-    ``block_elements`` goes to :func:`~ntklab.kernels.analytic_kernels` (None: its device default).
+    ``block_elements`` goes to :func:`~ntklab.kernels.analytic_kernels` (None: the device's,
+    :func:`~ntklab.kernels.analytic.default_block_elements`).
 
     ``progress`` shows a tqdm bar; where there is none (``progress=False``, or a log that is not a
     terminal, as a batch job's), a line "kernel blocks: k of N done (m by this worker)" is logged
     after a block at most once every ``PROGRESS_LOG_SECONDS``.
     """
+    if block_elements is None:
+        block_elements = default_block_elements(device, dtype)
     rows = {"train": grid.chunks(grid.n_train), "test": grid.chunks(grid.n_test)}
     inputs = {"train": data.x_train, "test": data.x_test}
     path = lambda block: blocks_dir / grid.file_name(block)
@@ -382,7 +386,9 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
 
     With the eigh solver the summary has the train kernel's condition number and how many directions
     were left unfitted as rounding; the Cholesky solver has neither (None), and a ridge candidate whose
-    K + σ²I is not positive definite in float64 is recorded as such and passed over."""
+    K + σ²I is not positive definite in float64 is recorded as such and passed over: on the fit part
+    in ``held_out``, on all train points (where the chosen ridge gives way to the next larger one
+    that scored) in ``refused_on_all_points``."""
     y_train = data.y_train.to(k_train.device, torch.float64)
     y_test = data.y_test.to(k_train.device, torch.float64)
     classification = data.labels_test is not None
@@ -413,20 +419,31 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
         # best held-out accuracy (classification) or MSE; ties go to the smallest ridge
         key = (lambda t: -t["accuracy"]) if classification else (lambda t: t["mse"])
         ridge = min(scored, key=key)["ridge"]
-    try:
-        predicted, predictor = _predict(solver, k_train, k_test, y_train, ridge, precision)
-    except NotPositiveDefinite as err:
+    # a ridge chosen on the fit part may not factorise the whole K, whose rounding grows with n: then the
+    # next larger candidate that scored, and so on
+    fallbacks = sorted(t["ridge"] for t in tried if "error" not in t and t["ridge"] > ridge)
+    refused = []
+    for attempt in [ridge] + fallbacks:
+        try:
+            predicted, predictor = _predict(solver, k_train, k_test, y_train, attempt, precision)
+            ridge = attempt
+            break
+        except NotPositiveDefinite as err:
+            refused.append(attempt)
+            problem = err
+    else:
         # the kernel's entries are exact only to eps·‖K‖_F of their dtype: a ridge below it fits rounding
         rounding = (torch.finfo(precision).eps * torch.linalg.matrix_norm(k_train) / k_train.diagonal().mean()).item()
-        raise ConfigError("ridge", f"{err}: give a ridge above the rounding of the {cfg.dtype} entries "
-                                   f"(eps·‖K‖_F / mean diag K = {rounding:.1e} here), or solver=eigh, "
-                                   f"which leaves rounding-level directions unfitted") from None
+        raise ConfigError("ridges" if cfg.ridges else "ridge",
+                          f"{problem}: give a ridge above the rounding of the {cfg.dtype} entries "
+                          f"(eps·‖K‖_F / mean diag K = {rounding:.1e} here), or solver=eigh, "
+                          f"which leaves rounding-level directions unfitted")
     scores = _scores(predicted, y_test, classification, midpoint)
     spectrum = None if predictor is None else predictor.spectrum
     return {"ridge": ridge, "test_accuracy": scores.get("accuracy"), "test_mse": scores["mse"], "solver": solver,
             "condition_number": None if spectrum is None else spectrum.condition_number,
             "unfitted_directions": None if spectrum is None else int(spectrum.null.sum()),
-            "held_out": tried or None}, predicted
+            "held_out": tried or None, "refused_on_all_points": refused or None}, predicted
 
 
 def _predict(solver: str, k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
@@ -453,8 +470,12 @@ def predict_cholesky(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: fl
     diagonal.add_(ridge * diagonal.mean())
     try:
         if overwrite:
-            factor, info = torch.linalg.cholesky_ex(k_train, out=(k_train, torch.empty((), dtype=torch.int32,
-                                                                                        device=k_train.device)))
+            # LAPACK and cuSOLVER write column-major: K's transposed view is that layout over the same
+            # storage (K is symmetric), so the factor takes K's place; out=K itself would be computed in a
+            # hidden copy of K and copied back
+            in_place = k_train.mT
+            factor, info = torch.linalg.cholesky_ex(in_place, out=(in_place, torch.empty(
+                (), dtype=torch.int32, device=k_train.device)))
         else:
             factor, info = torch.linalg.cholesky_ex(k_train)
     finally:

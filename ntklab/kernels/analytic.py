@@ -46,7 +46,7 @@ class Kernels:
 
 
 def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: bool = False, method: str = "auto",
-                     quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE, block_elements: Optional[int] = None,
+                     quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE, block_elements: int = 2 ** 20,
                      device=None, dtype: torch.dtype = torch.float64) -> Kernels:
     """NNGP and NTK of ``arch`` between the inputs x1 and x2 (x2=None means x1).
 
@@ -59,9 +59,11 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
         quadrature_degree: see :func:`ntklab.kernels.quadrature.quadrature_dual`.
         block_elements: pairs are processed in blocks of about this many kernel entries, counting
             the spatial entries of each pair (H·W, or (H·W)² while pooling lies ahead), so the
-            working memory stays near 14 · block_elements numbers of ``dtype`` for any N: the block's
-            arrays and the rules' temporaries. None: :func:`default_block_elements` of the device
-            (2^20 on a CPU, ≈ 120 MB in float64; up to 2^26 on a GPU). Beside it, a first pass over the self pairs
+            working memory stays near 14 · block_elements numbers of ``dtype`` for any N (≈ 120 MB in
+            float64 by default): the block's arrays and the rules' temporaries. The default suits a
+            CPU; :func:`default_block_elements` gives a GPU's, which ``python -m ntklab regress`` uses
+            (it holds the device alone; a training run's kernels share it with the net and with
+            other runs, so they keep the small default). Beside it, a first pass over the self pairs
             (x, x) keeps the variances every activation and layer norm reads: (N1 + N2) · H·W numbers
             per such layer (N · #layers for vectors).
         device: where to compute (default: x1's device).
@@ -85,7 +87,7 @@ def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: boo
     if dtype not in (torch.float64, torch.float32):
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
     x1, x2 = check_inputs(x1, x2, dtype=dtype, device=device)
-    block_elements = _check_block_elements(block_elements, x1.device, dtype)
+    _check_block_elements(block_elements)
     settle_cpu_threads(x1.device)
     root = bind(arch, x1.shape[1:])
     problem = _limit_problem(root)
@@ -150,7 +152,7 @@ def limit_problem(arch: Union[Layer, ArchSpec], in_shape) -> Optional[str]:
 
 
 def pixel_kernels(arch: Layer, x, *, method: str = "auto", quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE,
-                  block_elements: Optional[int] = None) -> Kernels:
+                  block_elements: int = 2 ** 20) -> Kernels:
     """The NNGP and NTK of each output pixel with itself, Σ(x, x)(t, t) and Θ(x, x)(t, t), of a net that
     ends with images: a generator (``serial(dense(C·h·w), unflatten(C, h, w), conv_transpose(...), ...)`` on
     latent vectors) or a conv stack on images. x: (N, d) or (N, C, H, W); returns Kernels of shape
@@ -163,7 +165,7 @@ def pixel_kernels(arch: Layer, x, *, method: str = "auto", quadrature_degree: in
     if method not in KERNEL_METHODS:
         raise ValueError(f"method must be one of {', '.join(KERNEL_METHODS)}, got {method!r}")
     x, _ = check_inputs(x, dtype=torch.float64)
-    block_elements = _check_block_elements(block_elements, x.device, torch.float64)
+    _check_block_elements(block_elements)
     settle_cpu_threads(x.device)
     root = bind(arch, x.shape[1:])
     if len(root.out_shape) != 3:
@@ -187,7 +189,8 @@ GPU_BLOCK_ELEMENTS = 2 ** 26
 
 
 def default_block_elements(device, dtype: torch.dtype = torch.float64) -> int:
-    """The ``block_elements`` of :func:`analytic_kernels` when none is given.
+    """The ``block_elements`` for :func:`analytic_kernels` on ``device`` when a process has it to itself
+    (``python -m ntklab regress``, the benchmarks).
 
     CPU: 2^20. The fastest blocks there are those whose arrays stay in the cache: a 28×28 image pair
     of a global-average-pool CNTK (614,656 entries) took 17–18 ms in blocks of 1–6 pairs and 29–40
@@ -234,13 +237,9 @@ def settle_cpu_threads(device) -> None:
     _SETTLED_THREADS = threads
 
 
-def _check_block_elements(block_elements, device, dtype) -> int:
-    if block_elements is None:
-        return default_block_elements(device, dtype)
+def _check_block_elements(block_elements) -> None:
     if isinstance(block_elements, bool) or not isinstance(block_elements, int) or block_elements < 1:
-        raise ValueError(f"block_elements must be an integer >= 1 or None (the device's default), "
-                         f"got {block_elements!r}")
-    return block_elements
+        raise ValueError(f"block_elements must be an integer >= 1, got {block_elements!r}")
 
 
 def _limit_problem(root: Node, images_out: bool = False) -> Optional[str]:
