@@ -199,9 +199,10 @@ def default_block_elements(device, dtype: torch.dtype = torch.float64) -> int:
     if that is fewer. An elementwise pass over 2^20 float32 entries moves 8 MB, about 2.5 µs at an
     H100's 3.35 TB/s, less than the few µs it takes to launch; a 28×28 GAP pair alone is such a pass,
     so CPU-sized blocks would leave a GPU idle between launches (about 60 per pair). 2^26 makes each
-    pass long enough to be bound by memory bandwidth (an estimate: no GPU has measured it yet). The choice depends only on the device's total memory, not on
-    what is free at the moment, so a run resumed on the same kind of GPU groups its pairs the same
-    way and computes the same numbers to the last bit.
+    pass long enough to be bound by memory bandwidth (an estimate: no GPU has measured it yet). The
+    choice depends only on the device's total memory, not on what is free at the moment, so a run
+    resumed on the same kind of GPU groups its pairs the same way and computes the same numbers to
+    the last bit.
     """
     device = torch.device(device)
     if device.type != "cuda":
