@@ -32,6 +32,11 @@ from ntklab.tensor_checks import check_inputs, check_kernel_scale
 
 KERNEL_METHODS = ("auto", "closed_form", "quadrature")
 
+# analytic_kernels' working memory in numbers of its dtype, per kernel entry of a block (its docstring)
+WORKING_ARRAYS = 14
+CPU_BLOCK_ELEMENTS = 2 ** 20
+GPU_BLOCK_ELEMENTS = 2 ** 26
+
 
 @dataclass(frozen=True)
 class Kernels:
@@ -46,7 +51,7 @@ class Kernels:
 
 
 def analytic_kernels(arch: Union[Layer, ArchSpec], x1, x2=None, *, diagonal: bool = False, method: str = "auto",
-                     quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE, block_elements: int = 2 ** 20,
+                     quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE, block_elements: int = CPU_BLOCK_ELEMENTS,
                      device=None, dtype: torch.dtype = torch.float64) -> Kernels:
     """NNGP and NTK of ``arch`` between the inputs x1 and x2 (x2=None means x1).
 
@@ -152,7 +157,7 @@ def limit_problem(arch: Union[Layer, ArchSpec], in_shape) -> Optional[str]:
 
 
 def pixel_kernels(arch: Layer, x, *, method: str = "auto", quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE,
-                  block_elements: int = 2 ** 20) -> Kernels:
+                  block_elements: int = CPU_BLOCK_ELEMENTS) -> Kernels:
     """The NNGP and NTK of each output pixel with itself, Σ(x, x)(t, t) and Θ(x, x)(t, t), of a net that
     ends with images: a generator (``serial(dense(C·h·w), unflatten(C, h, w), conv_transpose(...), ...)`` on
     latent vectors) or a conv stack on images. x: (N, d) or (N, C, H, W); returns Kernels of shape
@@ -180,12 +185,6 @@ def pixel_kernels(arch: Layer, x, *, method: str = "auto", quadrature_degree: in
     # the last layers may have dropped the covariances between positions: (H, W, N) or (H, W, H, W, N)
     as_pixels = lambda k: (spatial_diagonal(k) if k.dim() == 5 else k).movedim(-1, 0)
     return Kernels(as_pixels(kernels.nngp).contiguous(), as_pixels(kernels.ntk).contiguous())
-
-
-# analytic_kernels' working memory in numbers of its dtype, per kernel entry of a block (its docstring)
-WORKING_ARRAYS = 14
-CPU_BLOCK_ELEMENTS = 2 ** 20
-GPU_BLOCK_ELEMENTS = 2 ** 26
 
 
 def default_block_elements(device, dtype: torch.dtype = torch.float64) -> int:
