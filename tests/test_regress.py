@@ -3,9 +3,11 @@ same solve done directly (analytic_kernels and torch.linalg.solve), ridge select
 split checked by hand, and a killed job that resumes to the identical result.
 """
 
+import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -387,9 +389,22 @@ def test_without_a_progress_bar_the_log_counts_the_blocks(tmp_path, monkeypatch,
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kernel blocks:")]
     n = len(grid.blocks)        # 3·4/2 train blocks on and above the diagonal, 2·3 test ones
     assert n == 12
+    # the pairs each block holds, in the order they are computed: train rows of 16, 16 and 8 images,
+    # so the diagonal blocks hold 16·17/2, 16·17/2 and 8·9/2 pairs, the others rows × columns
+    sizes = {0: 16, 1: 16, 2: 8}
+    pairs = [sizes[r] * (sizes[r] + 1) // 2 if split == "train" and r == c else
+             (sizes[r] if split == "train" else [16, 14][r]) * sizes[c] for split, r, c in grid.blocks]
+    assert sum(pairs) == 40 * 41 // 2 + 30 * 40
+    parsed = [re.fullmatch(r"kernel blocks: (\d+) of (\d+) done \((\d+) by this worker\), (\d+) of (\d+) entries "
+                           r"\(([\d.]+)%\)(, about [\d:]+ left)?", line) for line in lines]
+    assert all(parsed), lines
     # done counts every block in the directory, "by this worker" only this invocation's
-    assert lines == [f"kernel blocks: 1 of {n} done (1 by this worker)"] + [
-        f"kernel blocks: {k} of {n} done ({k - 1} by this worker)" for k in range(2, n + 1)]
+    assert [tuple(int(m[i]) for i in (1, 2, 3)) for m in parsed] == [(1, n, 1)] + [(k, n, k - 1) for k in range(2, n + 1)]
+    assert [int(m[4]) for m in parsed] == list(itertools.accumulate(pairs))
+    assert {int(m[5]) for m in parsed} == {sum(pairs)}
+    # the time left: after every block that some entries since the call began give a rate, but not
+    # once every entry is in
+    assert [m[7] is not None for m in parsed] == [True] * (n - 1) + [False]
 
 
 def test_workers_of_one_directory_solve_once_and_a_rerun_solves_again(tmp_path, monkeypatch):

@@ -253,6 +253,14 @@ class BlockGrid:
         """Kernel entries (pairs of inputs) computed: the train triangle and the test block."""
         return self.n_train * (self.n_train + 1) // 2 + self.n_test * self.n_train
 
+    def block_entries(self, block: Tuple[str, int, int]) -> int:
+        """The pairs one block computes: b(b + 1)/2 for a diagonal train block of b images, else rows × columns."""
+        split, r, c = block
+        rows = self.chunks(self.n_train if split == "train" else self.n_test)[r]
+        columns = self.chunks(self.n_train)[c]
+        height, width = rows.stop - rows.start, columns.stop - columns.start
+        return height * (height + 1) // 2 if split == "train" and r == c else height * width
+
     @staticmethod
     def file_name(block: Tuple[str, int, int]) -> str:
         split, r, c = block
@@ -279,8 +287,9 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     :func:`~ntklab.kernels.analytic.default_block_elements`).
 
     ``progress`` shows a tqdm bar; where there is none (``progress=False``, or a log that is not a
-    terminal, as a batch job's), a line "kernel blocks: k of N done (m by this worker)" is logged
-    after a block at most once every ``PROGRESS_LOG_SECONDS``.
+    terminal, as a batch job's), a line "kernel blocks: k of N done (m by this worker), e of E entries
+    (p%)" is logged after a block at most once every ``PROGRESS_LOG_SECONDS``, with the time left at
+    the rate entries were saved (by every worker) since this call started.
     """
     if block_elements is None:
         block_elements = default_block_elements(device, dtype)
@@ -291,13 +300,22 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     missing = [b for b in grid.blocks if not path(b).exists()]
     bar = tqdm(total=len(grid.blocks), initial=len(grid.blocks) - len(missing), desc="kernel blocks",
                unit="block", disable=None if progress else True, dynamic_ncols=True)
-    computed, last_report = 0, time.monotonic()
+    computed, started, last_report = 0, time.monotonic(), time.monotonic()
+    entries_at_start = sum(grid.block_entries(b) for b in grid.blocks if b not in missing)
 
     def report() -> None:
         nonlocal last_report
         if bar.disable and time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
             last_report = time.monotonic()
-            log.info("kernel blocks: %d of %d done (%d by this worker)", blocks_saved(), len(grid.blocks), computed)
+            saved = [b for b in grid.blocks if path(b).exists()]
+            entries = sum(grid.block_entries(b) for b in saved)
+            line = (f"kernel blocks: {len(saved)} of {len(grid.blocks)} done ({computed} by this worker), "
+                    f"{entries} of {grid.entries} entries ({100 * entries / grid.entries:.1f}%)")
+            if grid.entries > entries > entries_at_start:
+                # the rate of every worker's saves since this call began, which its setup slows a little
+                seconds_left = (grid.entries - entries) * (last_report - started) / (entries - entries_at_start)
+                line += f", about {tqdm.format_interval(seconds_left)} left"      # [h:]mm:ss, as the bar
+            log.info(line)
 
     def compute(block) -> None:
         split, r, c = block
