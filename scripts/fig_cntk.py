@@ -7,8 +7,8 @@ Left panel (the ``regress`` sweep, ``+sweep=cntk``): test accuracy against the n
 images for each method — CNTK-GAP and CNTK-V (the NTK with a global-average-pool or flatten
 readout) and their NNGPs — one line per method, the mean over whatever else the table varies.
 With ``--trained`` (the ``train`` sweep, ``+sweep=cnn_width``), two more panels against channels:
-the trained CNN's final test accuracy (every seed a point, the mean a line) beside the matching
-CNTK's, and its distance to the CNTK's prediction at the same step (final pred_gap_analytic) with
+the trained CNN's final test accuracy (every seed a point, the mean a line; the kernels' panel
+holds the CNTK's at t = ∞ to compare by eye), and its distance to the CNTK's prediction at the same step (final pred_gap_analytic) with
 its fitted power law. The numbers go to STEM.json: {"kernel": {method: {n_train: accuracy}},
 "trained": {"accuracy": {width: mean}, "pred_gap_fit": {...}}}.
 """
