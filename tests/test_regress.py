@@ -613,3 +613,14 @@ def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(t
     out, err, code = ntklab("compare", "trained:analytic", "trained:net", cwd=tmp_path)
     assert code == 0, err
     assert f"accuracy           A {analytic_right.double().mean().item():.4f}" in out
+
+
+def test_regress_without_its_data_files_says_which_in_one_line_and_exits_2(tmp_path):
+    # the same wrapper as train's (tests/test_cli.py), reached through regress's own data loading
+    out, err, code = ntklab("regress", "data=mnist", f"data.root={tmp_path / 'no-data-here'}", "data.n_train=20",
+                            "data.n_test=20", "hydra.run.dir=run", cwd=tmp_path)
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for text in ("data.root", "train-images-idx3-ubyte", "mnist.pkl.gz"):
+        assert text in err, (text, err)
+    assert not (tmp_path / "run" / regress.BLOCKS).exists()       # refused before any kernel work
