@@ -149,9 +149,18 @@ def test_cnn_configs_that_do_not_fit_are_refused_naming_the_field(tmp_path, over
     assert message in str(err.value)
 
 
-def test_the_command_line_trains_a_cnn_and_refuses_vectors_with_exit_code_2(tmp_path):
+def test_the_command_line_trains_a_cnn_and_refuses_vectors_with_exit_code_2(tmp_path, cnn_run):
     out, err, code = ntklab("train", *CNN, "optim.steps=3", "hydra.run.dir=run", cwd=tmp_path)
     assert code == 0, err
-    assert metrics(tmp_path / "run")[-1]["step"] == 3
+    records = metrics(tmp_path / "run")
+    assert records[-1]["step"] == 3
+    # the same net at θ_0 as the in-process run above (same config and seed, another process): every
+    # tracked field there, with the same values at step 0
+    first = metrics(cnn_run[1])[0]
+    assert records[0]["step"] == first["step"] == 0
+    assert set(records[0]) == set(first)
+    for field in ("train_loss", "test_loss", "kernel_to_limit", "pred_gap_analytic", "pred_gap_linear"):
+        # float64 throughout; 1e-9 leaves room for two processes' threaded reductions to round apart
+        assert records[0][field] == pytest.approx(first[field], rel=1e-9), field
     out, err, code = ntklab("train", "model=cnn", "data=sphere", "hydra.run.dir=bad", cwd=tmp_path)
     assert code == 2 and "model=cnn takes images" in err and "Traceback" not in err
