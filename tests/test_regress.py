@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 from ntklab import analytic_kernels, results
 from ntklab.collect import read_table
 from ntklab.commands import regress
@@ -624,3 +626,25 @@ def test_regress_without_its_data_files_says_which_in_one_line_and_exits_2(tmp_p
     for text in ("data.root", "train-images-idx3-ubyte", "mnist.pkl.gz"):
         assert text in err, (text, err)
     assert not (tmp_path / "run" / regress.BLOCKS).exists()       # refused before any kernel work
+
+
+def test_the_cnn_presets_regress_and_train_the_same_net(tmp_path):
+    """+sweep=cntk (kernels by n and readout) and +sweep=cnn_width (the net trained by channels) compose,
+    and the trained net is the one whose flatten CNTK the kernel sweep regresses with."""
+    params = {}
+    for command, preset in (("regress", "cntk"), ("train", "cnn_width")):
+        out, err, code = ntklab(command, f"+sweep={preset}", "data=mnist", "--cfg", "hydra", cwd=tmp_path)
+        assert code == 0, err
+        params[preset] = yaml.safe_load(out)["hydra"]["sweeper"]["params"]
+    assert set(params["cntk"]["model.readout"].split(",")) == {"gap", "flatten"}
+    assert len(params["cnn_width"]["seed"].split(",")) >= 2          # several seeds, as the issue asks
+    widths = [int(w) for w in params["cnn_width"]["width"].split(",")]
+    assert min(widths) == 64 and max(widths) == 1024
+    trained = compose_config("train", ["+sweep=cnn_width", "data=mnist"])
+    kernel = compose_config("regress", ["+sweep=cntk", "data=mnist", "model.readout=flatten"])
+    assert trained.model.name == kernel.model.name == "cnn"
+    net_fields = lambda cfg: {key: value for key, value in OmegaConf.to_container(cfg.model, resolve=True).items()
+                              if key not in ("alpha", "width")}       # alpha: f − f_0 in training only
+    assert net_fields(trained) == net_fields(kernel)
+    assert trained.data.n_train in [int(n) for n in params["cntk"]["data.n_train"].split(",")]
+    assert trained.data.n_test == kernel.data.n_test
