@@ -47,6 +47,22 @@ class Activation:
         return self.fn(x)
 
 
+def sqrt_normal_(x: Tensor) -> Tensor:
+    """√x in place for x ≥ 0, with 0 where x is at most the dtype's smallest normal number ``tiny``
+    (where √x would be at most √tiny: 1.1e-19 in float32, 1.5e-154 in float64).
+
+    Torch's CPU sqrt takes several times longer on zeros and subnormal numbers than on normal ones
+    (7× on an all-but-zero array, measured on a 2-core Xeon with AVX-512, float32 and float64), and a
+    kernel on images with blank margins, such as MNIST's, meets zeros in most entries: every pair of
+    positions where one image's receptive field is blank. Raising them to ``tiny`` first and setting
+    the results back to 0 after costs two fast passes instead (on MNIST's 28×28 images the depth-2
+    GAP CNTK, float32, went from 17.6 to 12.2–12.7 ms per pair on one thread, with identical entries).
+    """
+    tiny = torch.finfo(x.dtype).tiny
+    root_tiny = torch.tensor(tiny, dtype=x.dtype).sqrt().item()    # √tiny as the dtype rounds it
+    return torch.nn.functional.threshold_(x.clamp_min_(tiny).sqrt_(), root_tiny, 0.0)
+
+
 def safe_correlation(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
     """Return (sqrt(q1 q2), ρ = cov / sqrt(q1 q2) clipped to [-1, 1]); ρ = 0 where a variance is 0.
 
@@ -93,15 +109,15 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
         shape = torch.broadcast_shapes(q1.shape, q2.shape, cov.shape)
         # √(q1 q2) in one rounding, not √q1·√q2: for a self pair (q1 = q2 = cov) it makes ρ = 1
         # exactly, where arccos would turn a 1-ulp error into ~1e-8 (tests/test_kernels.py sees it)
-        rho = torch.mul(q1, q2, out=cov.new_empty(shape)).sqrt_()
-        # a zero variance (or q1 q2 below the dtype's range) leaves √(q1 q2) = 0 somewhere: ρ = 0 there
-        # (see safe_correlation)
+        # A zero variance (or q1 q2 below the dtype's smallest normal number, tiny) leaves cov = 0 there
+        # and √(q1 q2) is raised to √tiny: ρ = 0 (see safe_correlation). Raising it before the root
+        # also keeps zeros out of sqrt, which is slow on them (see sqrt_normal_).
+        rho = torch.mul(q1, q2, out=cov.new_empty(shape)).clamp_min_(torch.finfo(cov.dtype).tiny).sqrt_()
         degenerate = rho.numel() > 0 and bool(q1.amin() * q2.amin() == 0)
-        rho = torch.div(cov, rho.clamp_min_(torch.finfo(cov.dtype).tiny) if degenerate else rho, out=rho)
-        rho = rho.clamp_(-1.0, 1.0)
+        rho = torch.div(cov, rho, out=rho).clamp_(-1.0, 1.0)
         # c √(q1 q2) sin θ = √(c² q1 q2 (1 − ρ)(1 + ρ)): exactly 0 at ρ = ±1 however the products round
         e_phi = torch.mul(q1 * (sin_scale * sin_scale), q2, out=cov.new_empty(shape))
-        e_phi = e_phi.addcmul_(e_phi, rho, value=-1.0).addcmul_(e_phi, rho).sqrt_()
+        e_phi = sqrt_normal_(e_phi.addcmul_(e_phi, rho, value=-1.0).addcmul_(e_phi, rho))
         e_dphi = torch.add(cov.new_full((), dphi_at_zero), rho.arcsin_(), alpha=dphi_slope, out=rho)
         e_phi = e_phi.addcmul_(cov, e_dphi)
         if degenerate:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ntklab import ArchSpec, analytic_kernels
-from ntklab.activations import get_activation, leaky_relu
+from ntklab.activations import get_activation, leaky_relu, sqrt_normal_
 from ntklab.kernels import quadrature_dual
 from tests.helpers import random_inputs
 
@@ -255,3 +255,19 @@ def test_zero_input_without_bias_agrees_with_finite_nets_and_quadrature(activati
         assert torch.allclose(empirical, closed.ntk[0, 0], rtol=tolerance, atol=1e-14)
     if activation == "relu" and parametrization == "standard" and bias:     # only the readout bias counts
         assert closed.ntk[0, 0].item() == pytest.approx(1.0, abs=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sqrt_normal_is_sqrt_on_normal_numbers_and_zero_below(dtype):
+    """The relu dual's square root: torch.sqrt bit for bit above the smallest normal number tiny, 0 on
+    zeros, subnormals and tiny itself (whose true roots are at most √tiny: 1.1e-19 in float32, 1.5e-154
+    in float64)."""
+    tiny = torch.finfo(dtype).tiny
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.cat([torch.tensor([2 * tiny, 1.0, torch.finfo(dtype).max], dtype=dtype),
+                        10 ** torch.empty(1000, dtype=torch.float64).uniform_(-30, 30, generator=generator).to(dtype)])
+    below = torch.tensor([0.0, tiny / 2, tiny / 1024, tiny], dtype=dtype)
+    assert bool((below[1:3] < tiny).all()) and bool((below[1:] > 0).all())      # subnormals, not flushed
+    assert torch.equal(sqrt_normal_(normal.clone()), torch.sqrt(normal))
+    assert torch.equal(sqrt_normal_(below.clone()), torch.zeros_like(below))
+    assert bool((torch.sqrt(below) <= torch.sqrt(torch.tensor(tiny, dtype=dtype))).all())
