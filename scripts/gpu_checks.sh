@@ -19,7 +19,7 @@
 #   regress_gap_mnist, regress_gap_fashion_mnist
 #                     (only where data/ holds the files, as below) kernel regression with the depth-2
 #                     global-average-pool CNTK (CNTK-GAP) on GAP_N class-balanced train images
-#                     (default 3000, out of a CPU's reach: about half a day of two cores) and the 200
+#                     (default 3000: about 9 hours of two CPU cores) and the 200
 #                     balanced test images of the README's CPU rows, float32, each step within
 #                     GAP_LIMIT seconds (default 200; a later call with ONLY=... resumes its blocks);
 #   bench_regress, bench_regress_cpu_blocks
