@@ -301,7 +301,7 @@ def compute_blocks(arch, data: Dataset, grid: BlockGrid, blocks_dir: Path, *, de
     bar = tqdm(total=len(grid.blocks), initial=len(grid.blocks) - len(missing), desc="kernel blocks",
                unit="block", disable=None if progress else True, dynamic_ncols=True)
     computed, started, last_report = 0, time.monotonic(), time.monotonic()
-    entries_at_start = sum(grid.block_entries(b) for b in grid.blocks if b not in missing)
+    entries_at_start = grid.entries - sum(grid.block_entries(b) for b in missing)
 
     def report() -> None:
         nonlocal last_report
