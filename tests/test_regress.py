@@ -404,8 +404,7 @@ def test_without_a_progress_bar_the_log_counts_the_blocks(tmp_path, monkeypatch,
     assert [tuple(int(m[i]) for i in (1, 2, 3)) for m in parsed] == [(1, n, 1)] + [(k, n, k - 1) for k in range(2, n + 1)]
     assert [int(m[4]) for m in parsed] == list(itertools.accumulate(pairs))
     assert {int(m[5]) for m in parsed} == {sum(pairs)}
-    # the time left: after every block that some entries since the call began give a rate, but not
-    # once every entry is in
+    # the time left appears once the call has saved entries to measure a rate by, and not once all are in
     assert [m[7] is not None for m in parsed] == [True] * (n - 1) + [False]
 
 
