@@ -126,6 +126,11 @@ class OptimConfig:
     lr_width_scaling: str = "none"
     base_width: int = 1
     batch_size: Optional[int] = None    # None: full batch
+    # rows per forward/backward pass: a step's gradient is summed over chunks of its (mini-)batch, the
+    # same step up to rounding, and the measurements' outputs are computed in chunks too. None:
+    # automatic (on the CPU, chunks whose largest layer output is at most 16 MiB, trainer.CHUNK_BYTES;
+    # on CUDA, the whole batch at once). Nets with batch_norm always take the batch whole.
+    chunk_size: Optional[int] = None
     momentum: float = 0.0
     divergence_factor: float = 1e6      # diverged when the loss exceeds this × its initial value
     # steps between reads of the losses back to the host (each a GPU sync): the losses stay on the
@@ -347,6 +352,8 @@ def validate(cfg) -> None:
     _at_least("optim.base_width", optim.base_width, 1)
     if optim.batch_size is not None:
         _at_least("optim.batch_size", optim.batch_size, 1)
+    if optim.get("chunk_size") is not None:
+        _at_least("optim.chunk_size", optim.chunk_size, 1)
     if not 0 <= optim.momentum < 1:
         raise ConfigError("optim.momentum", f"must be in [0, 1), got {optim.momentum!r}")
     if not optim.divergence_factor > 1:

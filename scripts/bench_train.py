@@ -42,6 +42,15 @@ same M seeds run one after another in this process, on the default config at --s
 (default 256), --seeds (default 8) seeds and --steps steps: wall time of each, and the throughput
 ratio sequential / at once (the issue's target: ≥ 1.5 on 2 CPU cores, 8 seeds at width 256 in ≤ 2×
 one seed's time on a GPU). The machine's load average is printed with it: other processes slow both.
+
+Chunks table (``chunks``, meant for the CPU): a wide CNN's step in chunks of rows
+(``optim.chunk_size``): real runs of a depth-1 CNN (3x3 relu conv of --chunk-width channels,
+flatten readout, f − f_0) on --chunk-n train and as many test images of --chunk-data (digits, or
+mnist / fashion_mnist with --chunk-root), --chunk-steps steps at a fixed lr (no analytic kernels to
+set up), tracking param_drift and kernel_change at steps 0 and last, with chunk_size the whole batch,
+null (automatic) and each of --chunk-sizes. Columns: chunk_size, the rows per pass it gives, the
+largest layer output of one pass (MiB), s/step, tracking s (the outputs on train and test images at the two
+log steps, chunked the same way, and the probe-set NTK), setup s.
 """
 
 from __future__ import annotations
@@ -159,6 +168,42 @@ def step_table(args) -> None:
                   f"{rate:.3f} | {'%.0f' % (100 * rate / peak) if peak else '-'} |", flush=True)
 
 
+# ----------------------------------------------------------------------------- chunked steps
+
+def chunks_table(args) -> None:
+    from ntklab.data import IMAGE_SHAPES
+    from ntklab.train.trainer import chunk_rows
+
+    n, width = args.chunk_n, args.chunk_width
+    data = [f"data={args.chunk_data}", f"data.n_train={n}", f"data.n_test={n}"]
+    if args.chunk_root:
+        data.append(f"data.root={args.chunk_root}")
+    common = ["model=cnn", "depth=1", "model.readout=flatten", "model.alpha=1", "data.targets=onehot",
+              "data.center_targets=true", "optim.lr_unit=absolute", "optim.lr=1.0", "track=minimal",
+              "track.log_steps=1", "track.checkpoint_every=0", *data]
+    channels, height, width_px = IMAGE_SHAPES[args.chunk_data]
+    per_row = width * height * width_px * (8 if args.dtype == "float64" else 4)
+    load = os.getloadavg()
+    print(f"\nChunked steps: depth-1 CNN, {width} channels, {args.chunk_data} ({channels}x{height}x{width_px}), "
+          f"{n} train images, {args.chunk_steps} steps (load average before: {load[0]:.2f}; torch threads "
+          f"{torch.get_num_threads()})\n")
+    print("| chunk_size | rows per pass | largest output per pass MiB | s/step | tracking s | setup s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for size in [str(n), "null", *(str(c) for c in args.chunk_sizes)]:
+        summary = bench(width, args.chunk_steps, args.device, args.dtype, common + [f"optim.chunk_size={size}"])
+        if size == "null":
+            from ntklab.layers import build_net
+            from ntklab.nets import cnn_layers
+
+            net = build_net(cnn_layers(1, width, 10, readout="flatten"), (channels, height, width_px), device="meta")
+            rows = chunk_rows(net, n, torch.device(args.device), getattr(torch, args.dtype))
+        else:
+            rows = min(int(size), n)
+        t = summary["timing"]
+        print(f"| {size} | {rows} | {rows * per_row / 2 ** 20:.1f} | {t['per_step_s']:.3f} | {t['tracking_s']:.2f} | "
+              f"{t['setup_s']:.1f} |", flush=True)
+
+
 # ----------------------------------------------------------------------------- seeds at once
 
 def seeds_table(args) -> None:
@@ -200,7 +245,8 @@ def seeds_table(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tables", nargs="+", default=["run", "step", "seeds"], choices=["run", "step", "seeds"])
+    parser.add_argument("--tables", nargs="+", default=["run", "step", "seeds"],
+                        choices=["run", "step", "seeds", "chunks"])
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -214,12 +260,18 @@ def main() -> None:
     parser.add_argument("--seeds-width", type=int, default=256)
     parser.add_argument("--seeds-plots", nargs="+", default=["false", "true"], choices=["false", "true"],
                         help="track.plots of the seeds table's cases (figures cost the same per seed either way)")
+    parser.add_argument("--chunk-data", default="digits", choices=["digits", "mnist", "fashion_mnist"])
+    parser.add_argument("--chunk-root", default=None, help="data.root of --chunk-data (mnist, fashion_mnist)")
+    parser.add_argument("--chunk-n", type=int, default=1000, help="train (and test) images of the chunks table")
+    parser.add_argument("--chunk-width", type=int, default=256)
+    parser.add_argument("--chunk-steps", type=int, default=20)
+    parser.add_argument("--chunk-sizes", type=int, nargs="*", default=[64, 8])
     args = parser.parse_args()
     if args.compile is None:
         args.compile = ["reduce-overhead"] if args.device.startswith("cuda") else ["default"]
     env = environment(args.device, args.dtype)
     print(f"device: {env['device']} ({env['device_name']}), torch {env['versions']['torch']}, {env['dtype']}")
-    tables = {"run": run_table, "step": step_table, "seeds": seeds_table}
+    tables = {"run": run_table, "step": step_table, "seeds": seeds_table, "chunks": chunks_table}
     for name in args.tables:
         tables[name](args)
 

@@ -87,6 +87,10 @@ class StackedStepper:
         self.lrs = [state.lr for state in self.states]
         self.scale, self.alpha = first.outputs.loss_scale, first.outputs.alpha
         self.compile = first.cfg.get("compile")
+        batch = min(self.batch_size or first.data.n_train, first.data.n_train)
+        self.chunk = trainer.chunk_rows(first.model, batch, first.device, next(iter(self.params.values())).dtype,
+                                        first.cfg.optim.get("chunk_size"), members=len(self.states))
+        self._backward_done = False
         self._losses: Dict = {}
         dtype_max = torch.finfo(next(iter(self.params.values())).dtype).max
         # what torch.optim.SGD refuses as an overflow: a step size the dtype cannot hold
@@ -100,7 +104,9 @@ class StackedStepper:
                     self.momentum_buffers[name] = torch.stack([b.detach() for b in buffers])
 
     def loss(self) -> torch.Tensor:
-        """(M,): each member's L_B(θ_m) on its own batch (each draws its mini-batch, as its run would)."""
+        """(M,): each member's L_B(θ_m) on its own batch (each draws its mini-batch, as its run would).
+        In chunks of rows (``self.chunk``, :func:`ntklab.train.trainer.chunk_rows` for all M nets at
+        once), the gradients are accumulated here and the losses come back detached."""
         data = self.states[0].data          # the members' data sets are equal
         rows = [trainer._batch_rows(state.data, self.batch_size, state.batches) for state in self.states]
         full = rows[0] is None
@@ -116,7 +122,24 @@ class StackedStepper:
         if key not in self._losses:         # one function per batching pattern, compiled once if asked
             self._losses[key] = trainer.compiled(
                 vmap(self._member_loss, in_dims=(0, 0, batched, batched, None if f0 is None else 0)), self.compile)
-        return self._losses[key](self.params, self.buffers, x, y, f0)
+        member_losses = self._losses[key]
+        n = y.shape[-2]
+        if self.chunk >= n:
+            self._backward_done = False
+            return member_losses(self.params, self.buffers, x, y, f0)
+        # chunked as trainer._ModuleStepper.loss is: the gradients accumulate here, pass by pass
+        for p in self.params.values():
+            p.grad = None
+        total = None
+        for start in range(0, n, self.chunk):
+            rows = slice(start, start + self.chunk)
+            x_part, y_part = (x[rows], y[rows]) if full else (x[:, rows], y[:, rows])
+            losses = member_losses(self.params, self.buffers, x_part, y_part, None if f0 is None else f0[:, rows])
+            losses = losses * (y_part.shape[-2] / n)
+            (losses * self.scale).sum().backward()
+            total = losses.detach() if total is None else total + losses.detach()
+        self._backward_done = True
+        return total
 
     def _member_loss(self, params, buffers, x, y, f0):
         """One member's L(θ) on (x, y); f0: its initial outputs there when training α(f − f_0)."""
@@ -126,13 +149,16 @@ class StackedStepper:
         return mse_loss(f, y)
 
     def update(self, losses: torch.Tensor) -> None:
-        """One SGD step of every member from the graph of ``losses`` (M,); see the module docstring.
+        """One SGD step of every member from the graph of ``losses`` (M,), or from the gradients
+        :meth:`loss` accumulated when it ran in chunks; see the module docstring.
         Raises :class:`_Overflow` naming the members whose η the dtype cannot hold, changing nothing."""
         if self.overflow:
             raise _Overflow(self.overflow)
-        for p in self.params.values():
-            p.grad = None
-        (losses * self.scale).sum().backward()
+        if not self._backward_done:
+            for p in self.params.values():
+                p.grad = None
+            (losses * self.scale).sum().backward()
+        self._backward_done = False
         same_lr = all(lr == self.lrs[0] for lr in self.lrs)
         with torch.no_grad():
             for name, p in self.params.items():

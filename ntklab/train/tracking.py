@@ -135,13 +135,21 @@ class NetworkOutputs:
     Δf_α = α J Δθ = −η Θ̂ (f_α − y)/(Nk). Large α keeps θ within O(1/α) of θ_0 (lazy training);
     α → 0 leaves the kernel regime. Only the train and test points are ever evaluated, so
     f(x; θ_0) is kept for those rather than a copy of the initial network.
+
+    ``chunk``: rows per forward pass when no gradient is taken (the measurements), as the step's
+    passes are chunked (``optim.chunk_size``, :func:`ntklab.train.trainer.chunk_rows`); None: all at once.
     """
 
-    def __init__(self, model: Net, data: Dataset, alpha: Optional[float] = None):
-        self.alpha = alpha
+    def __init__(self, model: Net, data: Dataset, alpha: Optional[float] = None, chunk: Optional[int] = None):
+        self.alpha, self.chunk = alpha, chunk
         if alpha is not None:
             with torch.no_grad():
-                self._f0 = {"train": model(data.x_train), "test": model(data.x_test)}
+                self._f0 = {"train": self._forward(model, data.x_train), "test": self._forward(model, data.x_test)}
+
+    def _forward(self, model: Net, x: Tensor) -> Tensor:
+        if self.chunk is None or self.chunk >= x.shape[0] or torch.is_grad_enabled():
+            return model(x)
+        return torch.cat([model(part) for part in x.split(self.chunk)])
 
     def initial(self, split: str) -> Optional[Tensor]:
         """f(x; θ_0) on the ``split`` set (kept only with α; None without)."""
@@ -153,8 +161,9 @@ class NetworkOutputs:
         return 1.0 if self.alpha is None else self.alpha ** -2
 
     def __call__(self, model: Net, x: Tensor, split: str, rows: Optional[Tensor] = None) -> Tensor:
-        """Outputs on ``x`` = the ``split`` set ("train" or "test"), or its ``rows`` (a mini-batch)."""
-        f = model(x)
+        """Outputs on ``x`` = the ``split`` set ("train" or "test"), or its ``rows`` (a mini-batch's
+        indices, or a slice: a chunk of the batch)."""
+        f = self._forward(model, x)
         if self.alpha is None:
             return f
         f0 = self._f0[split] if rows is None else self._f0[split][rows]

@@ -97,6 +97,36 @@ def hidden_width(model: Net) -> Optional[int]:
     return max(node.out_shape[0] for node in nodes) if nodes else None
 
 
+CHUNK_BYTES = 16 * 2 ** 20
+"""The automatic ``optim.chunk_size`` on the CPU keeps every layer output of a chunk within this many
+bytes. Larger tensors come from fresh pages of the operating system each time (glibc maps every
+allocation above 32 MiB anew, and the kernel zeroes its pages at first touch), which dominated the
+CPU step of wide CNNs: a depth-1, 256-channel CNN on 1000 MNIST images took 4.6 s per full-batch
+step and 1.3 s in chunks of 16 (``scripts/bench_train.py --tables chunks``)."""
+
+
+def chunk_rows(model: Net, rows: int, device: torch.device, dtype: torch.dtype, chunk_size: Optional[int] = None,
+               members: int = 1) -> int:
+    """Rows per forward/backward pass of a step on ``rows`` rows (``optim.chunk_size``).
+
+    ``chunk_size`` given: that many (at most ``rows``). None: ``rows`` on CUDA, whose caching
+    allocator reuses its blocks; on the CPU the most rows whose largest layer output, for all
+    ``members`` nets at once, fits :data:`CHUNK_BYTES`. A net whose forward couples the rows of a batch
+    (batch_norm) takes them whole: a chunked forward would be another function. Raises ConfigError
+    when ``chunk_size`` asks to split such a net's batch."""
+    if model.couples_batch:
+        if chunk_size is not None and chunk_size < rows:
+            raise ConfigError("optim.chunk_size", f"{chunk_size} splits the batch of {rows} rows, but this net's "
+                              "batch_norm normalises over the whole batch; leave it null")
+        return rows
+    if chunk_size is not None:
+        return min(int(chunk_size), rows)
+    if device.type != "cpu":
+        return rows
+    per_row = max(math.prod(leaf.out_shape) for leaf in model.root.leaves()) * dtype.itemsize * members
+    return max(1, min(rows, CHUNK_BYTES // per_row))
+
+
 def learning_rate(optim_cfg, model: Net, reference: ReferenceKernels) -> float:
     """η = lr × unit × width factor (see :class:`ntklab.config.OptimConfig`)."""
     lr = float(optim_cfg.lr)
@@ -378,7 +408,10 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
     if cfg.model.alpha is not None and cfg.model.alpha > 10 and dtype == torch.float32:
         log.warning("model.alpha=%g in float32: parameter steps shrink like 1/alpha and fall below float32's "
                     "rounding of the weights at large alpha; use dtype=float64 for lazy-scale sweeps", cfg.model.alpha)
-    outputs = NetworkOutputs(model, data, cfg.model.alpha)
+    # the measurements' forward passes in the step's chunks (their no-grad passes have no graph to
+    # keep, but the same fresh-page cost per large tensor)
+    chunk = chunk_rows(model, max(data.n_train, data.n_test), device, dtype, optim.get("chunk_size"))
+    outputs = NetworkOutputs(model, data, cfg.model.alpha, chunk=chunk)
     analytic = optim.lr_unit == "eta_max" or bool(set(LIMIT_QUANTITIES) & set(quantities))
     shared = analytic and analytic_from is not None and analytic_from.analytic_train is not None
     reference = reference_kernels(
@@ -492,24 +525,48 @@ class _ModuleStepper:
     def __init__(self, state: _RunState):
         self.states = [state]
         self.batch_size = state.cfg.optim.batch_size     # read once: a config lookup costs ~20 µs a step
+        batch = min(self.batch_size or state.data.n_train, state.data.n_train)
+        self.chunk = chunk_rows(state.model, batch, state.device, next(state.model.parameters()).dtype,
+                                state.cfg.optim.get("chunk_size"))
         # the step's forward (and through it the backward) compiled or not; the module itself stays
         # eager for the measurements, whose torch.func transforms want the plain forward
         self.forward = compiled(state.model, state.cfg.get("compile"))
+        self._backward_done = False
 
     def loss(self) -> torch.Tensor:
-        """L_B(θ_s) on this step's batch (drawing the mini-batch): a scalar on the run's device."""
+        """L_B(θ_s) on this step's batch (drawing the mini-batch): a scalar on the run's device.
+
+        Chunked (``self.chunk`` < the batch), the gradient of s·L_B is accumulated here, chunk by
+        chunk (L_B = Σ_c (n_c/n) L_c), so that no chunk's graph outlives its pass; the loss returned
+        is then detached, and :meth:`update` only steps."""
         state = self.states[0]
         data = state.data
         rows = _batch_rows(data, self.batch_size, state.batches)
         x, y = (data.x_train, data.y_train) if rows is None else (data.x_train[rows], data.y_train[rows])
-        return mse_loss(state.outputs(self.forward, x, "train", rows), y)
+        n = x.shape[0]
+        if self.chunk >= n:
+            self._backward_done = False
+            return mse_loss(state.outputs(self.forward, x, "train", rows), y)
+        state.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), dtype=y.dtype, device=y.device)
+        for start in range(0, n, self.chunk):
+            part = slice(start, start + self.chunk)
+            index = part if rows is None else rows[part]
+            loss = mse_loss(state.outputs(self.forward, x[part], "train", index), y[part]) * (x[part].shape[0] / n)
+            (loss * state.outputs.loss_scale).backward()
+            total += loss.detach()
+        self._backward_done = True
+        return total
 
     def update(self, loss: torch.Tensor) -> None:
-        """θ ← θ − η ∇(s·L) (with momentum when configured; s = outputs.loss_scale); raises
+        """θ ← θ − η ∇(s·L) (with momentum when configured; s = outputs.loss_scale), the gradient from
+        ``loss``'s graph or the one :meth:`loss` accumulated in chunks; raises
         :class:`_Overflow` when η does not fit the dtype (nothing is then changed but the gradients)."""
         state = self.states[0]
-        state.optimizer.zero_grad(set_to_none=True)
-        (loss * state.outputs.loss_scale).backward()
+        if not self._backward_done:
+            state.optimizer.zero_grad(set_to_none=True)
+            (loss * state.outputs.loss_scale).backward()
+        self._backward_done = False
         try:
             state.optimizer.step()
         except RuntimeError as err:
