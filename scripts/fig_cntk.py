@@ -5,13 +5,18 @@
 
 Left panel (the ``regress`` sweep, ``+sweep=cntk``): test accuracy against the number of train
 images for each method — CNTK-GAP and CNTK-V (the NTK with a global-average-pool or flatten
-readout) and their NNGPs — one line per method, the mean over whatever else the table varies.
-With ``--trained`` (the ``train`` sweep, ``+sweep=cnn_width``), two more panels against channels:
-the trained CNN's final test accuracy (every seed a point, the mean a line; the kernels' panel
-holds the CNTK's at t = ∞ to compare by eye), and its distance to the CNTK's prediction at the same step (final pred_gap_analytic) with
-its fitted power law. The numbers go to STEM.json: {"kernel": {method: {n_train: accuracy}},
-"trained": {"accuracy": {width: mean}, "pred_gap_fit": {...}}}.
+readout) and their NNGPs — one line per method, the mean over whatever else the table varies but
+the depth: a table of several depths gets one line per method and depth ("CNTK-V, depth 1").
+With ``--trained`` (``train`` runs: ``+sweep=cnn_width``, or runs at several ``data.n_train``), two
+more panels against channels, one colour per train-set size n: the trained CNN's final test
+accuracy (every seed a point, the mean a line) with, dashed, its own CNTK's accuracy at t = ∞ (the
+kernel table's row of the same depth, readout and n, where it has one), and its distance to the
+CNTK's prediction at the same step (final pred_gap_analytic) with its fitted power law per n. The
+numbers go to STEM.json: {"kernel": {method: {n_train: accuracy}}, "trained": {n_train:
+{"accuracy": {width: mean}, "cntk_accuracy": accuracy or null, "pred_gap_fit": {...}}}}.
 """
+
+from typing import Optional
 
 import matplotlib
 
@@ -27,22 +32,40 @@ METHODS = {("gap", "ntk"): "CNTK-GAP", ("flatten", "ntk"): "CNTK-V",
 
 
 def kernel_accuracies(runs) -> dict:
-    """{method: {n_train: mean test accuracy}} of a regress table."""
+    """{method: {n_train: mean test accuracy}} of a regress table (methods named with their depth
+    when the table holds several)."""
     require(runs, ["model.readout", "data.n_train", "kernels.ntk.test_accuracy"], "a table of `regress` runs")
+    depths = sorted(runs["model.depth"].unique()) if "model.depth" in runs else [None]
     curves = {}
-    for (readout, kind), method in METHODS.items():
-        rows = runs[runs["model.readout"] == readout]
-        if rows.empty:
-            continue
-        mean = rows.groupby("data.n_train")[f"kernels.{kind}.test_accuracy"].mean()
-        curves[method] = {int(n): float(a) for n, a in mean.items()}
+    for depth in depths:
+        at_depth = runs if depth is None else runs[runs["model.depth"] == depth]
+        for (readout, kind), method in METHODS.items():
+            rows = at_depth[at_depth["model.readout"] == readout]
+            if rows.empty:
+                continue
+            mean = rows.groupby("data.n_train")[f"kernels.{kind}.test_accuracy"].mean()
+            name = method if len(depths) == 1 else f"{method}, depth {depth}"
+            curves[name] = {int(n): float(a) for n, a in mean.items()}
     return curves
+
+
+def own_cntk_accuracy(kernels, trained_rows) -> Optional[float]:
+    """The CNTK's test accuracy at t = ∞ for the trained nets ``trained_rows`` (one n): the kernel
+    table's mean over its rows of the same depth, readout, n_train and n_test; None without one."""
+    match = kernels
+    for column in ("model.depth", "model.readout", "data.n_train", "data.n_test"):
+        values = trained_rows[column].unique() if column in trained_rows else []
+        if column not in kernels or len(values) != 1:
+            return None
+        match = match[match[column] == values[0]]
+    return None if match.empty else float(match["kernels.ntk.test_accuracy"].mean())
 
 
 def main() -> None:
     args = arguments(__doc__, "cntk", extra=lambda p: p.add_argument("--trained", default=None,
                                                                        help="results table of +sweep=cnn_width"))
-    curves = kernel_accuracies(finished_runs(args.table))
+    kernels = finished_runs(args.table)
+    curves = kernel_accuracies(kernels)
     panels = 3 if args.trained else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.8), squeeze=False)
     axes = axes[0]
@@ -56,23 +79,31 @@ def main() -> None:
     numbers = {"kernel": curves}
     if args.trained:
         trained = finished_runs(args.trained)
-        require(trained, ["model.width", "final.test_accuracy", "final.pred_gap_analytic"], "a +sweep=cnn_width table")
-        mean = trained.groupby("model.width")["final.test_accuracy"].mean()
-        axes[1].plot(trained["model.width"], trained["final.test_accuracy"], "o", alpha=0.5, markersize=4)
-        axes[1].plot(mean.index, mean.values, "-", label="trained CNN (mean over seeds)")
+        require(trained, ["model.width", "final.test_accuracy", "final.pred_gap_analytic"], "a table of `train` runs")
+        sizes = sorted(trained["data.n_train"].unique()) if "data.n_train" in trained else [None]
+        numbers["trained"] = {}
+        for colour, n in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], sizes):
+            runs = trained if n is None else trained[trained["data.n_train"] == n]
+            label = "trained CNN" if n is None else f"n = {n}"
+            mean = runs.groupby("model.width")["final.test_accuracy"].mean()
+            axes[1].plot(runs["model.width"], runs["final.test_accuracy"], "o", color=colour, alpha=0.5, markersize=4)
+            axes[1].plot(mean.index, mean.values, "-", color=colour, label=f"{label} (mean over seeds)")
+            cntk = own_cntk_accuracy(kernels, runs)
+            if cntk is not None:
+                axes[1].axhline(cntk, color=colour, linestyle="--", linewidth=1, label=f"its CNTK at t = ∞, {label}")
+            fit = fit_with_bootstrap(runs, "model.width", "final.pred_gap_analytic")
+            axes[2].plot(runs["model.width"], runs["final.pred_gap_analytic"], "o", color=colour, alpha=0.5, markersize=4)
+            widths = sorted(runs["model.width"].unique())
+            axes[2].plot(widths, fit(widths), "-", color=colour, label=f"{label}: {fit.label()}")
+            numbers["trained"][str(n)] = {"accuracy": {int(w): float(a) for w, a in mean.items()},
+                                          "cntk_accuracy": cntk, "pred_gap_fit": fit_numbers(fit)}
+            print(f"trained CNN, {label}: accuracy by channels {numbers['trained'][str(n)]['accuracy']} (its CNTK at "
+                  f"t = ∞: {cntk}); pred_gap ∝ channels^{fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
         axes[1].set(xscale="log", xlabel="channels", ylabel="test accuracy", title="trained by gradient descent")
-        axes[1].legend(fontsize=8)
-        fit = fit_with_bootstrap(trained, "model.width", "final.pred_gap_analytic")
-        axes[2].plot(trained["model.width"], trained["final.pred_gap_analytic"], "o", alpha=0.5, markersize=4)
-        widths = sorted(trained["model.width"].unique())
-        axes[2].plot(widths, fit(widths), "-", label=fit.label())
+        axes[1].legend(fontsize=7)
         axes[2].set(xscale="log", yscale="log", xlabel="channels", ylabel="RMS gap to CNTK prediction",
                     title="trained CNN vs its CNTK")
-        axes[2].legend(fontsize=8)
-        numbers["trained"] = {"accuracy": {int(w): float(a) for w, a in mean.items()},
-                              "pred_gap_fit": fit_numbers(fit)}
-        print(f"trained CNN: accuracy by channels {numbers['trained']['accuracy']}; pred_gap ∝ channels^"
-              f"{fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     for path in save_figure(fig, args.out):
         print(path)

@@ -34,8 +34,10 @@ SMALL = ["data.n_train=40", "data.n_test=30", "width=4", "depth=1", "model.reado
 
 
 def _small_arch(cfg, data):
-    """The SMALL configs' net, built here from its layers: depth 1, 4 channels, flatten readout."""
-    return cnn_layers(1, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b)
+    """The SMALL configs' net, built here from its layers: 4 channels, flatten readout, depth 1 (or
+    the config's)."""
+    return cnn_layers(cfg.model.depth, 4, data.out_dim, readout="flatten", sigma_w=cfg.model.sigma_w,
+                      sigma_b=cfg.model.sigma_b)
 
 
 def _direct(cfg, ridge=0.0):
@@ -464,11 +466,33 @@ def test_a_regress_sweep_collects_into_one_table(regress_sweep):
             assert row[f"kernels.{kind}.test_accuracy"] == summary["kernels"][kind]["test_accuracy"]
 
 
+def test_a_regress_sweep_over_depth_gives_each_depths_direct_solve(tmp_path):
+    """`regress -m depth=1,2`: one job per depth, each with the test accuracy and MSE of the solve done
+    directly with that depth's analytic kernels (counts over 30 images: equal; MSE to 1e-8, as above).
+    The two depths' kernels differ, so their MSEs differ well beyond that tolerance."""
+    out, err, code = ntklab("regress", "-m", "depth=1,2", *[o for o in SMALL if not o.startswith("depth=")],
+                            "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert code == 0, err
+    assert ntklab("collect", "sweep", cwd=tmp_path)[2] == 0
+    table = read_table(tmp_path / "sweep" / "results.csv")
+    assert sorted(table["model.depth"]) == [1, 2] and (table["status"] == "ok").all()
+    mse = {}
+    for depth in (1, 2):
+        row = table[table["model.depth"] == depth]
+        _, direct = _direct(compose_config("regress", SMALL + [f"depth={depth}"]))
+        for kind in ("nngp", "ntk"):
+            assert row[f"kernels.{kind}.test_accuracy"].item() == direct[kind]["accuracy"]
+            assert row[f"kernels.{kind}.test_mse"].item() == pytest.approx(direct[kind]["mse"], rel=1e-8)
+        mse[depth] = direct["ntk"]["mse"]
+    assert abs(mse[1] - mse[2]) > 1e-4 * mse[1]
+
+
 def test_the_cntk_figure_shows_the_accuracies_and_the_fitted_gap(regress_sweep, tmp_path):
-    """scripts/fig_cntk.py: each method's accuracy by n as the regress jobs measured it, and the
-    trained CNNs' accuracy by channels and their prediction gap's power law, refitted here by hand."""
+    """scripts/fig_cntk.py: each method's accuracy by n as the regress jobs measured it, and for each
+    n the trained CNNs' accuracy by channels, their own CNTK's accuracy (the regress row of the same
+    depth, readout and n) and their prediction gap's power law, refitted here by hand."""
     out, err, code = ntklab("train", "-m", "model=cnn", "data=digits", "width=4,16", "seed=0,1", "depth=1",
-                            "model.readout=flatten", "data.n_train=20", "data.n_test=10", "optim.steps=20",
+                            "model.readout=flatten", "data.n_train=20,30", "data.n_test=10", "optim.steps=20",
                             "track.log_steps=3", "track.probe_size=8", "track.progress=false", "track.plots=false",
                             "track.save_kernels=false", "device=cpu", "hydra.sweep.dir=trained", cwd=tmp_path)
     assert code == 0, err
@@ -480,12 +504,18 @@ def test_the_cntk_figure_shows_the_accuracies_and_the_fitted_gap(regress_sweep, 
             row = table[(table["model.readout"] == readout) & (table["data.n_train"] == n)]
             assert numbers["kernel"][method][str(n)] == row[f"kernels.{kind}.test_accuracy"].item()
     trained = read_table(tmp_path / "trained" / "results.csv")
-    for width in (4, 16):
-        assert numbers["trained"]["accuracy"][str(width)] == pytest.approx(
-            trained.loc[trained["model.width"] == width, "final.test_accuracy"].mean(), rel=1e-12)
-    # the fitted exponent of the gap: least squares on log-log over the four runs (two seeds a width)
-    slope = np.polyfit(np.log(trained["model.width"]), np.log(trained["final.pred_gap_analytic"]), 1)[0]
-    assert numbers["trained"]["pred_gap_fit"]["exponent"] == pytest.approx(slope, rel=1e-9)
+    assert sorted(numbers["trained"]) == ["20", "30"]
+    for n in (20, 30):
+        runs = trained[trained["data.n_train"] == n]
+        for width in (4, 16):
+            assert numbers["trained"][str(n)]["accuracy"][str(width)] == pytest.approx(
+                runs.loc[runs["model.width"] == width, "final.test_accuracy"].mean(), rel=1e-12)
+        # the dashed line: the depth-1 flatten CNTK's accuracy at t = ∞ on the same n and test images
+        own = table[(table["model.readout"] == "flatten") & (table["data.n_train"] == n)]
+        assert numbers["trained"][str(n)]["cntk_accuracy"] == own["kernels.ntk.test_accuracy"].item()
+        # the fitted exponent of the gap: least squares on log-log over the four runs (two seeds a width)
+        slope = np.polyfit(np.log(runs["model.width"]), np.log(runs["final.pred_gap_analytic"]), 1)[0]
+        assert numbers["trained"][str(n)]["pred_gap_fit"]["exponent"] == pytest.approx(slope, rel=1e-9)
 
 
 def test_a_failed_regress_says_why_in_regression_json(tmp_path):
