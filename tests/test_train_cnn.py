@@ -223,3 +223,33 @@ def test_a_step_in_chunks_is_the_step_of_the_whole_batch(tmp_path, monkeypatch, 
     if not extra:       # the unchunked run is the fixture's, tested against hand-written GD
         assert final_records(tmp_path / "whole")[0]["train_loss"] == pytest.approx(
             metrics(cnn_run[1])[-1]["train_loss"], rel=1e-12)
+
+
+def test_a_cnn_run_tracks_the_spectral_quantities(tmp_path):
+    """The opt-in spectral quantities on a CNN (3 channels, GAP readout: 34 parameters, so the loss
+    Hessian can be formed densely): at θ_0 the run's top two eigenvalues of Θ̂ on the 8-image spectrum
+    set are those of the jacobian-method NTK, and its sharpness, at a tight
+    Lanczos tolerance, the top eigenvalue of the dense Hessian of L on those images. Float64
+    throughout: rel 1e-8 leaves room for Lanczos' and eigh's rounding only."""
+    from ntklab.hessian import LossHessian
+
+    overrides = CNN + ["depth=1", "width=3", "model.pool_after=[]", "model.readout=gap", "track.spectrum_points=8",
+                       "track.quantities=[kernel_change,ntk_top_eigenvalues,sharpness,gauss_newton_share]",
+                       "track.top_eigenvalues=2", "track.lanczos_steps=34", "track.lanczos_tol=1e-12"]
+    cfg = compose_train(overrides)
+    summary = run(cfg, tmp_path / "run")
+    assert summary["status"] == "ok"
+    records = metrics(tmp_path / "run")
+    first, last = records[0], records[-1]
+    assert "ntk_top_eigenvalues" in last and "sharpness" in last and "gauss_newton_share" in last
+    data = load_data(cfg.data, images=True)
+    net = build_net(cnn_layers(1, 3, data.out_dim, readout="gap", sigma_w=cfg.model.sigma_w, sigma_b=cfg.model.sigma_b),
+                    data.x_train.shape[1:], seed=0, dtype=torch.float64)
+    assert sum(p.numel() for p in net.parameters()) == summary["n_params"] == 34
+    x, y = data.x_train[:8], data.y_train[:8]
+    assert data.out_dim == 1        # the scalar targets of CNN's digits config: Θ̂ is 8 × 8
+    ntk = empirical_ntk(net, x, method="jacobian")
+    assert first["ntk_top_eigenvalues"] == pytest.approx(torch.linalg.eigvalsh(ntk).flip(0)[:2].tolist(), rel=1e-8)
+    hessian = torch.linalg.eigvalsh(LossHessian(net, x, y).dense()).flip(0)
+    assert first["sharpness"] == pytest.approx(hessian[0].item(), rel=1e-8)
+    assert first["hessian_top_eigenvalues"] == pytest.approx(hessian[:2].tolist(), rel=1e-8)
