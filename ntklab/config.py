@@ -128,7 +128,7 @@ class OptimConfig:
     batch_size: Optional[int] = None    # None: full batch
     # rows per forward/backward pass: a step's gradient is summed over chunks of its (mini-)batch, the
     # same step up to rounding, and the measurements' outputs are computed in chunks too. None:
-    # automatic (on the CPU, chunks whose largest layer output is at most 16 MiB, trainer.CHUNK_BYTES;
+    # automatic (on the CPU, chunks whose largest layer output is at most 16 MiB, resources.CHUNK_BYTES;
     # on CUDA, the whole batch at once). Nets with batch_norm always take the batch whole.
     chunk_size: Optional[int] = None
     momentum: float = 0.0

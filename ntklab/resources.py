@@ -6,8 +6,9 @@ cores and memory allow.
 The estimate is a lower bound on the largest terms, not a measurement: the parameters held four
 times (θ, θ_0 for param_drift, the gradient, the momentum buffer or optimizer state; twice more when
 the loss is checked every k > 1 steps, whose window start is kept to recover the step of a divergence), the
-outputs of every dense or conv layer on the largest batch four times (forward values,
-derivatives, the structured NTK's per-layer features, autograd's saved tensors), and the float64
+outputs of every dense or conv layer on the rows of one pass four times (forward values,
+derivatives, the structured NTK's per-layer features, autograd's saved tensors; a pass covers the
+largest of the train and test sets, or one chunk of it: ``optim.chunk_size``, :func:`chunk_rows`), and the float64
 kernels on the train set (analytic Θ and Σ, the empirical Θ̂_0 and its test×train block). The
 analytic CNTK's working memory is bounded separately (``analytic_kernels``' block_elements).
 
@@ -44,11 +45,16 @@ def run_bytes(cfg, in_shape: Optional[Sequence[int]] = None, out_dim: Optional[i
         out_dim = (len(data.classes) if data.get("classes") else 10) if data.targets == "onehot" else 1
     itemsize = 8 if cfg.dtype == "float64" else 4
     arch, _ = build_arch(cfg.model, in_shape, out_dim)
-    layers = bind(arch, in_shape).parametrized()
+    root = bind(arch, in_shape)
+    layers = root.parametrized()
     n_params = sum(node.layer.parameter_count(node) for node in layers)
     features_per_row = sum(math.prod(node.out_shape) for node in layers)
     n_train, n_test = int(data.n_train), int(data.n_test)
-    activations = 4 * max(n_train, n_test) * features_per_row * itemsize
+    # the passes over the train and test sets run in chunks of rows (chunk_rows): the layer outputs
+    # held at once are one chunk's
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    rows = chunk_rows(root, max(n_train, n_test), device, itemsize, cfg.optim.get("chunk_size"))
+    activations = 4 * rows * features_per_row * itemsize
     k = out_dim if n_train * out_dim <= track.full_kernel_limit else 1
     kernels = 8 * (3 * (n_train * k) ** 2 + n_test * n_train)
     # a check of the loss every k > 1 steps keeps the parameters and optimizer state of the window's start
@@ -56,6 +62,40 @@ def run_bytes(cfg, in_shape: Optional[Sequence[int]] = None, out_dim: Optional[i
     return 4 * n_params * itemsize + window_copy + activations + kernels + spectral_bytes(
         track, n_params=n_params, features_per_row=features_per_row, n_train=n_train, out_dim=out_dim,
         itemsize=itemsize)
+
+
+CHUNK_BYTES = 16 * 2 ** 20
+"""The automatic ``optim.chunk_size`` on the CPU keeps every layer output of a pass within this many
+bytes. Larger tensors come from fresh pages of the operating system each time (glibc maps every
+allocation above 32 MiB anew, and the kernel zeroes its pages at first touch), which dominated the
+CPU step of wide CNNs: a depth-1, 256-channel CNN on 1000 MNIST images took 4.9 s per full-batch
+step and 1.1 s in the automatic chunks of 20 (``scripts/bench_train.py --tables chunks``, README "Speed")."""
+
+
+def chunk_rows(root, rows: int, device, itemsize: int, chunk_size: Optional[int] = None, members: int = 1) -> int:
+    """Rows per forward/backward pass of a training run on ``rows`` rows (``optim.chunk_size``);
+    ``root`` is the net's bound layer tree (``Net.root``, or :func:`ntklab.layers.bind` of its
+    architecture), ``itemsize`` its dtype's bytes.
+
+    ``chunk_size`` given: that many (at most ``rows``). None: ``rows`` on CUDA, whose caching
+    allocator reuses its blocks; on the CPU the most rows whose largest layer output, for all
+    ``members`` nets at once, fits :data:`CHUNK_BYTES`. A net whose forward couples the rows of a batch
+    (batch_norm) takes them whole: a chunked forward would be another function. Raises ConfigError
+    when ``chunk_size`` asks to split such a net's batch."""
+    from ntklab.errors import ConfigError
+
+    leaves = list(root.leaves())
+    if any(leaf.layer.couples_batch for leaf in leaves):
+        if chunk_size is not None and chunk_size < rows:
+            raise ConfigError("optim.chunk_size", f"{chunk_size} splits the batch of {rows} rows, but this net's "
+                              "batch_norm normalises over the whole batch; leave it null")
+        return rows
+    if chunk_size is not None:
+        return min(int(chunk_size), rows)
+    if torch.device(device).type != "cpu":
+        return rows
+    per_row = max(math.prod(leaf.out_shape) for leaf in leaves) * itemsize * members
+    return max(1, min(rows, CHUNK_BYTES // per_row))
 
 
 HVP_VECTORS = 4

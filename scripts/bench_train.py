@@ -172,7 +172,7 @@ def step_table(args) -> None:
 
 def chunks_table(args) -> None:
     from ntklab.data import IMAGE_SHAPES
-    from ntklab.train.trainer import chunk_rows
+    from ntklab.resources import chunk_rows
 
     n, width = args.chunk_n, args.chunk_width
     data = [f"data={args.chunk_data}", f"data.n_train={n}", f"data.n_test={n}"]
@@ -196,7 +196,7 @@ def chunks_table(args) -> None:
             from ntklab.nets import cnn_layers
 
             net = build_net(cnn_layers(1, width, 10, readout="flatten"), (channels, height, width_px), device="meta")
-            rows = chunk_rows(net, n, torch.device(args.device), getattr(torch, args.dtype))
+            rows = chunk_rows(net.root, n, args.device, getattr(torch, args.dtype).itemsize)
         else:
             rows = min(int(size), n)
         t = summary["timing"]

@@ -170,22 +170,29 @@ def test_the_command_line_trains_a_cnn_and_refuses_vectors_with_exit_code_2(tmp_
 
 def test_the_automatic_chunk_keeps_each_layer_output_within_chunk_bytes():
     """optim.chunk_size=null: on the CPU the most rows whose largest layer output (here the first conv's
-    C×H×W, for all members) fits CHUNK_BYTES; on CUDA and for batch_norm nets the whole batch."""
-    from ntklab.train.trainer import CHUNK_BYTES, chunk_rows
+    C×H×W, for all members) fits CHUNK_BYTES; on CUDA and for batch_norm nets the whole batch. The
+    run's memory estimate counts one pass's layer outputs: a 1024-channel CNN on 3000 MNIST images
+    holds 3000 × 1024 × 28 × 28 floats (9.4 GB) per layer output in one pass, 26 images' in a chunk."""
+    from ntklab.resources import CHUNK_BYTES, chunk_rows, run_bytes
 
-    net = build_net(cnn_layers(1, 256, 10, readout="flatten"), (1, 28, 28))
+    root = build_net(cnn_layers(1, 256, 10, readout="flatten"), (1, 28, 28)).root
     per_row = 256 * 28 * 28 * 4           # the conv's (and the relu's, and flatten's) float32 output
-    cpu = torch.device("cpu")
-    assert chunk_rows(net, 1000, cpu, torch.float32) == CHUNK_BYTES // per_row == 20
-    assert chunk_rows(net, 1000, cpu, torch.float64, members=3) == CHUNK_BYTES // (6 * per_row) == 3
-    assert chunk_rows(net, 10, cpu, torch.float32) == 10
-    assert chunk_rows(net, 1000, torch.device("cuda"), torch.float32) == 1000
-    assert chunk_rows(net, 1000, cpu, torch.float32, chunk_size=64) == 64
+    assert chunk_rows(root, 1000, "cpu", 4) == CHUNK_BYTES // per_row == 20
+    assert chunk_rows(root, 1000, "cpu", 8, members=3) == CHUNK_BYTES // (6 * per_row) == 3
+    assert chunk_rows(root, 10, "cpu", 4) == 10
+    assert chunk_rows(root, 1000, "cuda", 4) == 1000
+    assert chunk_rows(root, 1000, "cpu", 4, chunk_size=64) == 64
     normed = build_net(nl.serial(nl.conv(4, 3), nl.batch_norm(), nl.activation("relu"), nl.flatten(), nl.dense(2)),
-                       (1, 8, 8))
-    assert chunk_rows(normed, 1000, cpu, torch.float32) == 1000
+                       (1, 8, 8)).root
+    assert chunk_rows(normed, 1000, "cpu", 4) == 1000
     with pytest.raises(ConfigError, match="optim.chunk_size: 10 splits the batch of 1000 rows.*batch_norm"):
-        chunk_rows(normed, 1000, cpu, torch.float32, chunk_size=10)
+        chunk_rows(normed, 1000, "cpu", 4, chunk_size=10)
+
+    big = ["model=cnn", "data=mnist", "depth=1", "model.readout=flatten", "width=1024", "data.n_train=3000",
+           "data.n_test=1000", "data.targets=onehot", "device=cpu"]
+    whole, chunked = (run_bytes(compose_train(big + [f"optim.chunk_size={c}"])) for c in (3000, "null"))
+    features = 1024 * 28 * 28 + 10          # the conv's and the readout's outputs per image
+    assert whole - chunked == 4 * (3000 - CHUNK_BYTES // (1024 * 28 * 28 * 4)) * features * 4
 
 
 @pytest.mark.parametrize("extra", [
@@ -203,11 +210,11 @@ def test_a_step_in_chunks_is_the_step_of_the_whole_batch(tmp_path, monkeypatch, 
             return [metrics(run_dir / f"seed_{seed}")[-1] for seed in (0, 1)]
         return [metrics(run_dir)[-1]]
 
-    import ntklab.train.trainer as trainer
+    from ntklab import resources
 
     chosen = []
-    chunk_rows = trainer.chunk_rows
-    monkeypatch.setattr(trainer, "chunk_rows", lambda *args, **kw: chosen.append(chunk_rows(*args, **kw)) or chosen[-1])
+    chunk_rows = resources.chunk_rows
+    monkeypatch.setattr(resources, "chunk_rows", lambda *args, **kw: chosen.append(chunk_rows(*args, **kw)) or chosen[-1])
     batch = 13 if any("batch_size" in o for o in extra) else 20
     run(compose_train(CNN + extra + [f"optim.chunk_size={batch}"]), tmp_path / "whole")
     assert chosen and set(chosen) == {batch}      # the step's passes, and the measurements', took what was asked

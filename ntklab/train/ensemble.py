@@ -39,7 +39,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import functional_call, stack_module_state, vmap
 
-from ntklab import results
+from ntklab import resources, results
 from ntklab.config import TrainConfig, validate
 from ntklab.dynamics import mse_loss
 from ntklab.errors import ConfigError
@@ -88,8 +88,9 @@ class StackedStepper:
         self.scale, self.alpha = first.outputs.loss_scale, first.outputs.alpha
         self.compile = first.cfg.get("compile")
         batch = min(self.batch_size or first.data.n_train, first.data.n_train)
-        self.chunk = trainer.chunk_rows(first.model, batch, first.device, next(iter(self.params.values())).dtype,
-                                        first.cfg.optim.get("chunk_size"), members=len(self.states))
+        self.chunk = resources.chunk_rows(first.model.root, batch, first.device,
+                                          next(iter(self.params.values())).dtype.itemsize,
+                                          first.cfg.optim.get("chunk_size"), members=len(self.states))
         self._backward_done = False
         self._losses: Dict = {}
         dtype_max = torch.finfo(next(iter(self.params.values())).dtype).max
@@ -105,7 +106,7 @@ class StackedStepper:
 
     def loss(self) -> torch.Tensor:
         """(M,): each member's L_B(θ_m) on its own batch (each draws its mini-batch, as its run would).
-        In chunks of rows (``self.chunk``, :func:`ntklab.train.trainer.chunk_rows` for all M nets at
+        In chunks of rows (``self.chunk``, :func:`ntklab.resources.chunk_rows` for all M nets at
         once), the gradients are accumulated here and the losses come back detached."""
         data = self.states[0].data          # the members' data sets are equal
         rows = [trainer._batch_rows(state.data, self.batch_size, state.batches) for state in self.states]

@@ -137,7 +137,7 @@ class NetworkOutputs:
     f(x; θ_0) is kept for those rather than a copy of the initial network.
 
     ``chunk``: rows per forward pass when no gradient is taken (the measurements), as the step's
-    passes are chunked (``optim.chunk_size``, :func:`ntklab.train.trainer.chunk_rows`); None: all at once.
+    passes are chunked (``optim.chunk_size``, :func:`ntklab.resources.chunk_rows`); None: all at once.
     """
 
     def __init__(self, model: Net, data: Dataset, alpha: Optional[float] = None, chunk: Optional[int] = None):

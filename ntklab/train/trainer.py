@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ntklab import results
+from ntklab import resources, results
 from ntklab.config import TrainConfig, build_arch, validate, wants_images
 from ntklab.data import Dataset, load_dataset
 from ntklab.dynamics import mse_loss
@@ -95,36 +95,6 @@ def hidden_width(model: Net) -> Optional[int]:
     readout; None for a net with no hidden layer."""
     nodes = model.root.parametrized()[:-1]
     return max(node.out_shape[0] for node in nodes) if nodes else None
-
-
-CHUNK_BYTES = 16 * 2 ** 20
-"""The automatic ``optim.chunk_size`` on the CPU keeps every layer output of a chunk within this many
-bytes. Larger tensors come from fresh pages of the operating system each time (glibc maps every
-allocation above 32 MiB anew, and the kernel zeroes its pages at first touch), which dominated the
-CPU step of wide CNNs: a depth-1, 256-channel CNN on 1000 MNIST images took 4.6 s per full-batch
-step and 1.3 s in chunks of 16 (``scripts/bench_train.py --tables chunks``)."""
-
-
-def chunk_rows(model: Net, rows: int, device: torch.device, dtype: torch.dtype, chunk_size: Optional[int] = None,
-               members: int = 1) -> int:
-    """Rows per forward/backward pass of a step on ``rows`` rows (``optim.chunk_size``).
-
-    ``chunk_size`` given: that many (at most ``rows``). None: ``rows`` on CUDA, whose caching
-    allocator reuses its blocks; on the CPU the most rows whose largest layer output, for all
-    ``members`` nets at once, fits :data:`CHUNK_BYTES`. A net whose forward couples the rows of a batch
-    (batch_norm) takes them whole: a chunked forward would be another function. Raises ConfigError
-    when ``chunk_size`` asks to split such a net's batch."""
-    if model.couples_batch:
-        if chunk_size is not None and chunk_size < rows:
-            raise ConfigError("optim.chunk_size", f"{chunk_size} splits the batch of {rows} rows, but this net's "
-                              "batch_norm normalises over the whole batch; leave it null")
-        return rows
-    if chunk_size is not None:
-        return min(int(chunk_size), rows)
-    if device.type != "cpu":
-        return rows
-    per_row = max(math.prod(leaf.out_shape) for leaf in model.root.leaves()) * dtype.itemsize * members
-    return max(1, min(rows, CHUNK_BYTES // per_row))
 
 
 def learning_rate(optim_cfg, model: Net, reference: ReferenceKernels) -> float:
@@ -410,7 +380,8 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
                     "rounding of the weights at large alpha; use dtype=float64 for lazy-scale sweeps", cfg.model.alpha)
     # the measurements' forward passes in the step's chunks (their no-grad passes have no graph to
     # keep, but the same fresh-page cost per large tensor)
-    chunk = chunk_rows(model, max(data.n_train, data.n_test), device, dtype, optim.get("chunk_size"))
+    chunk = resources.chunk_rows(model.root, max(data.n_train, data.n_test), device, dtype.itemsize,
+                                 optim.get("chunk_size"))
     outputs = NetworkOutputs(model, data, cfg.model.alpha, chunk=chunk)
     analytic = optim.lr_unit == "eta_max" or bool(set(LIMIT_QUANTITIES) & set(quantities))
     shared = analytic and analytic_from is not None and analytic_from.analytic_train is not None
@@ -526,8 +497,8 @@ class _ModuleStepper:
         self.states = [state]
         self.batch_size = state.cfg.optim.batch_size     # read once: a config lookup costs ~20 µs a step
         batch = min(self.batch_size or state.data.n_train, state.data.n_train)
-        self.chunk = chunk_rows(state.model, batch, state.device, next(state.model.parameters()).dtype,
-                                state.cfg.optim.get("chunk_size"))
+        self.chunk = resources.chunk_rows(state.model.root, batch, state.device,
+                                          next(state.model.parameters()).dtype.itemsize, state.cfg.optim.get("chunk_size"))
         # the step's forward (and through it the backward) compiled or not; the module itself stays
         # eager for the measurements, whose torch.func transforms want the plain forward
         self.forward = compiled(state.model, state.cfg.get("compile"))
