@@ -62,8 +62,8 @@ def own_cntk_accuracy(kernels, trained_rows) -> Optional[float]:
 
 
 def main() -> None:
-    args = arguments(__doc__, "cntk", extra=lambda p: p.add_argument("--trained", default=None,
-                                                                       help="results table of +sweep=cnn_width"))
+    trained_help = "results table of `train` runs (+sweep=cnn_width, or at several n)"
+    args = arguments(__doc__, "cntk", extra=lambda p: p.add_argument("--trained", default=None, help=trained_help))
     kernels = finished_runs(args.table)
     curves = kernel_accuracies(kernels)
     panels = 3 if args.trained else 1
