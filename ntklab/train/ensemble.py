@@ -91,7 +91,7 @@ class StackedStepper:
         self.chunk = resources.chunk_rows(first.model.root, batch, first.device,
                                           next(iter(self.params.values())).dtype.itemsize,
                                           first.cfg.optim.get("chunk_size"), members=len(self.states))
-        self._backward_done = False
+        self.chunked = self.chunk < batch       # every step's batch has the same rows
         self._losses: Dict = {}
         dtype_max = torch.finfo(next(iter(self.params.values())).dtype).max
         # what torch.optim.SGD refuses as an overflow: a step size the dtype cannot hold
@@ -124,23 +124,15 @@ class StackedStepper:
             self._losses[key] = trainer.compiled(
                 vmap(self._member_loss, in_dims=(0, 0, batched, batched, None if f0 is None else 0)), self.compile)
         member_losses = self._losses[key]
-        n = y.shape[-2]
-        if self.chunk >= n:
-            self._backward_done = False
+        if not self.chunked:
             return member_losses(self.params, self.buffers, x, y, f0)
-        # chunked as trainer._ModuleStepper.loss is: the gradients accumulate here, pass by pass
         for p in self.params.values():
             p.grad = None
-        total = None
-        for start in range(0, n, self.chunk):
-            rows = slice(start, start + self.chunk)
+
+        def chunk_losses(rows):
             x_part, y_part = (x[rows], y[rows]) if full else (x[:, rows], y[:, rows])
-            losses = member_losses(self.params, self.buffers, x_part, y_part, None if f0 is None else f0[:, rows])
-            losses = losses * (y_part.shape[-2] / n)
-            (losses * self.scale).sum().backward()
-            total = losses.detach() if total is None else total + losses.detach()
-        self._backward_done = True
-        return total
+            return member_losses(self.params, self.buffers, x_part, y_part, None if f0 is None else f0[:, rows])
+        return trainer.backward_in_chunks(y.shape[-2], self.chunk, self.scale, chunk_losses)
 
     def _member_loss(self, params, buffers, x, y, f0):
         """One member's L(θ) on (x, y); f0: its initial outputs there when training α(f − f_0)."""
@@ -155,11 +147,10 @@ class StackedStepper:
         Raises :class:`_Overflow` naming the members whose η the dtype cannot hold, changing nothing."""
         if self.overflow:
             raise _Overflow(self.overflow)
-        if not self._backward_done:
+        if not self.chunked:
             for p in self.params.values():
                 p.grad = None
             (losses * self.scale).sum().backward()
-        self._backward_done = False
         same_lr = all(lr == self.lrs[0] for lr in self.lrs)
         with torch.no_grad():
             for name, p in self.params.items():

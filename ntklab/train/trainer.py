@@ -474,6 +474,20 @@ def compiled(fn, mode: Optional[str]):
     return graphed_step
 
 
+def backward_in_chunks(n: int, chunk: int, scale: float, chunk_loss) -> torch.Tensor:
+    """The backward pass of s·L over n rows taken ``chunk`` at a time, the gradients accumulating
+    in the parameters' ``.grad`` (zero them first): L = Σ_c (n_c/n) L_c, with ``chunk_loss(rows)``
+    the loss L_c of the rows ``rows`` (a slice), a scalar or one per member (M,). No chunk's graph
+    outlives its pass. Returns L, detached."""
+    total = None
+    for start in range(0, n, chunk):
+        rows = slice(start, min(start + chunk, n))
+        loss = chunk_loss(rows) * ((rows.stop - rows.start) / n)
+        (loss * scale).sum().backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
 class _Overflow(Exception):
     """The learning rate of the members ``indices`` does not fit the network's dtype (optim.lr=1e308
     in float32): their step would be infinite."""
@@ -499,10 +513,10 @@ class _ModuleStepper:
         batch = min(self.batch_size or state.data.n_train, state.data.n_train)
         self.chunk = resources.chunk_rows(state.model.root, batch, state.device,
                                           next(state.model.parameters()).dtype.itemsize, state.cfg.optim.get("chunk_size"))
+        self.chunked = self.chunk < batch       # every step's batch has the same rows
         # the step's forward (and through it the backward) compiled or not; the module itself stays
         # eager for the measurements, whose torch.func transforms want the plain forward
         self.forward = compiled(state.model, state.cfg.get("compile"))
-        self._backward_done = False
 
     def loss(self) -> torch.Tensor:
         """L_B(θ_s) on this step's batch (drawing the mini-batch): a scalar on the run's device.
@@ -514,30 +528,22 @@ class _ModuleStepper:
         data = state.data
         rows = _batch_rows(data, self.batch_size, state.batches)
         x, y = (data.x_train, data.y_train) if rows is None else (data.x_train[rows], data.y_train[rows])
-        n = x.shape[0]
-        if self.chunk >= n:
-            self._backward_done = False
+        if not self.chunked:
             return mse_loss(state.outputs(self.forward, x, "train", rows), y)
         state.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), dtype=y.dtype, device=y.device)
-        for start in range(0, n, self.chunk):
-            part = slice(start, start + self.chunk)
-            index = part if rows is None else rows[part]
-            loss = mse_loss(state.outputs(self.forward, x[part], "train", index), y[part]) * (x[part].shape[0] / n)
-            (loss * state.outputs.loss_scale).backward()
-            total += loss.detach()
-        self._backward_done = True
-        return total
+        return backward_in_chunks(
+            x.shape[0], self.chunk, state.outputs.loss_scale,
+            lambda part: mse_loss(state.outputs(self.forward, x[part], "train", part if rows is None else rows[part]),
+                                  y[part]))
 
     def update(self, loss: torch.Tensor) -> None:
         """θ ← θ − η ∇(s·L) (with momentum when configured; s = outputs.loss_scale), the gradient from
         ``loss``'s graph or the one :meth:`loss` accumulated in chunks; raises
         :class:`_Overflow` when η does not fit the dtype (nothing is then changed but the gradients)."""
         state = self.states[0]
-        if not self._backward_done:
+        if not self.chunked:
             state.optimizer.zero_grad(set_to_none=True)
             (loss * state.outputs.loss_scale).backward()
-        self._backward_done = False
         try:
             state.optimizer.step()
         except RuntimeError as err:
