@@ -172,6 +172,8 @@ def step_table(args) -> None:
 
 def chunks_table(args) -> None:
     from ntklab.data import IMAGE_SHAPES
+    from ntklab.layers import build_net
+    from ntklab.nets import cnn_layers
     from ntklab.resources import chunk_rows
 
     n, width = args.chunk_n, args.chunk_width
@@ -182,7 +184,10 @@ def chunks_table(args) -> None:
               "data.center_targets=true", "optim.lr_unit=absolute", "optim.lr=1.0", "track=minimal",
               "track.log_steps=1", "track.checkpoint_every=0", *data]
     channels, height, width_px = IMAGE_SHAPES[args.chunk_data]
-    per_row = width * height * width_px * (8 if args.dtype == "float64" else 4)
+    itemsize = getattr(torch, args.dtype).itemsize
+    per_row = width * height * width_px * itemsize       # the conv's output for one image, the largest
+    # the rows per pass each case's run takes, by the trainer's own rule, from the net's shapes alone
+    root = build_net(cnn_layers(1, width, 10, readout="flatten"), (channels, height, width_px), device="meta").root
     load = os.getloadavg()
     print(f"\nChunked steps: depth-1 CNN, {width} channels, {args.chunk_data} ({channels}x{height}x{width_px}), "
           f"{n} train images, {args.chunk_steps} steps (load average before: {load[0]:.2f}; torch threads "
@@ -191,14 +196,7 @@ def chunks_table(args) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for size in [str(n), "null", *(str(c) for c in args.chunk_sizes)]:
         summary = bench(width, args.chunk_steps, args.device, args.dtype, common + [f"optim.chunk_size={size}"])
-        if size == "null":
-            from ntklab.layers import build_net
-            from ntklab.nets import cnn_layers
-
-            net = build_net(cnn_layers(1, width, 10, readout="flatten"), (channels, height, width_px), device="meta")
-            rows = chunk_rows(net.root, n, args.device, getattr(torch, args.dtype).itemsize)
-        else:
-            rows = min(int(size), n)
+        rows = chunk_rows(root, n, args.device, itemsize, None if size == "null" else int(size))
         t = summary["timing"]
         print(f"| {size} | {rows} | {rows * per_row / 2 ** 20:.1f} | {t['per_step_s']:.3f} | {t['tracking_s']:.2f} | "
               f"{t['setup_s']:.1f} |", flush=True)
