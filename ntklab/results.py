@@ -5,6 +5,10 @@
     checkpoint.pt    model, optimizer, RNG states, step and the metrics file's length (atomic), with a
                      SHA-256 of its own contents and of the metrics prefix it vouches for, both
                      verified on resume (RunDirCorrupt on a mismatch)
+    reference.pt     the kernels and outputs at θ_0 that the run is compared with (atomic, written at
+                     setup, with a SHA-256 of its contents): a resumed run reads them instead of
+                     computing them again (minutes for a wide CNN on 1000 images); one that does not
+                     match its checksum is computed anew. Removed with checkpoint.pt at the end
     .lock            held (fcntl.flock, exclusive) by the one process running in the directory (shared
                      by the workers of one ``regress``); the OS releases it when that process ends or
                      dies, so it is never stale
@@ -48,6 +52,7 @@ SUMMARY = "summary.json"
 KERNELS = "kernels.pt"
 PREDICTIONS = "predictions.pt"
 CHECKPOINT = "checkpoint.pt"
+REFERENCE = "reference.pt"
 # in the folder of seeds trained at once (seeds > 1): the group's index; each seed is a run
 # directory of its own below it (seed_<s>/), and the folder holding this file is not a run itself
 SEEDS = "seeds.json"
@@ -272,7 +277,7 @@ def remove_leftovers(run_dir: Path) -> List[Path]:
     (``.checkpoint.pt.tmp``, ``.summary.json.tmp``, ``.regression.json.tmp``, ...); call it holding
     the directory's lock."""
     removed = [remove_leftover(Path(run_dir) / name)
-               for name in (CONFIG, SUMMARY, KERNELS, PREDICTIONS, CHECKPOINT, REGRESSION)]
+               for name in (CONFIG, SUMMARY, KERNELS, PREDICTIONS, CHECKPOINT, REFERENCE, REGRESSION)]
     return [path for path in removed if path is not None]
 
 

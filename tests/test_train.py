@@ -7,6 +7,7 @@ in-process (the command line itself is exercised in test_cli.py).
 """
 
 import json
+import logging
 import math
 
 import pytest
@@ -187,10 +188,43 @@ def test_interrupted_and_resumed_run_has_identical_metrics(tmp_path, optim):
     assert (parts / results.METRICS).read_bytes() == (whole / results.METRICS).read_bytes()
     assert resumed["final"] == reference["final"]
     assert resumed["timing"]["steps_s"] > 0
-    # each invocation sets up the reference kernels and adds its setup time to the earlier ones': the
-    # total grows strictly from one invocation to the next (compared within one run directory, so how
-    # loaded the machine is cannot reorder it, as it could a comparison with the uninterrupted run)
+    # each invocation sets up (the net, the reference kernels it reads back) and adds its setup time to
+    # the earlier ones': the total grows strictly from one invocation to the next (compared within one
+    # run directory, so how loaded the machine is cannot reorder it, as it could a comparison with
+    # the uninterrupted run)
     assert 0 < setup_so_far[0] < setup_so_far[1] < resumed["timing"]["setup_s"]
+
+
+@pytest.mark.parametrize("damage", [None, "value", "truncated"])
+def test_a_resumed_run_reads_its_reference_kernels_back(tmp_path, monkeypatch, caplog, damage):
+    """The kernels and outputs at θ_0 are saved at setup (reference.pt) and a resumed run reads them
+    instead of computing them again; a damaged file (a value changed behind its checksum, or cut
+    short) is computed anew with a warning. Either way the metrics are the uninterrupted run's, byte
+    for byte, and the file goes with the checkpoint at the end."""
+    from ntklab.train import trainer
+
+    overrides = SMALL + ["optim.steps=40", "track.checkpoint_every=10", "track.log_steps=10"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run(compose_train(overrides), whole)
+    assert not (whole / results.REFERENCE).exists() and not (whole / results.CHECKPOINT).exists()
+    assert run(compose_train(overrides + ["stop_after=15"]), parts)["status"] == "stopped"
+    path = parts / results.REFERENCE
+    saved = torch.load(path, weights_only=True)
+    assert saved["analytic_train"].dtype == torch.float64 and saved["empirical_train"] is not None
+    computed = []
+    original = trainer.reference_kernels
+    monkeypatch.setattr(trainer, "reference_kernels", lambda *a, **k: computed.append(1) or original(*a, **k))
+    if damage == "value":
+        saved["analytic_train"][0, 0] += 1e-3          # the checksum stored with it no longer matches
+        torch.save(saved, path)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="ntklab.train.trainer"):
+        run(compose_train(overrides), parts)
+    assert (parts / results.METRICS).read_bytes() == (whole / results.METRICS).read_bytes()
+    assert computed == ([] if damage is None else [1])
+    assert ("computing the reference kernels again" in caplog.text) == (damage is not None)
+    assert not path.exists() and not (parts / results.CHECKPOINT).exists()
 
 
 def test_resume_from_a_periodic_checkpoint_after_a_crash(tmp_path):

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, FrozenSet, List, Optional, Sequence
 
@@ -383,14 +383,19 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
     chunk = resources.chunk_rows(model.root, max(data.n_train, data.n_test), device, dtype.itemsize,
                                  optim.get("chunk_size"))
     outputs = NetworkOutputs(model, data, cfg.model.alpha, chunk=chunk)
-    analytic = optim.lr_unit == "eta_max" or bool(set(LIMIT_QUANTITIES) & set(quantities))
-    shared = analytic and analytic_from is not None and analytic_from.analytic_train is not None
-    reference = reference_kernels(
-        model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit, outputs=outputs,
-        analytic=analytic and not shared, empirical=optim.lr_unit == "eta_max_empirical" or "pred_gap_linear" in quantities)
-    if shared:
-        for name in ANALYTIC_FIELDS:
-            setattr(reference, name, getattr(analytic_from, name))
+    reference = _saved_reference(run_dir, device)
+    if reference is None:
+        analytic = optim.lr_unit == "eta_max" or bool(set(LIMIT_QUANTITIES) & set(quantities))
+        shared = analytic and analytic_from is not None and analytic_from.analytic_train is not None
+        reference = reference_kernels(
+            model, data, probe_size=track.probe_size, full_kernel_limit=track.full_kernel_limit, outputs=outputs,
+            analytic=analytic and not shared,
+            empirical=optim.lr_unit == "eta_max_empirical" or "pred_gap_linear" in quantities)
+        if shared:
+            for name in ANALYTIC_FIELDS:
+                setattr(reference, name, getattr(analytic_from, name))
+        if track.checkpoint_every:
+            _save_reference(run_dir, reference)
     lr = learning_rate(optim, model, reference)
     eta_max = {kind: reference.eta_max(unit) for kind, unit, kernel in (
         ("analytic", "eta_max", reference.analytic_train), ("empirical", "eta_max_empirical", reference.empirical_train))
@@ -410,6 +415,37 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
                      reference=reference, tracker=tracker, optimizer=optimizer, batches=batches, clock=clock, lr=lr,
                      eta_max=eta_max, n_params=n_params, loss_0=loss_0, log_steps=frozenset(schedule),
                      no_limit=no_limit, loss_peak=loss_0 if full_batch else None)
+
+
+def _save_reference(run_dir: Path, reference: ReferenceKernels) -> None:
+    """reference.pt: the fields of ``reference`` (tensors on the CPU, in their dtypes) and the SHA-256
+    of them, so that a resumed run skips computing them (:func:`_saved_reference`)."""
+    saved = {item.name: getattr(reference, item.name) for item in fields(ReferenceKernels)
+             if not item.name.startswith("_")}          # not the η_max cache: recomputed from the kernels
+    saved = {name: value.cpu() if torch.is_tensor(value) else value for name, value in saved.items()}
+    saved["checksum"] = results.content_digest(saved)
+    results.save_torch(run_dir / results.REFERENCE, saved)
+
+
+def _saved_reference(run_dir: Path, device: torch.device) -> Optional[ReferenceKernels]:
+    """The reference kernels an earlier invocation of this run saved at its setup, on ``device``, or
+    None: none saved, or a file that cannot be read or does not match its checksum (computed again
+    then, with a warning; they are a function of the config, which the caller has checked is the
+    run directory's)."""
+    path = run_dir / results.REFERENCE
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if results.content_digest({k: v for k, v in saved.items() if k != "checksum"}) != saved.get("checksum"):
+            raise ValueError("its contents do not match the checksum stored with them")
+        saved.pop("checksum")
+        reference = ReferenceKernels(**saved)
+    except Exception as err:
+        log.warning("%s cannot be used (%s: %s); computing the reference kernels again", path, type(err).__name__, err)
+        return None
+    log.info("reference kernels at θ_0 read from %s, saved by an earlier invocation of this run", path.name)
+    return reference
 
 
 def _resume(state: _RunState) -> None:
@@ -742,7 +778,7 @@ class _StepLoop:
 
 def _summarize(state: _RunState) -> Dict:
     """The end of a run (ok or diverged): kernels.pt, predictions.pt, the figures and summary.json;
-    the checkpoint is removed. Returns the summary."""
+    the checkpoint and the saved reference kernels are removed. Returns the summary."""
     run_dir, track, data, reference = state.run_dir, state.cfg.track, state.data, state.reference
     records = results.read_metrics(run_dir / results.METRICS)
     # a divergence ends the file with a short {"step", "train_loss", "diverged"} line; the summary's
@@ -785,6 +821,7 @@ def _summarize(state: _RunState) -> Dict:
     summary["config"] = state.config
     results.write_json(run_dir / results.SUMMARY, summary)
     state.checkpoint_path.unlink(missing_ok=True)
+    (run_dir / results.REFERENCE).unlink(missing_ok=True)
     train_loss = final.get("train_loss")
     log.info("%s after %d steps: train loss %.4g, %s", state.status, state.step,
              math.nan if train_loss is None else train_loss,
