@@ -67,7 +67,7 @@ def main() -> None:
     kernels = finished_runs(args.table)
     curves = kernel_accuracies(kernels)
     panels = 3 if args.trained else 1
-    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.8 if panels == 1 else 4.8), squeeze=False)
     axes = axes[0]
     sizes = sorted({n for c in curves.values() for n in c})
     print("| method | " + " | ".join(f"n = {n}" for n in sizes) + " |")
@@ -100,10 +100,11 @@ def main() -> None:
             print(f"trained CNN, {label}: accuracy by channels {numbers['trained'][str(n)]['accuracy']} (its CNTK at "
                   f"t = ∞: {cntk}); pred_gap ∝ channels^{fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
         axes[1].set(xscale="log", xlabel="channels", ylabel="test accuracy", title="trained by gradient descent")
-        axes[1].legend(fontsize=7)
+        # below the panels: with several n the entries would cover the lines
+        axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         axes[2].set(xscale="log", yscale="log", xlabel="channels", ylabel="RMS gap to CNTK prediction",
                     title="trained CNN vs its CNTK")
-        axes[2].legend(fontsize=7)
+        axes[2].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     fig.tight_layout()
     for path in save_figure(fig, args.out):
         print(path)

@@ -72,13 +72,16 @@ def test_seeds_stop_resume_and_collect(tmp_path):
     run(compose_train(overrides), whole)
     assert run(compose_train(overrides + ["stop_after=14"]), parts) == {
         "status": "stopped", "runs": {"seed_0": "stopped", "seed_1": "stopped"}}
-    assert (parts / "seed_0" / results.CHECKPOINT).exists()
+    for seed in (0, 1):     # each seed's reference kernels are saved for the resume, and go at the end
+        assert (parts / f"seed_{seed}" / results.CHECKPOINT).exists()
+        assert (parts / f"seed_{seed}" / results.REFERENCE).exists()
     table, skipped = collect([parts])
     assert list(table["status"]) == ["unfinished", "unfinished"] and not skipped
     run(compose_train(overrides), parts)
     for seed in (0, 1):     # resumed: the same bytes as the uninterrupted group
         assert (parts / f"seed_{seed}" / results.METRICS).read_bytes() == \
             (whole / f"seed_{seed}" / results.METRICS).read_bytes()
+        assert not (parts / f"seed_{seed}" / results.REFERENCE).exists()
     assert run(compose_train(overrides), parts)["runs"] == {"seed_0": "ok", "seed_1": "ok"}   # finished: as is
     (tmp_path / "multirun.yaml").write_text("{}\n")     # as if whole/ and parts/ were a sweep's job folders
     table, skipped = collect([tmp_path])
