@@ -89,7 +89,8 @@ def markdown_table_after(text: str, marker: str) -> list[dict]:
 DATA = README.parent / "docs" / "data"
 DATA_SETS = {"mnist": ("MNIST", "On MNIST the initial function decides the comparison"),
              "fashion": ("Fashion-MNIST", "The same comparison on Fashion-MNIST")}
-TRAINED_300_MARKER = "At 300 training images the same nets"
+# the tables of nets trained on 300 and 1000 images: both data sets in one table, with a "data" column
+TRAINED_BY_N_MARKERS = {300: "At 300 training images the same nets", 1000: "At 1000 training images the same nets"}
 
 
 @pytest.mark.parametrize("name", sorted(DATA_SETS))
@@ -110,10 +111,11 @@ def test_the_cntk_figures_tables_hold_the_readmes_numbers(name):
         assert float(matches[0][method[run["model.readout"]]]) == run["kernels.ntk.test_accuracy"]
         assert float(matches[0][gaussian_process[run["model.readout"]]]) == run["kernels.nngp.test_accuracy"]
     # MNIST's table at n = 100 also lists nets trained as plain f (column "f trained"); Fashion's has only
-    # f − f_0. The n = 300 table holds both data sets, one "data" column.
+    # f − f_0. The tables at n = 300 and 1000 hold both data sets, one "data" column.
     trained_rows = {100: [row for row in markdown_table_after(text, trained_marker)
-                          if row.get("f trained", "f − f_0 (`model.alpha=1`)") == "f − f_0 (`model.alpha=1`)"],
-                    300: [row for row in markdown_table_after(text, TRAINED_300_MARKER) if row["data"] == label]}
+                          if row.get("f trained", "f − f_0 (`model.alpha=1`)") == "f − f_0 (`model.alpha=1`)"]}
+    trained_rows.update({n: [row for row in markdown_table_after(text, marker) if row["data"] == label]
+                         for n, marker in TRAINED_BY_N_MARKERS.items()})
     trained = read_table(DATA / f"cntk_{name}_trained.csv")
     assert len(trained) == sum(len(rows) for rows in trained_rows.values())
     for _, run in trained.iterrows():
