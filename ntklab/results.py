@@ -86,6 +86,18 @@ class RunDirCorrupt(RuntimeError):
         super().__init__(f"{path}: {problem}; {remedy}")
 
 
+def with_checksum(saved: Dict) -> Dict:
+    """``saved`` (a dict to ``torch.save``) with a "checksum" entry: the :func:`content_digest` of the rest."""
+    return {**saved, "checksum": content_digest(saved)}
+
+
+def pop_checksum(saved: Dict) -> Optional[bool]:
+    """Remove ``saved``'s "checksum" entry (as :func:`with_checksum` wrote it) and say whether it
+    matches the rest; None when there is none."""
+    checksum = saved.pop("checksum", None)
+    return None if checksum is None else content_digest(saved) == checksum
+
+
 def content_digest(obj) -> str:
     """SHA-256 of a checkpoint's contents as loaded (tensors by dtype, shape and bytes; everything
     else by ``repr``; dict keys sorted): a flipped bit in any stored value changes it."""

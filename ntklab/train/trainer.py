@@ -342,8 +342,7 @@ class _RunState:
             "timing": dict(vars(self.clock.timing))}
         if self.loss_peak is not None:
             saved["loss_peak"] = self.loss_peak
-        saved["checksum"] = results.content_digest(saved)     # verified by _resume
-        results.save_torch(self.checkpoint_path, saved)
+        results.save_torch(self.checkpoint_path, results.with_checksum(saved))     # verified by _resume
         self.clock.lap("other")
 
 
@@ -423,8 +422,7 @@ def _save_reference(run_dir: Path, reference: ReferenceKernels) -> None:
     saved = {item.name: getattr(reference, item.name) for item in fields(ReferenceKernels)
              if not item.name.startswith("_")}          # not the η_max cache: recomputed from the kernels
     saved = {name: value.cpu() if torch.is_tensor(value) else value for name, value in saved.items()}
-    saved["checksum"] = results.content_digest(saved)
-    results.save_torch(run_dir / results.REFERENCE, saved)
+    results.save_torch(run_dir / results.REFERENCE, results.with_checksum(saved))
 
 
 def _saved_reference(run_dir: Path, device: torch.device) -> Optional[ReferenceKernels]:
@@ -437,9 +435,8 @@ def _saved_reference(run_dir: Path, device: torch.device) -> Optional[ReferenceK
         return None
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
-        if results.content_digest({k: v for k, v in saved.items() if k != "checksum"}) != saved.get("checksum"):
+        if not results.pop_checksum(saved):      # absent or not matching
             raise ValueError("its contents do not match the checksum stored with them")
-        saved.pop("checksum")
         reference = ReferenceKernels(**saved)
     except Exception as err:
         log.warning("%s cannot be used (%s: %s); computing the reference kernels again", path, type(err).__name__, err)
@@ -459,10 +456,10 @@ def _resume(state: _RunState) -> None:
             saved = torch.load(path, map_location=state.device, weights_only=True)
         except Exception as err:
             raise results.RunDirCorrupt(path, f"cannot be read ({type(err).__name__})") from err
-        checksum = saved.pop("checksum", None)
-        if checksum is None:        # written before checkpoints carried checksums: nothing to verify
+        verified = results.pop_checksum(saved)
+        if verified is None:        # written before checkpoints carried checksums: nothing to verify
             log.warning("%s has no checksum (an older checkpoint); resuming without verifying it", path)
-        elif results.content_digest(saved) != checksum:
+        elif not verified:
             raise results.RunDirCorrupt(path, "its contents do not match the checksum stored with them")
         state.model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
