@@ -17,6 +17,11 @@ each a pass over the batch), calibrated so that 1.2e9 is about 30 s on 2 CPU cor
 Width 4096 with N = 4096 shows the structured method inside its default memory budget
 (ntklab.ntk.DEFAULT_MEMORY_BUDGET, 1 GiB of features per chunk, the kernel itself aside).
 
+CNN table: the structured empirical NTK of the trainer's ``model=cnn depth=1 model.readout=flatten``
+(3×3 relu conv of C channels, flatten, dense to 10 outputs, per-output mean kernel) on N random
+1×28×28 images, once with x2 = x1 and once against N others (what a training run's setup computes
+on its train and test sets), one call each (they take seconds to minutes).
+
 Analytic kernel table: NNGP + NTK in float64 for depth 3 on N inputs (x2 = x1), closed forms
 (relu, erf, gelu).
 
@@ -157,6 +162,24 @@ def empirical_table(args, matmul_rate: float) -> None:
                       f"{gflops:.1f} | {100 * gflops / matmul_rate:.0f}% | {ratio} |", flush=True)
 
 
+def cnn_table(args) -> None:
+    from ntklab.nets import build_net, cnn_layers
+
+    print(f"\n### Structured empirical NTK of a depth-1 flatten CNN (10 outputs, mean), {args.dtype}, {args.device}\n")
+    print("| channels | N | x2 = x1 s | x2 × x1 s |")
+    print("|---:|---:|---:|---:|")
+    dtype = getattr(torch, args.dtype)
+    for channels in args.cnn_channels:
+        net = build_net(cnn_layers(1, channels, 10, readout="flatten", sigma_w=2 ** 0.5, bias=False), (1, 28, 28),
+                        seed=0, device=args.device, dtype=dtype)
+        for n in args.cnn_n:
+            x1, x2 = (torch.randn(n, 1, 28, 28, device=args.device, dtype=dtype) for _ in range(2))
+            empirical_ntk(net, x1[:2])       # the libraries' lazy state, outside the timing
+            same = _timed_once(lambda: empirical_ntk(net, x1), args.device)
+            cross = _timed_once(lambda: empirical_ntk(net, x2, x1), args.device)
+            print(f"| {channels} | {n} | {same:.1f} | {cross:.1f} |", flush=True)
+
+
 def _case_in_subprocess(method: str, width: int, n: int, args) -> dict:
     # A fresh process per case, so the CPU high-water mark belongs to this case alone.
     command = [sys.executable, __file__, "--case", method, str(width), str(n), "--device", args.device,
@@ -248,6 +271,8 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 1024, 2048, 4096])
     parser.add_argument("--n", type=int, nargs="+", default=[128, 1024, 4096])
     parser.add_argument("--methods", nargs="+", default=["structured", "jacobian", "ntvp"])
+    parser.add_argument("--cnn-channels", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--cnn-n", type=int, nargs="+", default=[400])
     parser.add_argument("--analytic-n", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--quadrature-n", type=int, nargs="+", default=[200, 1000, 4000])
     parser.add_argument("--large-variance-n", type=int, nargs="+", default=[200, 1000],
@@ -260,6 +285,7 @@ def main() -> None:
     parser.add_argument("--max-work", type=float, default=1.2e9,
                         help="skip jacobian/ntvp cases whose estimated work is above this (~30 s on 2 CPU cores)")
     parser.add_argument("--skip-empirical", action="store_true")
+    parser.add_argument("--skip-cnn", action="store_true")
     parser.add_argument("--skip-analytic", action="store_true")
     parser.add_argument("--skip-quadrature", action="store_true")
     parser.add_argument("--skip-dynamics", action="store_true")
@@ -280,6 +306,8 @@ def main() -> None:
         rate = matmul_gflops(args.device, dtype)
         print(f"measured {args.dtype} matmul rate: {rate:.1f} GFLOP/s")
         empirical_table(args, rate)
+    if not args.skip_cnn:
+        cnn_table(args)
     if not args.skip_analytic:
         analytic_table(args)
     if not args.skip_quadrature:

@@ -102,8 +102,13 @@ def test_generic_module_agrees_with_per_output_autograd(rng):
     assert _rel(auto, direct) < 1e-12
 
 
+@pytest.mark.parametrize("keep_columns", [True, False])
 @pytest.mark.parametrize("method", ["structured", "jacobian", "ntvp"])
-def test_chunking_changes_nothing(method, rng):
+def test_chunking_changes_nothing(method, keep_columns, rng, monkeypatch):
+    from ntklab.ntk import empirical as empirical_module
+
+    if not keep_columns:    # no memory to spare: x2's features are recomputed for every row chunk
+        monkeypatch.setattr(empirical_module.resources, "available_bytes", lambda device: 0)
     net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
     x1, x2 = random_inputs(11, 3, rng), random_inputs(9, 3, rng)
     whole = empirical_ntk(net, x1, x2, method=method, outputs="full")
@@ -114,6 +119,28 @@ def test_chunking_changes_nothing(method, rng):
     assert torch.allclose(symmetric, symmetric.T, rtol=1e-13, atol=0)
     eigenvalues = torch.linalg.eigvalsh(symmetric)
     assert eigenvalues.min() > -1e-12 * eigenvalues.max()
+
+
+@pytest.mark.parametrize("keep_columns", [True, False])
+def test_kept_column_features_are_computed_once(keep_columns, rng, monkeypatch):
+    """One input per chunk (1-byte budget): 11 row and 9 column chunks. Kept, each chunk's features are
+    computed once: 11 + 9 for x1 × x2, 11 for x1 × x1. Recomputed, every row chunk computes the
+    columns it meets: 11 + 11·9, and 11 + 55 above the diagonal for x1 × x1."""
+    from ntklab.ntk import empirical as empirical_module
+
+    if not keep_columns:
+        monkeypatch.setattr(empirical_module.resources, "available_bytes", lambda device: 0)
+    calls = []
+    original = empirical_module._structured_features
+    monkeypatch.setattr(empirical_module, "_structured_features",
+                        lambda model, x, full, chunk: calls.append(x.shape[0]) or original(model, x, full, chunk))
+    net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
+    x1, x2 = random_inputs(11, 3, rng), random_inputs(9, 3, rng)
+    empirical_ntk(net, x1, x2, method="structured", memory_budget=1)
+    assert len(calls) == (11 + 9 if keep_columns else 11 + 11 * 9)
+    calls.clear()
+    empirical_ntk(net, x1, method="structured", memory_budget=1)
+    assert len(calls) == (11 if keep_columns else 11 + 11 * 10 // 2)
 
 
 def test_empirical_nngp_outputs_and_readout(rng):

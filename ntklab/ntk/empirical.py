@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from ntklab import resources
 from ntklab.tensor_checks import check_inputs
 from ntklab.layers.dense import Dense
 from ntklab.layers.net import LayerModule, Net
@@ -52,6 +53,9 @@ NNGP_METHODS = ("auto", "outputs", "readout")
 OUTPUT_MODES = ("mean", "trace", "full")
 DEFAULT_MEMORY_BUDGET = 2 ** 30
 """Bytes of working memory (features, Jacobians or tangents) per chunk, excluding the result."""
+KEPT_FRACTION = 4
+"""x2's features are kept across row chunks (computed once, not once per row chunk) when they fit in the
+memory budget or in 1/KEPT_FRACTION of the memory the device has available."""
 
 
 def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, outputs: str = "mean",
@@ -64,7 +68,10 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
             "auto" (structured where it applies, else jacobian).
         outputs: "mean" → (N1, N2), "trace" → (N1, N2), "full" → (N1, N2, k, k); see module docstring.
         memory_budget: bytes of working memory per chunk; inputs are split into row chunks to stay
-            within it (the returned kernel itself is not counted).
+            within it (the returned kernel itself is not counted). x2's chunk features are computed
+            once and kept when all of them fit in this budget or in 1/:data:`KEPT_FRACTION` of the
+            memory the device has available (:func:`ntklab.resources.available_bytes`), else
+            recomputed for every row chunk.
 
     Returns:
         Θ̂ in the model's dtype, on the model's device.
@@ -100,6 +107,12 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
             transient_bytes = itemsize * sum(math.prod(m.node.in_shape) + k * math.prod(m.node.out_shape)
                                              for m in modules)
             feature_chunk = max(1, memory_budget // (2 * transient_bytes))
+            if x1.device.type == "cpu":
+                # on the CPU, arrays above ~32 MiB come from fresh, zeroed pages every time
+                # (resources.CHUNK_BYTES): chunks whose largest δ stays within CHUNK_BYTES were 2–4.5× faster
+                # (1024- and 256-channel flatten CNNs on MNIST-sized images; README "Speed", scripts/bench_ntk.py)
+                largest_delta = k * itemsize * max(math.prod(m.node.out_shape) for m in modules)
+                feature_chunk = max(1, min(feature_chunk, resources.CHUNK_BYTES // largest_delta))
             features: Callable = lambda x: _structured_features(model, x, full, feature_chunk)
             block: Callable = lambda f1, f2: _structured_block(model, f1, f2, k, outputs)
         elif method == "jacobian":
@@ -112,7 +125,9 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
             block = lambda xa, xb: _reduce_outputs(_ntvp_block(model, params, xa, xb, k), outputs)
         chunk = max(1, memory_budget // (2 * row_bytes))
         shape = (k, k) if outputs == "full" else ()
-        return _fill_blocks(features, block, x1, x2, chunk, shape)
+        n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        keep_columns = n2 * row_bytes <= max(memory_budget, resources.available_bytes(x1.device) // KEPT_FRACTION)
+        return _fill_blocks(features, block, x1, x2, chunk, shape, keep_columns)
 
 
 def _batch_ntk(model: nn.Module, x1, x2, method: str, outputs: str, memory_budget: int) -> Tensor:
@@ -256,34 +271,38 @@ def _identity_in_outputs(kernel: Tensor, k: int, outputs: str) -> Tensor:
 
 
 def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[Tensor],
-                 chunk: int, shape: Tuple[int, ...]) -> Tensor:
+                 chunk: int, shape: Tuple[int, ...], keep_columns: bool) -> Tensor:
     """Assemble K[i, j] = block(features(x1 chunk i), features(x2 chunk j)) into one tensor.
 
     With x2 = None only blocks j >= i are computed and the rest mirrored (K(x', x) = K(x, x')ᵀ,
-    output axes swapped too). x2's features are kept when they fit in one chunk and recomputed
-    per row chunk otherwise, so working memory stays at about two chunks.
+    output axes swapped too). ``keep_columns``: x2's chunk features are kept once computed (each
+    computed once; with x2 = None a chunk's are dropped after its own row, which no later row needs);
+    otherwise recomputed per row chunk, so working memory stays at about two chunks.
     """
     same = x2 is None
     x2 = x1 if same else x2
     n1, n2 = x1.shape[0], x2.shape[0]
     rows = [slice(s, min(s + chunk, n1)) for s in range(0, n1, chunk)]
     cols = [slice(s, min(s + chunk, n2)) for s in range(0, n2, chunk)]
-    kept_cols = None
+    keep_columns = keep_columns or len(cols) == 1
+    kept: Dict[int, object] = {}
+
+    def column(j: int):
+        if j in kept:
+            return kept[j]
+        value = features(x2[cols[j]])
+        if keep_columns:
+            kept[j] = value
+        return value
+
     out: Optional[Tensor] = None
     for i, r in enumerate(rows):
-        f1 = features(x1[r])
+        f1 = kept.pop(i, None) if same else None
+        f1 = features(x1[r]) if f1 is None else f1
         for j, c in enumerate(cols):
             if same and j < i:
                 continue
-            if same and j == i:
-                f2 = f1
-            elif kept_cols is not None:
-                f2 = kept_cols
-            else:
-                f2 = features(x2[c])
-                if len(cols) == 1:
-                    kept_cols = f2
-            value = block(f1, f2)
+            value = block(f1, f1 if same and j == i else column(j))
             if out is None:
                 out = torch.empty((n1, n2) + shape, dtype=value.dtype, device=value.device)
             out[r, c] = value
@@ -320,13 +339,20 @@ def _layer_input(model: Net, module: LayerModule, x: Tensor) -> Tensor:
 
 def _structured_features(model: Net, x: Tensor, full: bool, chunk: int) -> List[Tuple[Tensor, ...]]:
     """Per parametrized layer, its :meth:`~ntklab.layers.core.Layer.ntk_features` of x (N, ...), computed
-    ``chunk`` inputs at a time (each chunk holds every layer's input and δ at once) and concatenated."""
+    ``chunk`` inputs at a time (each chunk holds every layer's input and δ at once) into one array each."""
     modules = model.parametrized_modules()
-    pieces = [_structured_features_of(model, modules, x[start: start + chunk], full)
-              for start in range(0, x.shape[0], chunk)]
-    if len(pieces) == 1:
-        return pieces[0]
-    return [tuple(torch.cat(parts) for parts in zip(*of_layer)) for of_layer in zip(*pieces)]
+    n = x.shape[0]
+    first = _structured_features_of(model, modules, x[:chunk], full)
+    if chunk >= n:
+        return first
+    # written into their place piece by piece: concatenating the pieces would hold every feature twice
+    features = [tuple(t.new_empty((n,) + t.shape[1:]) for t in of_layer) for of_layer in first]
+    for start in range(0, n, chunk):
+        piece = first if start == 0 else _structured_features_of(model, modules, x[start: start + chunk], full)
+        for whole, part in zip(features, piece):
+            for target, values in zip(whole, part):
+                target[start: start + values.shape[0]] = values
+    return features
 
 
 def _structured_features_of(model: Net, modules: List[LayerModule], x: Tensor, full: bool) -> List[Tuple[Tensor, ...]]:
