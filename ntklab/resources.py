@@ -94,8 +94,13 @@ def chunk_rows(root, rows: int, device, itemsize: int, chunk_size: Optional[int]
         return min(int(chunk_size), rows)
     if torch.device(device).type != "cpu":
         return rows
-    per_row = max(math.prod(leaf.out_shape) for leaf in leaves) * itemsize * members
-    return max(1, min(rows, CHUNK_BYTES // per_row))
+    return rows_within_chunk_bytes(rows, max(math.prod(leaf.out_shape) for leaf in leaves) * itemsize * members)
+
+
+def rows_within_chunk_bytes(rows: int, bytes_per_row: int) -> int:
+    """The most of ``rows`` rows (at least 1) whose largest array, ``bytes_per_row`` a row, fits
+    :data:`CHUNK_BYTES`: the CPU's chunking rule, for the training step's passes and the empirical NTK's features."""
+    return max(1, min(rows, CHUNK_BYTES // bytes_per_row))
 
 
 HVP_VECTORS = 4

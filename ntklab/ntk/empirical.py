@@ -108,11 +108,11 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
                                              for m in modules)
             feature_chunk = max(1, memory_budget // (2 * transient_bytes))
             if x1.device.type == "cpu":
-                # on the CPU, arrays above ~32 MiB come from fresh, zeroed pages every time
-                # (resources.CHUNK_BYTES): chunks whose largest δ stays within CHUNK_BYTES were 2–4.5× faster
-                # (1024- and 256-channel flatten CNNs on MNIST-sized images; README "Speed", scripts/bench_ntk.py)
+                # as the training step's passes: the k δ of the largest layer output within CHUNK_BYTES,
+                # since larger arrays come from fresh, zeroed pages every time (2–4.5× faster for 1024-
+                # and 256-channel flatten CNNs on MNIST-sized images; README "Speed")
                 largest_delta = k * itemsize * max(math.prod(m.node.out_shape) for m in modules)
-                feature_chunk = max(1, min(feature_chunk, resources.CHUNK_BYTES // largest_delta))
+                feature_chunk = resources.rows_within_chunk_bytes(feature_chunk, largest_delta)
             features: Callable = lambda x: _structured_features(model, x, full, feature_chunk)
             block: Callable = lambda f1, f2: _structured_block(model, f1, f2, k, outputs)
         elif method == "jacobian":
@@ -126,7 +126,9 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
         chunk = max(1, memory_budget // (2 * row_bytes))
         shape = (k, k) if outputs == "full" else ()
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        keep_columns = n2 * row_bytes <= max(memory_budget, resources.available_bytes(x1.device) // KEPT_FRACTION)
+        # the budget first: the device's available memory is a query (a synchronisation on CUDA)
+        keep_columns = (n2 * row_bytes <= memory_budget
+                        or n2 * row_bytes <= resources.available_bytes(x1.device) // KEPT_FRACTION)
         return _fill_blocks(features, block, x1, x2, chunk, shape, keep_columns)
 
 
@@ -297,8 +299,7 @@ def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[T
 
     out: Optional[Tensor] = None
     for i, r in enumerate(rows):
-        f1 = kept.pop(i, None) if same else None
-        f1 = features(x1[r]) if f1 is None else f1
+        f1 = kept.pop(i) if same and i in kept else features(x1[r])
         for j, c in enumerate(cols):
             if same and j < i:
                 continue
