@@ -143,6 +143,28 @@ def test_kept_column_features_are_computed_once(keep_columns, rng, monkeypatch):
     assert len(calls) == (11 if keep_columns else 11 + 11 * 10 // 2)
 
 
+@pytest.mark.parametrize("gram_rows, expected_chunks", [(2, [1, 3, 4, 4, 4, 4]), (5, [9, 11])])
+def test_large_feature_pieces_are_the_row_chunks(gram_rows, expected_chunks, rng, monkeypatch):
+    """On the CPU the features are computed in pieces whose largest δ fits CHUNK_BYTES: 4 inputs here
+    (2 outputs · 16 units · 8 bytes = 256 bytes an input, CHUNK_BYTES patched to 1024). Pieces of at
+    least GRAM_ROWS inputs serve as the row and column chunks themselves; smaller ones are copied into
+    the chunks the budget allows (one here). The kernel is the same either way."""
+    from ntklab.ntk import empirical as empirical_module
+
+    net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
+    x1, x2 = random_inputs(11, 3, rng), random_inputs(9, 3, rng)
+    whole = empirical_ntk(net, x1, x2, method="structured", outputs="full")
+    monkeypatch.setattr(empirical_module.resources, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(empirical_module, "GRAM_ROWS", gram_rows)
+    chunks = []
+    original = empirical_module._structured_features
+    monkeypatch.setattr(empirical_module, "_structured_features",
+                        lambda model, x, full, chunk: chunks.append(x.shape[0]) or original(model, x, full, chunk))
+    pieces = empirical_ntk(net, x1, x2, method="structured", outputs="full")
+    assert sorted(chunks) == expected_chunks     # x1: 4 + 4 + 3, x2: 4 + 4 + 1, each once
+    assert _rel(pieces, whole) < 1e-13
+
+
 def test_empirical_nngp_outputs_and_readout(rng):
     x = random_inputs(5, 3, rng)
     spec = ArchSpec(depth=2, width=12, sigma_w=1.3, sigma_b=0.2, out_dim=3)

@@ -56,6 +56,11 @@ DEFAULT_MEMORY_BUDGET = 2 ** 30
 KEPT_FRACTION = 4
 """x2's features are kept across row chunks (computed once, not once per row chunk) when they fit in the
 memory budget or in 1/KEPT_FRACTION of the memory the device has available."""
+GRAM_ROWS = 256
+"""On the CPU, kept structured features whose pieces (:func:`_structured_features`) hold at least this many
+inputs are used as they come, a piece per row chunk, instead of being copied into larger chunks: a Gram
+block of 256 × 256 inputs still does 128 multiply-adds per number it reads, enough for the matmul to run
+at full speed, and the pieces' memory is not held twice."""
 
 
 def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, outputs: str = "mean",
@@ -129,6 +134,12 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
         # the budget first: the device's available memory is a query (a synchronisation on CUDA)
         keep_columns = (n2 * row_bytes <= memory_budget
                         or n2 * row_bytes <= resources.available_bytes(x1.device) // KEPT_FRACTION)
+        if method == "structured" and x1.device.type == "cpu" and keep_columns and feature_chunk >= GRAM_ROWS:
+            # pieces copied into larger chunks leave their freed memory with the CPU allocator (an MLP of
+            # width 4096 on 4096 inputs: 10.1–10.5 s and a 888–920 MiB peak so, 7.0–8.1 s and 664–919 MiB
+            # a piece per chunk; README "Speed"); not with recomputed columns, which smaller row chunks
+            # would recompute more often
+            chunk = min(chunk, feature_chunk)
         return _fill_blocks(features, block, x1, x2, chunk, shape, keep_columns)
 
 
@@ -348,11 +359,15 @@ def _structured_features(model: Net, x: Tensor, full: bool, chunk: int) -> List[
         return first
     # written into their place piece by piece: concatenating the pieces would hold every feature twice
     features = [tuple(t.new_empty((n,) + t.shape[1:]) for t in of_layer) for of_layer in first]
+    piece = first
+    del first        # so that each piece is dropped once written
     for start in range(0, n, chunk):
-        piece = first if start == 0 else _structured_features_of(model, modules, x[start: start + chunk], full)
+        if start:
+            piece = _structured_features_of(model, modules, x[start: start + chunk], full)
         for whole, part in zip(features, piece):
             for target, values in zip(whole, part):
                 target[start: start + values.shape[0]] = values
+        piece = None
     return features
 
 
