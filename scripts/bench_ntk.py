@@ -19,8 +19,9 @@ Width 4096 with N = 4096 shows the structured method inside its default memory b
 
 CNN table: the structured empirical NTK of the trainer's ``model=cnn depth=1 model.readout=flatten``
 (3×3 relu conv of C channels, flatten, dense to 10 outputs, per-output mean kernel) on N random
-1×28×28 images, once with x2 = x1 and once against N others (what a training run's setup computes
-on its train and test sets), one call each (they take seconds to minutes).
+1×28×28 images, once with x2 = x1 and once M others (--cnn-test-n, default N) against them (what a
+training run's setup computes on its train and test sets), one call each (they take seconds to
+minutes; --cnn-cases picks either).
 
 Analytic kernel table: NNGP + NTK in float64 for depth 3 on N inputs (x2 = x1), closed forms
 (relu, erf, gelu).
@@ -166,18 +167,21 @@ def cnn_table(args) -> None:
     from ntklab.nets import build_net, cnn_layers
 
     print(f"\n### Structured empirical NTK of a depth-1 flatten CNN (10 outputs, mean), {args.dtype}, {args.device}\n")
-    print("| channels | N | x2 = x1 s | x2 × x1 s |")
-    print("|---:|---:|---:|---:|")
+    print("| channels | N | M | x2 = x1 s | x2 × x1 s |")
+    print("|---:|---:|---:|---:|---:|")
     dtype = getattr(torch, args.dtype)
     for channels in args.cnn_channels:
         net = build_net(cnn_layers(1, channels, 10, readout="flatten", sigma_w=2 ** 0.5, bias=False), (1, 28, 28),
                         seed=0, device=args.device, dtype=dtype)
         for n in args.cnn_n:
-            x1, x2 = (torch.randn(n, 1, 28, 28, device=args.device, dtype=dtype) for _ in range(2))
+            m = n if args.cnn_test_n is None else args.cnn_test_n
+            x1 = torch.randn(n, 1, 28, 28, device=args.device, dtype=dtype)
+            x2 = torch.randn(m, 1, 28, 28, device=args.device, dtype=dtype)
             empirical_ntk(net, x1[:2])       # the libraries' lazy state, outside the timing
-            same = _timed_once(lambda: empirical_ntk(net, x1), args.device)
-            cross = _timed_once(lambda: empirical_ntk(net, x2, x1), args.device)
-            print(f"| {channels} | {n} | {same:.1f} | {cross:.1f} |", flush=True)
+            same = _timed_once(lambda: empirical_ntk(net, x1), args.device) if "same" in args.cnn_cases else None
+            cross = _timed_once(lambda: empirical_ntk(net, x2, x1), args.device) if "cross" in args.cnn_cases else None
+            cells = " | ".join("" if t is None else f"{t:.1f}" for t in (same, cross))
+            print(f"| {channels} | {n} | {m} | {cells} |", flush=True)
 
 
 def _case_in_subprocess(method: str, width: int, n: int, args) -> dict:
@@ -273,6 +277,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["structured", "jacobian", "ntvp"])
     parser.add_argument("--cnn-channels", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--cnn-n", type=int, nargs="+", default=[400])
+    parser.add_argument("--cnn-test-n", type=int, help="M, the rows of the x2 × x1 case (default: N)")
+    parser.add_argument("--cnn-cases", nargs="+", choices=["same", "cross"], default=["same", "cross"])
     parser.add_argument("--analytic-n", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--quadrature-n", type=int, nargs="+", default=[200, 1000, 4000])
     parser.add_argument("--large-variance-n", type=int, nargs="+", default=[200, 1000],

@@ -143,6 +143,29 @@ def test_kept_column_features_are_computed_once(keep_columns, rng, monkeypatch):
     assert len(calls) == (11 if keep_columns else 11 + 11 * 10 // 2)
 
 
+@pytest.mark.parametrize("outputs", ["full", "mean"])
+def test_x1_features_kept_when_only_they_fit(outputs, rng, monkeypatch):
+    """One input per chunk (1-byte budget) and memory for 4 inputs' features: 3 inputs in x1 fit, 9 in
+    x2 do not, so Θ̂(x2, x1) is computed with x1's kept (9 + 3 feature computations, not 3 + 3·9) and
+    transposed back, input axes and output axes (which differ at finite width) alike."""
+    from ntklab.ntk import empirical as empirical_module
+
+    net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
+    x1, x2 = random_inputs(3, 3, rng), random_inputs(9, 3, rng)
+    whole = empirical_ntk(net, x1, x2, method="structured", outputs=outputs)
+    row_bytes = 8 * sum(m.layer.ntk_feature_numel(m.node, 2, outputs == "full") for m in net.parametrized_modules())
+    monkeypatch.setattr(empirical_module.resources, "available_bytes",
+                        lambda device: empirical_module.KEPT_FRACTION * 4 * row_bytes)
+    calls = []
+    original = empirical_module._structured_features
+    monkeypatch.setattr(empirical_module, "_structured_features",
+                        lambda model, x, full, chunk: calls.append(x.shape[0]) or original(model, x, full, chunk))
+    swapped = empirical_ntk(net, x1, x2, method="structured", outputs=outputs, memory_budget=1)
+    assert len(calls) == 9 + 3
+    assert swapped.shape == whole.shape and swapped.is_contiguous()
+    assert _rel(swapped, whole) < 1e-13
+
+
 @pytest.mark.parametrize("gram_rows, expected_chunks", [(2, [1, 3, 4, 4, 4, 4]), (5, [9, 11])])
 def test_large_feature_pieces_are_the_row_chunks(gram_rows, expected_chunks, rng, monkeypatch):
     """On the CPU the features are computed in pieces whose largest δ fits CHUNK_BYTES: 4 inputs here

@@ -76,7 +76,8 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
             within it (the returned kernel itself is not counted). x2's chunk features are computed
             once and kept when all of them fit in this budget or in 1/:data:`KEPT_FRACTION` of the
             memory the device has available (:func:`ntklab.resources.available_bytes`), else
-            recomputed for every row chunk.
+            recomputed for every row chunk (or Θ̂(x2, x1) computed with x1's kept and transposed, when
+            those fit and x2's do not).
 
     Returns:
         Θ̂ in the model's dtype, on the model's device.
@@ -130,17 +131,30 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
             block = lambda xa, xb: _reduce_outputs(_ntvp_block(model, params, xa, xb, k), outputs)
         chunk = max(1, memory_budget // (2 * row_bytes))
         shape = (k, k) if outputs == "full" else ()
-        n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        # the budget first: the device's available memory is a query (a synchronisation on CUDA)
-        keep_columns = (n2 * row_bytes <= memory_budget
-                        or n2 * row_bytes <= resources.available_bytes(x1.device) // KEPT_FRACTION)
+        available: List[int] = []
+
+        def kept_fit(n: int) -> bool:
+            # the budget first: the device's available memory is a query (a synchronisation on CUDA)
+            if n * row_bytes <= memory_budget:
+                return True
+            if not available:
+                available.append(resources.available_bytes(x1.device))
+            return n * row_bytes <= available[0] // KEPT_FRACTION
+
+        keep_columns = kept_fit(x1.shape[0] if x2 is None else x2.shape[0])
+        # x1's features fit where x2's do not: Θ̂(x2, x1) with x1's kept, transposed back, computes each
+        # input's features once instead of x2's once per row chunk of x1
+        transposed = not keep_columns and x2 is not None and x1.shape[0] > chunk and kept_fit(x1.shape[0])
+        if transposed:
+            x1, x2, keep_columns = x2, x1, True
         if method == "structured" and x1.device.type == "cpu" and keep_columns and feature_chunk >= GRAM_ROWS:
             # pieces copied into larger chunks leave their freed memory with the CPU allocator (an MLP of
             # width 4096 on 4096 inputs: 10.1–10.5 s and a 888–920 MiB peak so, 7.0–8.1 s and 664–919 MiB
             # a piece per chunk; README "Speed"); not with recomputed columns, which smaller row chunks
             # would recompute more often
             chunk = min(chunk, feature_chunk)
-        return _fill_blocks(features, block, x1, x2, chunk, shape, keep_columns)
+        kernel = _fill_blocks(features, block, x1, x2, chunk, shape, keep_columns)
+        return _swap_inputs(kernel).contiguous() if transposed else kernel
 
 
 def _batch_ntk(model: nn.Module, x1, x2, method: str, outputs: str, memory_budget: int) -> Tensor:
@@ -319,8 +333,14 @@ def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[T
                 out = torch.empty((n1, n2) + shape, dtype=value.dtype, device=value.device)
             out[r, c] = value
             if same and j > i:
-                out[c, r] = value.transpose(0, 1).transpose(-2, -1) if shape else value.T
+                out[c, r] = _swap_inputs(value)
     return out
+
+
+def _swap_inputs(kernel: Tensor) -> Tensor:
+    """K(x, x') (N1, N2[, k, k]) → K(x', x) (N2, N1[, k, k]), a view: the input axes and the output axes
+    swapped."""
+    return kernel.transpose(0, 1).transpose(2, 3) if kernel.dim() == 4 else kernel.T
 
 
 def _has_structured_rule(model: nn.Module) -> bool:
