@@ -18,7 +18,8 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class PowerLaw:
-    """y ≈ prefactor · x^exponent; ``low``/``high``: bootstrap interval of the exponent (NaN with one seed)."""
+    """y ≈ prefactor · x^exponent; ``low``/``high``: bootstrap interval of the exponent (NaN with fewer than
+    two seeds that each span two x values)."""
 
     exponent: float
     prefactor: float
@@ -52,13 +53,17 @@ def fit_with_bootstrap(table: pd.DataFrame, x: str, y: str, group: Optional[str]
                        level: float = 0.95, seed: int = 0) -> PowerLaw:
     """Fit ``table[y]`` against ``table[x]``; the interval resamples the values of column ``group``.
 
-    Rows with a missing or non-positive y (a diverged run, say) are left out of the fit.
+    Rows with a missing or non-positive y (a diverged run, say) are left out of the fit. The interval
+    needs two groups that each span two or more x values (NaN otherwise): beside one such group, a
+    group at a single x only moves that group's slope by its leverage, which says nothing about how
+    the exponent varies from seed to seed.
     """
     rows = table[[c for c in (x, y, group) if c]].dropna()
     rows = rows[(rows[x] > 0) & (rows[y] > 0)]
     fit = fit_power_law(rows[x].to_numpy(), rows[y].to_numpy())
     groups = np.unique(rows[group]) if group else np.array([])
-    if groups.size < 2:
+    spanning = sum(rows.loc[rows[group] == g, x].nunique() >= 2 for g in groups)
+    if spanning < 2:
         return PowerLaw(fit.exponent, fit.prefactor, n_points=fit.n_points, n_groups=groups.size)
     log_x = {g: np.log(rows.loc[rows[group] == g, x].to_numpy(dtype=float)) for g in groups}
     log_y = {g: np.log(rows.loc[rows[group] == g, y].to_numpy(dtype=float)) for g in groups}

@@ -19,6 +19,7 @@ numbers go to STEM.json: {"kernel": {method: {n_train: accuracy}}, "trained": {n
 from typing import Optional
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -97,8 +98,9 @@ def main() -> None:
             axes[2].plot(widths, fit(widths), "-", color=colour, label=f"{label}: {fit.label()}")
             numbers["trained"][str(n)] = {"accuracy": {int(w): float(a) for w, a in mean.items()},
                                           "cntk_accuracy": cntk, "pred_gap_fit": fit_numbers(fit)}
+            interval = "" if np.isnan(fit.low) else f" [{fit.low:.3f}, {fit.high:.3f}]"
             print(f"trained CNN, {label}: accuracy by channels {numbers['trained'][str(n)]['accuracy']} (its CNTK at "
-                  f"t = ∞: {cntk}); pred_gap ∝ channels^{fit.exponent:.3f} [{fit.low:.3f}, {fit.high:.3f}]")
+                  f"t = ∞: {cntk}); pred_gap ∝ channels^{fit.exponent:.3f}{interval}")
         axes[1].set(xscale="log", xlabel="channels", ylabel="test accuracy", title="trained by gradient descent")
         # below the panels: with several n the entries would cover the lines
         axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)

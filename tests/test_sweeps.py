@@ -83,6 +83,20 @@ def test_collect_keeps_every_status_and_skips_corrupt_files(tmp_path, monkeypatc
     assert sorted(read_table(written[0])["run_dir"]) == sorted(table["run_dir"])   # absolute again
 
 
+def test_bootstrap_interval_needs_two_seeds_with_a_slope_each():
+    """Seed 0 at three widths and seed 1 at one: the fit uses all four points, but only one seed has a
+    slope of its own, so there is no interval; a second point for seed 1 gives one, and it spans the
+    two seeds' own exponents (with two seeds the resamples are each alone or both together)."""
+    rows = pd.DataFrame({"width": [64, 256, 1024, 256], "seed": [0, 0, 0, 1], "y": [1.0, 0.5, 0.25, 0.6]})
+    single = fit_with_bootstrap(rows, "width", "y")
+    assert single.exponent == pytest.approx(fit_power_law(rows["width"], rows["y"]).exponent, rel=1e-12)
+    assert np.isnan(single.low) and np.isnan(single.high) and single.n_groups == 2
+    rows.loc[4] = {"width": 1024, "seed": 1, "y": 0.2}
+    both = fit_with_bootstrap(rows, "width", "y")
+    own = [fit_power_law(rows.loc[rows["seed"] == s, "width"], rows.loc[rows["seed"] == s, "y"]).exponent for s in (0, 1)]
+    assert both.low == pytest.approx(min(own), rel=1e-12) and both.high == pytest.approx(max(own), rel=1e-12)
+
+
 def test_power_law_fit_recovers_a_known_exponent():
     widths = np.array([64, 128, 256, 512, 1024, 2048, 4096, 8192], dtype=float)
     exact = fit_power_law(widths, 3.0 * widths ** -0.5)
