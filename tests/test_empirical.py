@@ -121,26 +121,37 @@ def test_chunking_changes_nothing(method, keep_columns, rng, monkeypatch):
     assert eigenvalues.min() > -1e-12 * eigenvalues.max()
 
 
-@pytest.mark.parametrize("keep_columns", [True, False])
-def test_kept_column_features_are_computed_once(keep_columns, rng, monkeypatch):
-    """One input per chunk (1-byte budget): 11 row and 9 column chunks. Kept, each chunk's features are
-    computed once: 11 + 9 for x1 × x2, 11 for x1 × x1. Recomputed, every row chunk computes the
-    columns it meets: 11 + 11·9, and 11 + 55 above the diagonal for x1 × x1."""
+@pytest.mark.parametrize("kept_inputs, cross, same", [
+    (None, 11 + 9, 11),                  # all kept: every input's features once
+    (0, 9 + 9 * 11, 11 * 12 // 2),       # one column chunk at a time: x1's rows again for each
+    (3, 9 + 3 * 11, 3 + 6 + 9 + 11),     # groups of 3 columns (3 of 9; 4 of 11 for x1 × x1)
+])
+def test_features_computed_once_per_group_of_kept_columns(kept_inputs, cross, same, rng, monkeypatch):
+    """One input per chunk (1-byte budget): 11 row and 9 column chunks, the columns held in groups of as
+    many as fit in memory. Each column chunk's features are computed once and each row chunk's once per
+    group. For x1 × x1 the group starting at column s computes the s rows before it and its own
+    columns (rows inside the group take them): Σ (s + size) over the groups, 11·12/2 with groups of one.
+    The kernel is the same whatever the grouping."""
     from ntklab.ntk import empirical as empirical_module
 
-    if not keep_columns:
-        monkeypatch.setattr(empirical_module.resources, "available_bytes", lambda device: 0)
+    net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
+    x1, x2 = random_inputs(11, 3, rng), random_inputs(9, 3, rng)
+    whole, whole_same = empirical_ntk(net, x1, x2, outputs="full"), empirical_ntk(net, x1, outputs="full")
+    if kept_inputs is not None:
+        row_bytes = 8 * sum(m.layer.ntk_feature_numel(m.node, 2, True) for m in net.parametrized_modules())
+        monkeypatch.setattr(empirical_module.resources, "available_bytes",
+                            lambda device: empirical_module.KEPT_FRACTION * kept_inputs * row_bytes)
     calls = []
     original = empirical_module._structured_features
     monkeypatch.setattr(empirical_module, "_structured_features",
                         lambda model, x, full, chunk: calls.append(x.shape[0]) or original(model, x, full, chunk))
-    net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
-    x1, x2 = random_inputs(11, 3, rng), random_inputs(9, 3, rng)
-    empirical_ntk(net, x1, x2, method="structured", memory_budget=1)
-    assert len(calls) == (11 + 9 if keep_columns else 11 + 11 * 9)
+    grouped = empirical_ntk(net, x1, x2, method="structured", outputs="full", memory_budget=1)
+    assert len(calls) == cross
+    assert _rel(grouped, whole) < 1e-13
     calls.clear()
-    empirical_ntk(net, x1, method="structured", memory_budget=1)
-    assert len(calls) == (11 if keep_columns else 11 + 11 * 10 // 2)
+    grouped_same = empirical_ntk(net, x1, method="structured", outputs="full", memory_budget=1)
+    assert len(calls) == same
+    assert _rel(grouped_same, whole_same) < 1e-13
 
 
 @pytest.mark.parametrize("outputs", ["full", "mean"])

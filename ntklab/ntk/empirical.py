@@ -55,10 +55,11 @@ DEFAULT_MEMORY_BUDGET = 2 ** 30
 """Bytes of working memory (features, Jacobians or tangents) per chunk, excluding the result."""
 KEPT_FRACTION = 4
 """x2's features are kept across row chunks (computed once, not once per row chunk) when they fit in the
-memory budget or in 1/KEPT_FRACTION of the memory the device has available."""
+memory budget or in 1/KEPT_FRACTION of the memory the device has available; else as many chunks as fit
+there are kept at a time."""
 GRAM_ROWS = 256
-"""On the CPU, kept structured features whose pieces (:func:`_structured_features`) hold at least this many
-inputs are used as they come, a piece per row chunk, instead of being copied into larger chunks: a Gram
+"""On the CPU, structured features whose pieces (:func:`_structured_features`) hold at least this many
+inputs are used as they come, a piece per chunk, instead of being copied into larger chunks: a Gram
 block of 256 × 256 inputs still does 128 multiply-adds per number it reads, enough for the matmul to run
 at full speed, and the pieces' memory is not held twice."""
 
@@ -75,9 +76,9 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
         memory_budget: bytes of working memory per chunk; inputs are split into row chunks to stay
             within it (the returned kernel itself is not counted). x2's chunk features are computed
             once and kept when all of them fit in this budget or in 1/:data:`KEPT_FRACTION` of the
-            memory the device has available (:func:`ntklab.resources.available_bytes`), else
-            recomputed for every row chunk (or Θ̂(x2, x1) computed with x1's kept and transposed, when
-            those fit and x2's do not).
+            memory the device has available (:func:`ntklab.resources.available_bytes`); else as
+            many chunks as fit are kept at a time and x1's recomputed for each such group (or
+            Θ̂(x2, x1) computed so and transposed, where that computes fewer features).
 
     Returns:
         Θ̂ in the model's dtype, on the model's device.
@@ -130,30 +131,38 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
             features = lambda x: x
             block = lambda xa, xb: _reduce_outputs(_ntvp_block(model, params, xa, xb, k), outputs)
         chunk = max(1, memory_budget // (2 * row_bytes))
+        if method == "structured" and x1.device.type == "cpu" and feature_chunk >= GRAM_ROWS:
+            # pieces copied into larger chunks leave their freed memory with the CPU allocator (an MLP of
+            # width 4096 on 4096 inputs: 10.1–10.5 s and a 888–920 MiB peak so, 7.0–8.1 s and 664–919 MiB
+            # a piece per chunk; README "Speed")
+            chunk = min(chunk, feature_chunk)
         shape = (k, k) if outputs == "full" else ()
         available: List[int] = []
 
-        def kept_fit(n: int) -> bool:
+        def kept_chunks(n_columns: int) -> int:
+            """How many column chunks' features may be held at once (all of them where they fit)."""
+            all_chunks = math.ceil(n_columns / chunk)
             # the budget first: the device's available memory is a query (a synchronisation on CUDA)
-            if n * row_bytes <= memory_budget:
-                return True
+            if n_columns * row_bytes <= memory_budget:
+                return all_chunks
             if not available:
                 available.append(resources.available_bytes(x1.device))
-            return n * row_bytes <= available[0] // KEPT_FRACTION
+            kept_bytes = max(memory_budget, available[0] // KEPT_FRACTION)
+            return min(all_chunks, max(1, kept_bytes // (chunk * row_bytes)))
 
-        keep_columns = kept_fit(x1.shape[0] if x2 is None else x2.shape[0])
-        # x1's features fit where x2's do not: Θ̂(x2, x1) with x1's kept, transposed back, computes each
-        # input's features once instead of x2's once per row chunk of x1
-        transposed = not keep_columns and x2 is not None and x1.shape[0] > chunk and kept_fit(x1.shape[0])
+        def computations(n_rows: int, n_columns: int) -> int:
+            """Inputs whose features _fill_blocks computes: the columns once, the rows once per group."""
+            groups = math.ceil(math.ceil(n_columns / chunk) / kept_chunks(n_columns))
+            return n_columns + groups * n_rows
+
+        n1 = x1.shape[0]
+        n2 = n1 if x2 is None else x2.shape[0]
+        # Θ̂(x2, x1) transposed back, where x1 as the columns needs fewer feature computations (as when
+        # x1's fit the memory kept and x2's do not)
+        transposed = x2 is not None and computations(n2, n1) < computations(n1, n2)
         if transposed:
-            x1, x2, keep_columns = x2, x1, True
-        if method == "structured" and x1.device.type == "cpu" and keep_columns and feature_chunk >= GRAM_ROWS:
-            # pieces copied into larger chunks leave their freed memory with the CPU allocator (an MLP of
-            # width 4096 on 4096 inputs: 10.1–10.5 s and a 888–920 MiB peak so, 7.0–8.1 s and 664–919 MiB
-            # a piece per chunk; README "Speed"); not with recomputed columns, which smaller row chunks
-            # would recompute more often
-            chunk = min(chunk, feature_chunk)
-        kernel = _fill_blocks(features, block, x1, x2, chunk, shape, keep_columns)
+            x1, x2, n1, n2 = x2, x1, n2, n1
+        kernel = _fill_blocks(features, block, x1, x2, chunk, shape, kept_chunks(n2))
         return _swap_inputs(kernel).contiguous() if transposed else kernel
 
 
@@ -298,42 +307,44 @@ def _identity_in_outputs(kernel: Tensor, k: int, outputs: str) -> Tensor:
 
 
 def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[Tensor],
-                 chunk: int, shape: Tuple[int, ...], keep_columns: bool) -> Tensor:
+                 chunk: int, shape: Tuple[int, ...], kept_chunks: int) -> Tensor:
     """Assemble K[i, j] = block(features(x1 chunk i), features(x2 chunk j)) into one tensor.
 
-    With x2 = None only blocks j >= i are computed and the rest mirrored (K(x', x) = K(x, x')ᵀ,
-    output axes swapped too). ``keep_columns``: x2's chunk features are kept once computed (each
-    computed once; with x2 = None a chunk's are dropped after its own row, which no later row needs);
-    otherwise recomputed per row chunk, so working memory stays at about two chunks.
+    The column chunks go in groups of ``kept_chunks``, whose features are held while every row chunk
+    meets them: each column chunk's features are computed once, each row chunk's once per group (all
+    of them at once where they fit: every input's features once). Working memory: kept_chunks + 1
+    chunks of features. With x2 = None only blocks j >= i are computed and the rest mirrored
+    (K(x', x) = K(x, x')ᵀ, output axes swapped too); a row chunk that is also a column of the group
+    takes that column's features, which no later row needs.
     """
     same = x2 is None
     x2 = x1 if same else x2
     n1, n2 = x1.shape[0], x2.shape[0]
     rows = [slice(s, min(s + chunk, n1)) for s in range(0, n1, chunk)]
     cols = [slice(s, min(s + chunk, n2)) for s in range(0, n2, chunk)]
-    keep_columns = keep_columns or len(cols) == 1
-    kept: Dict[int, object] = {}
-
-    def column(j: int):
-        if j in kept:
-            return kept[j]
-        value = features(x2[cols[j]])
-        if keep_columns:
-            kept[j] = value
-        return value
-
     out: Optional[Tensor] = None
-    for i, r in enumerate(rows):
-        f1 = kept.pop(i) if same and i in kept else features(x1[r])
-        for j, c in enumerate(cols):
-            if same and j < i:
-                continue
-            value = block(f1, f1 if same and j == i else column(j))
-            if out is None:
-                out = torch.empty((n1, n2) + shape, dtype=value.dtype, device=value.device)
-            out[r, c] = value
-            if same and j > i:
-                out[c, r] = _swap_inputs(value)
+    for start in range(0, len(cols), kept_chunks):
+        group = range(start, min(start + kept_chunks, len(cols)))
+        held: Dict[int, object] = {}
+        for i, r in enumerate(rows):
+            if same and i > group[-1]:
+                break
+            f1 = held.pop(i) if same and i in held else features(x1[r])
+            for j in group:
+                if same and j < i:
+                    continue
+                if same and j == i:
+                    f2 = f1
+                else:
+                    if j not in held:
+                        held[j] = features(x2[cols[j]])
+                    f2 = held[j]
+                value = block(f1, f2)
+                if out is None:
+                    out = torch.empty((n1, n2) + shape, dtype=value.dtype, device=value.device)
+                out[r, cols[j]] = value
+                if same and j > i:
+                    out[cols[j], r] = _swap_inputs(value)
     return out
 
 
