@@ -137,33 +137,44 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
             # a piece per chunk; README "Speed")
             chunk = min(chunk, feature_chunk)
         shape = (k, k) if outputs == "full" else ()
-        available: List[int] = []
-
-        def kept_chunks(n_columns: int) -> int:
-            """How many column chunks' features may be held at once (all of them where they fit)."""
-            all_chunks = math.ceil(n_columns / chunk)
-            # the budget first: the device's available memory is a query (a synchronisation on CUDA)
-            if n_columns * row_bytes <= memory_budget:
-                return all_chunks
-            if not available:
-                available.append(resources.available_bytes(x1.device))
-            kept_bytes = max(memory_budget, available[0] // KEPT_FRACTION)
-            return min(all_chunks, max(1, kept_bytes // (chunk * row_bytes)))
-
-        def computations(n_rows: int, n_columns: int) -> int:
-            """Inputs whose features _fill_blocks computes: the columns once, the rows once per group."""
-            groups = math.ceil(math.ceil(n_columns / chunk) / kept_chunks(n_columns))
-            return n_columns + groups * n_rows
-
-        n1 = x1.shape[0]
-        n2 = n1 if x2 is None else x2.shape[0]
-        # Θ̂(x2, x1) transposed back, where x1 as the columns needs fewer feature computations (as when
-        # x1's fit the memory kept and x2's do not)
-        transposed = x2 is not None and computations(n2, n1) < computations(n1, n2)
+        transposed, kept_chunks = _column_plan(x1.shape[0], None if x2 is None else x2.shape[0], chunk, row_bytes,
+                                               memory_budget, x1.device)
         if transposed:
-            x1, x2, n1, n2 = x2, x1, n2, n1
-        kernel = _fill_blocks(features, block, x1, x2, chunk, shape, kept_chunks(n2))
-        return _swap_inputs(kernel).contiguous() if transposed else kernel
+            return _swap_inputs(_fill_blocks(features, block, x2, x1, chunk, shape, kept_chunks)).contiguous()
+        return _fill_blocks(features, block, x1, x2, chunk, shape, kept_chunks)
+
+
+def _column_plan(n1: int, n2: Optional[int], chunk: int, row_bytes: int, memory_budget: int,
+                 device: torch.device) -> Tuple[bool, int]:
+    """How :func:`_fill_blocks` takes Θ̂(x1, x2) for N1 and N2 inputs (n2 None: x2 = x1) in chunks of
+    ``chunk`` inputs of ``row_bytes`` features each: (transposed, kept_chunks).
+
+    kept_chunks: how many column chunks' features are held at once; all of them where they fit in the
+    budget or in 1/KEPT_FRACTION of the device's available memory, else as many as fit there.
+    transposed: compute Θ̂(x2, x1) instead (then transpose), where x1 as the columns computes fewer
+    features (as when x1's fit the memory kept and x2's do not); the columns' features are computed
+    once, the rows' once per group of kept chunks.
+    """
+    available: List[int] = []
+
+    def kept_chunks(n_columns: int) -> int:
+        all_chunks = math.ceil(n_columns / chunk)
+        # the budget first: the device's available memory is a query (a synchronisation on CUDA)
+        if n_columns * row_bytes <= memory_budget:
+            return all_chunks
+        if not available:
+            available.append(resources.available_bytes(device))
+        kept_bytes = max(memory_budget, available[0] // KEPT_FRACTION)
+        return min(all_chunks, max(1, kept_bytes // (chunk * row_bytes)))
+
+    def computations(n_rows: int, n_columns: int) -> int:
+        return n_columns + math.ceil(math.ceil(n_columns / chunk) / kept_chunks(n_columns)) * n_rows
+
+    if n2 is None:
+        return False, kept_chunks(n1)
+    if computations(n2, n1) < computations(n1, n2):
+        return True, kept_chunks(n1)
+    return False, kept_chunks(n2)
 
 
 def _batch_ntk(model: nn.Module, x1, x2, method: str, outputs: str, memory_budget: int) -> Tensor:
