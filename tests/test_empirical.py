@@ -121,6 +121,17 @@ def test_chunking_changes_nothing(method, keep_columns, rng, monkeypatch):
     assert eigenvalues.min() > -1e-12 * eigenvalues.max()
 
 
+def _feature_computations(monkeypatch) -> list:
+    """A list that receives the input count of every structured-feature computation from now on."""
+    from ntklab.ntk import empirical as empirical_module
+
+    counts = []
+    original = empirical_module._structured_features
+    monkeypatch.setattr(empirical_module, "_structured_features",
+                        lambda model, x, full, chunk: counts.append(x.shape[0]) or original(model, x, full, chunk))
+    return counts
+
+
 @pytest.mark.parametrize("kept_inputs, cross, same", [
     (None, 11 + 9, 11),                  # all kept: every input's features once
     (0, 9 + 9 * 11, 11 * 12 // 2),       # one column chunk at a time: x1's rows again for each
@@ -141,10 +152,7 @@ def test_features_computed_once_per_group_of_kept_columns(kept_inputs, cross, sa
         row_bytes = 8 * sum(m.layer.ntk_feature_numel(m.node, 2, True) for m in net.parametrized_modules())
         monkeypatch.setattr(empirical_module.resources, "available_bytes",
                             lambda device: empirical_module.KEPT_FRACTION * kept_inputs * row_bytes)
-    calls = []
-    original = empirical_module._structured_features
-    monkeypatch.setattr(empirical_module, "_structured_features",
-                        lambda model, x, full, chunk: calls.append(x.shape[0]) or original(model, x, full, chunk))
+    calls = _feature_computations(monkeypatch)
     grouped = empirical_ntk(net, x1, x2, method="structured", outputs="full", memory_budget=1)
     assert len(calls) == cross
     assert _rel(grouped, whole) < 1e-13
@@ -167,10 +175,7 @@ def test_x1_features_kept_when_only_they_fit(outputs, rng, monkeypatch):
     row_bytes = 8 * sum(m.layer.ntk_feature_numel(m.node, 2, outputs == "full") for m in net.parametrized_modules())
     monkeypatch.setattr(empirical_module.resources, "available_bytes",
                         lambda device: empirical_module.KEPT_FRACTION * 4 * row_bytes)
-    calls = []
-    original = empirical_module._structured_features
-    monkeypatch.setattr(empirical_module, "_structured_features",
-                        lambda model, x, full, chunk: calls.append(x.shape[0]) or original(model, x, full, chunk))
+    calls = _feature_computations(monkeypatch)
     swapped = empirical_ntk(net, x1, x2, method="structured", outputs=outputs, memory_budget=1)
     assert len(calls) == 9 + 3
     assert swapped.shape == whole.shape and swapped.is_contiguous()
@@ -190,10 +195,7 @@ def test_large_feature_pieces_are_the_row_chunks(gram_rows, expected_chunks, rng
     whole = empirical_ntk(net, x1, x2, method="structured", outputs="full")
     monkeypatch.setattr(empirical_module.resources, "CHUNK_BYTES", 1024)
     monkeypatch.setattr(empirical_module, "GRAM_ROWS", gram_rows)
-    chunks = []
-    original = empirical_module._structured_features
-    monkeypatch.setattr(empirical_module, "_structured_features",
-                        lambda model, x, full, chunk: chunks.append(x.shape[0]) or original(model, x, full, chunk))
+    chunks = _feature_computations(monkeypatch)
     pieces = empirical_ntk(net, x1, x2, method="structured", outputs="full")
     assert sorted(chunks) == expected_chunks     # x1: 4 + 4 + 3, x2: 4 + 4 + 1, each once
     assert _rel(pieces, whole) < 1e-13
