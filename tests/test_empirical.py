@@ -165,7 +165,8 @@ def test_features_computed_once_per_group_of_kept_columns(kept_inputs, cross, sa
 @pytest.mark.parametrize("outputs", ["full", "mean"])
 def test_x1_features_kept_when_only_they_fit(outputs, rng, monkeypatch):
     """One input per chunk (1-byte budget) and memory for 4 inputs' features: 3 inputs in x1 fit, 9 in
-    x2 do not, so Θ̂(x2, x1) is computed with x1's kept (9 + 3 feature computations, not 3 + 3·9) and
+    x2 do not, so Θ̂(x2, x1) is computed with x1's kept (9 + 3 feature computations, not 9 + 3·3 with
+    x2's kept in three groups of 4, 4 and 1) and
     transposed back, input axes and output axes (which differ at finite width) alike."""
     from ntklab.ntk import empirical as empirical_module
 
@@ -180,6 +181,39 @@ def test_x1_features_kept_when_only_they_fit(outputs, rng, monkeypatch):
     assert len(calls) == 9 + 3
     assert swapped.shape == whole.shape and swapped.is_contiguous()
     assert _rel(swapped, whole) < 1e-13
+
+
+def test_column_plan_keeps_all_that_fit_and_transposes_where_cheaper(monkeypatch):
+    """_column_plan on counts alone (1 byte an input, chunks of 4, a 1-byte budget): 10 columns fit in
+    10 bytes kept although 3 whole chunks would take 12; 9 do not fit in 8 (two chunks at a time), and
+    against 3 rows that would compute 9 + 3·2 features, so x1 (3, fitting) becomes the columns: 3 + 9."""
+    from ntklab.ntk import empirical as empirical_module
+
+    monkeypatch.setattr(empirical_module.resources, "available_bytes",
+                        lambda device: empirical_module.KEPT_FRACTION * 10)
+    plan = lambda n1, n2: empirical_module._column_plan(n1, n2, 4, 1, 1, torch.device("cpu"))
+    assert plan(10, None) == (False, 3)
+    assert plan(10, 10) == (False, 3)
+    monkeypatch.setattr(empirical_module.resources, "available_bytes",
+                        lambda device: empirical_module.KEPT_FRACTION * 8)
+    assert plan(9, None) == (False, 2)
+    assert plan(3, 9) == (True, 1)
+    assert plan(9, 3) == (False, 1)
+
+
+@pytest.mark.parametrize("method", ["jacobian", "ntvp"])
+def test_transposed_kernel_for_every_method(method, rng, monkeypatch):
+    """Memory patched to 0 and a 1-byte budget (one input per chunk, one chunk kept): 2 rows against 7
+    columns compute 7 + 7·2 features, transposed 2 + 2·7, so the kernel is computed as Θ̂(x2, x1) and
+    swapped back; it must equal the direct one, output axes included."""
+    from ntklab.ntk import empirical as empirical_module
+
+    net = build_mlp(ArchSpec(depth=2, width=8, out_dim=2), 3, seed=0, dtype=torch.float64)
+    x1, x2 = random_inputs(2, 3, rng), random_inputs(7, 3, rng)
+    whole = empirical_ntk(net, x1, x2, method=method, outputs="full")
+    monkeypatch.setattr(empirical_module.resources, "available_bytes", lambda device: 0)
+    assert empirical_module._column_plan(2, 7, 1, 8, 1, torch.device("cpu"))[0]
+    assert _rel(empirical_ntk(net, x1, x2, method=method, outputs="full", memory_budget=1), whole) < 1e-13
 
 
 @pytest.mark.parametrize("gram_rows, expected_chunks", [(2, [1, 3, 4, 4, 4, 4]), (5, [9, 11])])

@@ -54,9 +54,9 @@ OUTPUT_MODES = ("mean", "trace", "full")
 DEFAULT_MEMORY_BUDGET = 2 ** 30
 """Bytes of working memory (features, Jacobians or tangents) per chunk, excluding the result."""
 KEPT_FRACTION = 4
-"""x2's features are kept across row chunks (computed once, not once per row chunk) when they fit in the
-memory budget or in 1/KEPT_FRACTION of the memory the device has available; else as many chunks as fit
-there are kept at a time."""
+"""The column set's features (x2's, or x1's where the kernel is computed transposed) are kept across row
+chunks (computed once, not once per row chunk) when they fit in the memory budget or in 1/KEPT_FRACTION
+of the memory the device has available; else as many chunks as fit there are kept at a time."""
 GRAM_ROWS = 256
 """On the CPU, structured features whose pieces (:func:`_structured_features`) hold at least this many
 inputs are used as they come, a piece per chunk, instead of being copied into larger chunks: a Gram
@@ -140,7 +140,7 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = "auto", *, output
         transposed, kept_chunks = _column_plan(x1.shape[0], None if x2 is None else x2.shape[0], chunk, row_bytes,
                                                memory_budget, x1.device)
         if transposed:
-            return _swap_inputs(_fill_blocks(features, block, x2, x1, chunk, shape, kept_chunks)).contiguous()
+            return _fill_blocks(features, block, x2, x1, chunk, shape, kept_chunks, transposed=True)
         return _fill_blocks(features, block, x1, x2, chunk, shape, kept_chunks)
 
 
@@ -165,7 +165,9 @@ def _column_plan(n1: int, n2: Optional[int], chunk: int, row_bytes: int, memory_
         if not available:
             available.append(resources.available_bytes(device))
         kept_bytes = max(memory_budget, available[0] // KEPT_FRACTION)
-        return min(all_chunks, max(1, kept_bytes // (chunk * row_bytes)))
+        if n_columns * row_bytes <= kept_bytes:      # the last chunk may be partial
+            return all_chunks
+        return max(1, kept_bytes // (chunk * row_bytes))
 
     def computations(n_rows: int, n_columns: int) -> int:
         return n_columns + math.ceil(math.ceil(n_columns / chunk) / kept_chunks(n_columns)) * n_rows
@@ -318,8 +320,9 @@ def _identity_in_outputs(kernel: Tensor, k: int, outputs: str) -> Tensor:
 
 
 def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[Tensor],
-                 chunk: int, shape: Tuple[int, ...], kept_chunks: int) -> Tensor:
-    """Assemble K[i, j] = block(features(x1 chunk i), features(x2 chunk j)) into one tensor.
+                 chunk: int, shape: Tuple[int, ...], kept_chunks: int, transposed: bool = False) -> Tensor:
+    """Assemble K[i, j] = block(features(x1 chunk i), features(x2 chunk j)) into one tensor, or its
+    transpose K(x2, x1) if ``transposed`` (each block written swapped, input and output axes).
 
     The column chunks go in groups of ``kept_chunks``, whose features are held while every row chunk
     meets them: each column chunk's features are computed once, each row chunk's once per group (all
@@ -344,18 +347,19 @@ def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[T
             for j in group:
                 if same and j < i:
                     continue
-                if same and j == i:
-                    f2 = f1
-                else:
-                    if j not in held:
-                        held[j] = features(x2[cols[j]])
-                    f2 = held[j]
-                value = block(f1, f2)
+                if not (same and j == i) and j not in held:
+                    held[j] = features(x2[cols[j]])
+                value = block(f1, f1 if same and j == i else held[j])
                 if out is None:
-                    out = torch.empty((n1, n2) + shape, dtype=value.dtype, device=value.device)
-                out[r, cols[j]] = value
+                    size = (n2, n1) if transposed else (n1, n2)
+                    out = torch.empty(size + shape, dtype=value.dtype, device=value.device)
+                if transposed:
+                    out[cols[j], r] = _swap_inputs(value)
+                else:
+                    out[r, cols[j]] = value
                 if same and j > i:
                     out[cols[j], r] = _swap_inputs(value)
+            f1 = None        # before the next row's features are computed
     return out
 
 
@@ -401,16 +405,18 @@ def _structured_features(model: Net, x: Tensor, full: bool, chunk: int) -> List[
         return first
     # written into their place piece by piece: concatenating the pieces would hold every feature twice
     features = [tuple(t.new_empty((n,) + t.shape[1:]) for t in of_layer) for of_layer in first]
-    piece = first
-    del first        # so that each piece is dropped once written
-    for start in range(0, n, chunk):
-        if start:
-            piece = _structured_features_of(model, modules, x[start: start + chunk], full)
-        for whole, part in zip(features, piece):
-            for target, values in zip(whole, part):
-                target[start: start + values.shape[0]] = values
-        piece = None
+    _write_rows(features, first, 0)
+    del first        # each piece is dropped once written, before the next is computed
+    for start in range(chunk, n, chunk):
+        _write_rows(features, _structured_features_of(model, modules, x[start: start + chunk], full), start)
     return features
+
+
+def _write_rows(features: List[Tuple[Tensor, ...]], piece: List[Tuple[Tensor, ...]], start: int) -> None:
+    """Copy a piece's features (per layer, per array) into rows start, start + 1, ... of ``features``."""
+    for whole, part in zip(features, piece):
+        for target, values in zip(whole, part):
+            target[start: start + values.shape[0]] = values
 
 
 def _structured_features_of(model: Net, modules: List[LayerModule], x: Tensor, full: bool) -> List[Tuple[Tensor, ...]]:
