@@ -107,7 +107,7 @@ def test_generic_module_agrees_with_per_output_autograd(rng):
 def test_chunking_changes_nothing(method, keep_columns, rng, monkeypatch):
     from ntklab.ntk import empirical as empirical_module
 
-    if not keep_columns:    # no memory to spare: x2's features are recomputed for every row chunk
+    if not keep_columns:    # no memory to spare: one column chunk kept at a time, x1's rows recomputed for each
         monkeypatch.setattr(empirical_module.resources, "available_bytes", lambda device: 0)
     net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
     x1, x2 = random_inputs(11, 3, rng), random_inputs(9, 3, rng)
@@ -132,6 +132,11 @@ def _feature_computations(monkeypatch) -> list:
     return counts
 
 
+def _feature_bytes(net, full: bool) -> int:
+    """Bytes of structured features an input of the float64 net keeps, as empirical_ntk counts them."""
+    return 8 * sum(m.layer.ntk_feature_numel(m.node, net.out_dim, full) for m in net.parametrized_modules())
+
+
 @pytest.mark.parametrize("kept_inputs, cross, same", [
     (None, 11 + 9, 11),                  # all kept: every input's features once
     (0, 9 + 9 * 11, 11 * 12 // 2),       # one column chunk at a time: x1's rows again for each
@@ -149,7 +154,7 @@ def test_features_computed_once_per_group_of_kept_columns(kept_inputs, cross, sa
     x1, x2 = random_inputs(11, 3, rng), random_inputs(9, 3, rng)
     whole, whole_same = empirical_ntk(net, x1, x2, outputs="full"), empirical_ntk(net, x1, outputs="full")
     if kept_inputs is not None:
-        row_bytes = 8 * sum(m.layer.ntk_feature_numel(m.node, 2, True) for m in net.parametrized_modules())
+        row_bytes = _feature_bytes(net, full=True)
         monkeypatch.setattr(empirical_module.resources, "available_bytes",
                             lambda device: empirical_module.KEPT_FRACTION * kept_inputs * row_bytes)
     calls = _feature_computations(monkeypatch)
@@ -173,7 +178,7 @@ def test_x1_features_kept_when_only_they_fit(outputs, rng, monkeypatch):
     net = build_mlp(ArchSpec(depth=2, width=16, out_dim=2), 3, seed=0, dtype=torch.float64)
     x1, x2 = random_inputs(3, 3, rng), random_inputs(9, 3, rng)
     whole = empirical_ntk(net, x1, x2, method="structured", outputs=outputs)
-    row_bytes = 8 * sum(m.layer.ntk_feature_numel(m.node, 2, outputs == "full") for m in net.parametrized_modules())
+    row_bytes = _feature_bytes(net, full=outputs == "full")
     monkeypatch.setattr(empirical_module.resources, "available_bytes",
                         lambda device: empirical_module.KEPT_FRACTION * 4 * row_bytes)
     calls = _feature_computations(monkeypatch)

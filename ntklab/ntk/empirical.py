@@ -353,11 +353,9 @@ def _fill_blocks(features: Callable, block: Callable, x1: Tensor, x2: Optional[T
                 if out is None:
                     size = (n2, n1) if transposed else (n1, n2)
                     out = torch.empty(size + shape, dtype=value.dtype, device=value.device)
-                if transposed:
-                    out[cols[j], r] = _swap_inputs(value)
-                else:
+                if not transposed:
                     out[r, cols[j]] = value
-                if same and j > i:
+                if transposed or (same and j > i):      # the swapped block: the result's, or the mirror
                     out[cols[j], r] = _swap_inputs(value)
             f1 = None        # before the next row's features are computed
     return out
