@@ -272,6 +272,70 @@ def test_a_block_that_cannot_be_read_is_named_with_what_to_do(tmp_path):
     assert regress.run(compose_config("regress", SMALL + ["ridge=0.1"]), tmp_path / "run")["status"] == "ok"
     assert broken.exists()
 
+def test_a_block_of_another_shape_is_named_with_what_to_do(tmp_path):
+    regress.run(compose_config("regress", SMALL), tmp_path / "run")
+    grid = regress.BlockGrid(40, 30, 16)
+    # the last train block is 8 × 8 (rows and columns 32…39); one of 16 × 16 cannot come from this run
+    wrong = tmp_path / "run" / regress.BLOCKS / grid.file_name(("train", 2, 2))
+    saved = torch.load(wrong, weights_only=True)
+    torch.save({**saved, "ntk": torch.zeros(16, 16, dtype=saved["ntk"].dtype)}, wrong)
+    with pytest.raises(results.RunDirCorrupt) as err:
+        regress.run(compose_config("regress", SMALL), tmp_path / "run")
+    assert str(err.value).startswith(f"{wrong}: holds kernels of shapes {{'nngp': (8, 8), 'ntk': (16, 16)}}, "
+                                     "not (8, 8)") and "delete it and run again" in str(err.value)
+
+
+def test_a_refused_worker_leaves_the_runs_directory_as_it_is(tmp_path):
+    run_dir = tmp_path / "run"
+    assert regress.run(compose_config("regress", SMALL + ["stop_after_blocks=2"]), run_dir)["status"] == "stopped"
+    # another config, or a bad one, started on a run that is still going: refused, and the run's
+    # directory gets no failed regression.json that collect would show as the run's status
+    for overrides, message in ((["data.n_train=20"], "holds a run with a different config"),
+                               (["model.readout=max"], "model.readout: must be one of")):
+        with pytest.raises(ConfigError, match=message):
+            regress.run(compose_config("regress", SMALL + overrides), run_dir)
+        assert not (run_dir / regress.REGRESSION_JSON).exists()
+    # the run itself then finishes, and a failure of its own is recorded (a block it cannot read)
+    assert regress.run(compose_config("regress", SMALL), run_dir)["status"] == "ok"
+    shutil.rmtree(run_dir / regress.BLOCKS)
+    (run_dir / regress.REGRESSION_JSON).unlink()
+    (run_dir / regress.BLOCKS).mkdir()
+    grid = regress.BlockGrid(40, 30, 16)
+    (run_dir / regress.BLOCKS / grid.file_name(grid.blocks[0])).write_bytes(b"partial")
+    with pytest.raises(results.RunDirCorrupt):
+        regress.run(compose_config("regress", SMALL), run_dir)
+    summary = json.loads((run_dir / regress.REGRESSION_JSON).read_text())
+    assert summary["status"] == "failed" and "cannot be read" in summary["error"]
+
+
+def test_a_worker_that_arrives_during_the_solve_returns_its_result(tmp_path, monkeypatch):
+    run_dir, cfg = tmp_path / "run", compose_config("regress", SMALL)
+    solves, real_solve, real_stamp = [], regress.solve, regress._file_stamp
+    late_worker, late_result, late_started = [], [], threading.Event()
+
+    def stamp(path):
+        if threading.current_thread() in late_worker:
+            late_started.set()
+        return real_stamp(path)
+
+    def solve_while_a_worker_arrives(*args):
+        if not late_worker:
+            # a job-array task that starts while this worker solves: it waits for the solve to end
+            # (the directory's exclusive lock, held here), then finds every block computed
+            late_worker.append(threading.Thread(target=lambda: late_result.append(regress.run(cfg, run_dir))))
+            late_worker[0].start()
+            assert late_started.wait(timeout=60)
+        solves.append(1)
+        return real_solve(*args)
+
+    monkeypatch.setattr(regress, "_file_stamp", stamp)
+    monkeypatch.setattr(regress, "solve", solve_while_a_worker_arrives)
+    summary = regress.run(cfg, run_dir)
+    late_worker[0].join(timeout=120)
+    # one solve per kernel, not two: the late worker returns the result written while it waited
+    assert len(solves) == 2 and late_result == [summary]
+
+
 @pytest.mark.cuda
 def test_regress_on_cuda_matches_the_cpu_run(tmp_path):
     # kernels and solve on the GPU (with ridges, so the held-out split indexes device tensors too)

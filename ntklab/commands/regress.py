@@ -108,23 +108,39 @@ def run(cfg, run_dir: Path) -> Dict:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # taken before any wait for the directory's locks: a worker that arrives while another solves
+    # then sees that solve's result as new, and returns it, instead of taking it for the one a
+    # rerun asks to redo
+    result_at_start = _file_stamp(run_dir / REGRESSION_JSON)
     with results.locked(run_dir, shared=True):
         try:
-            return _run_locked(cfg, run_dir)
+            admitted = _admit(cfg, run_dir)
         except Exception as err:
-            # a failed attempt says why in regression.json (collect shows it), unless the directory
-            # already holds a finished result, which stays as it is
-            with _exclusive(run_dir):
-                path = run_dir / REGRESSION_JSON
-                try:
-                    finished = json.loads(path.read_text()).get("status") == results.OK
-                except (OSError, ValueError, AttributeError):        # none yet, or not a summary
-                    finished = False
-                if not finished:
-                    results.write_json(path, {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
-                                              "traceback": traceback.format_exc(),
-                                              "config": OmegaConf.to_container(cfg, resolve=False)})
+            # refused before the config check let it in: a directory that holds a run (its
+            # config.yaml) is that run's, and its regression.json stays as it is
+            if not (run_dir / results.CONFIG).exists():
+                _record_failure(cfg, run_dir, err)
             raise
+        try:
+            return _compute_and_solve(cfg, run_dir, *admitted, result_at_start)
+        except Exception as err:
+            _record_failure(cfg, run_dir, err)
+            raise
+
+
+def _record_failure(cfg, run_dir: Path, err: Exception) -> None:
+    """A failed attempt says why in regression.json (collect shows it), unless the directory already
+    holds a finished result, which stays as it is. Called from the ``except`` that caught ``err``."""
+    with _exclusive(run_dir):
+        path = run_dir / REGRESSION_JSON
+        try:
+            finished = json.loads(path.read_text()).get("status") == results.OK
+        except (OSError, ValueError, AttributeError):        # none yet, or not a summary
+            finished = False
+        if not finished:
+            results.write_json(path, {"status": results.FAILED, "error": f"{type(err).__name__}: {err}",
+                                      "traceback": traceback.format_exc(),
+                                      "config": OmegaConf.to_container(cfg, resolve=False)})
 
 
 def _exclusive(run_dir: Path):
@@ -133,10 +149,11 @@ def _exclusive(run_dir: Path):
     return results.file_lock(run_dir / ".regress.lock", wait=True)
 
 
-def _run_locked(cfg, run_dir: Path) -> Dict:
+def _admit(cfg, run_dir: Path):
+    """Check the config, load the data and build the net; save config.yaml, or refuse a config that
+    differs from the one the directory holds. Returns (config, data, arch, spec, device)."""
     from ntklab.train.trainer import load_data, resolve_device
 
-    blocks_dir = run_dir / BLOCKS
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     data = load_data(cfg.data, images=wants_images(cfg.model))
@@ -146,14 +163,16 @@ def _run_locked(cfg, run_dir: Path) -> Dict:
         raise ConfigError("model", f"has no analytic kernels: {problem}")
     device = resolve_device(cfg.device)
     with _exclusive(run_dir):
-        blocks_dir.mkdir(exist_ok=True)
+        (run_dir / BLOCKS).mkdir(exist_ok=True)
         for leftover in results.remove_leftovers(run_dir):
             log.warning("removed %s, left by an interrupted write", leftover)
         results.check_same_config(run_dir, config, _NOT_COMPARED, schema=RegressConfig)
-        result_at_start = _file_stamp(run_dir / REGRESSION_JSON)
+    return config, data, arch, spec, device
 
+
+def _compute_and_solve(cfg, run_dir: Path, config: Dict, data: Dataset, arch, spec, device, result_at_start) -> Dict:
     grid = BlockGrid(data.n_train, data.n_test, int(cfg.block_size))
-    done = compute_blocks(spec or arch, data, grid, blocks_dir, device=device, dtype=getattr(torch, cfg.dtype),
+    done = compute_blocks(spec or arch, data, grid, run_dir / BLOCKS, device=device, dtype=getattr(torch, cfg.dtype),
                           progress=cfg.progress, stop_after=cfg.stop_after_blocks,
                           block_elements=cfg.block_elements)
     if done < len(grid.blocks):
@@ -380,6 +399,12 @@ def assemble(grid: BlockGrid, blocks_dir: Path, dtype: torch.dtype = torch.float
         except Exception as err:
             raise results.RunDirCorrupt(path, f"cannot be read ({type(err).__name__})",
                                         "delete it and run again to recompute that block") from err
+        expected = tuple(part.stop - part.start for part in (rows[split][r], columns[c]))
+        shapes = ({kind: tuple(saved[kind].shape) for kind in KINDS if kind in saved}
+                  if isinstance(saved, dict) else {})
+        if set(shapes) != set(KINDS) or set(shapes.values()) != {expected}:
+            raise results.RunDirCorrupt(path, f"holds kernels of shapes {shapes}, not {expected} for each of "
+                                        f"{', '.join(KINDS)}", "delete it and run again to recompute that block")
         seconds += float(saved["seconds"])
         target = train if split == "train" else test
         for kind in KINDS:
