@@ -313,9 +313,13 @@ def test_channel_standardize_only_centres_a_constant_channel():
     torch.testing.assert_close(train[:, 0].std(correction=0), torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
-def test_per_image_refuses_a_constant_image():
-    x = torch.ones(3, 1, 2, 2, dtype=torch.float64)
+@pytest.mark.parametrize("grey", [1.0, 3 / 255])
+def test_per_image_refuses_a_constant_image(grey):
+    # 3/255 on 28×28: the float mean of 784 equal values misses them by a rounding (checked below),
+    # which centring alone would leave as a nonzero image of ±1e-17 entries
+    x = torch.full((3, 1, 28, 28), grey, dtype=torch.float64)
     x[0, 0, 0, 0] = 2.0
+    assert grey == 1.0 or bool((x[1] - x[1].mean() != 0).any())
     with pytest.raises(ConfigError) as err:
         normalize_inputs(x, x, "per_image")
     assert err.value.field == "data.normalize" and "point 1 of the train split is constant" in str(err.value)

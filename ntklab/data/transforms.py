@@ -78,9 +78,16 @@ def _standardize(x_train: Tensor, x_test: Tensor, mode: str) -> Tuple[Tensor, Te
 
 def _per_image(x_train: Tensor, x_test: Tensor, mode: str) -> Tuple[Tensor, Tensor]:
     radius = math.sqrt(x_train.shape[1])
-    centred_train = x_train - x_train.mean(dim=1, keepdim=True)
-    centred_test = x_test - x_test.mean(dim=1, keepdim=True)
-    return _to_radius(centred_train, radius, "train", mode), _to_radius(centred_test, radius, "test", mode)
+    return (_to_radius(_centre_each(x_train), radius, "train", mode),
+            _to_radius(_centre_each(x_test), radius, "test", mode))
+
+
+def _centre_each(x: Tensor) -> Tensor:
+    """(N, d): each point minus the mean of its d entries, a constant point exactly 0. Decided by
+    max == min, as in :func:`_mean_and_std`: the float mean of d equal values can miss them by a
+    rounding, and the leftover would be scaled up to ±1 everywhere instead of being refused."""
+    constant = x.amax(dim=1, keepdim=True) == x.amin(dim=1, keepdim=True)
+    return torch.where(constant, torch.zeros_like(x), x - x.mean(dim=1, keepdim=True))
 
 
 # The modes that see a point as its d entries, on (N, d).
