@@ -46,8 +46,9 @@ _NOT_COLUMNS = ("config", "traceback", "plots", "versions")
 
 def find_runs(paths: Iterable[Path]) -> List[Path]:
     """Run directories under ``paths`` (themselves included), sorted: every folder holding a
-    config.yaml or a summary.json, and every job folder of a multirun (the non-hidden folders
-    beside its multirun.yaml), even an empty one; Hydra's .hydra copies and .submitit excluded."""
+    config.yaml, a summary.json or a regression.json (a refused run leaves only one of the last two),
+    and every job folder of a multirun (the non-hidden folders beside its multirun.yaml), even an
+    empty one; Hydra's .hydra copies and .submitit excluded."""
     found = set()
     for path in paths:
         path = Path(path)
@@ -55,7 +56,7 @@ def find_runs(paths: Iterable[Path]) -> List[Path]:
             raise FileNotFoundError(f"{path} does not exist")
         # files under a hidden folder (.hydra, .submitit) are copies or logs, not runs
         visible = lambda file: not any(part.startswith(".") for part in file.relative_to(path).parts[:-1])
-        for name in (results.CONFIG, results.SUMMARY):
+        for name in (results.CONFIG, results.SUMMARY, results.REGRESSION):
             found.update(file.parent for file in path.rglob(name) if visible(file))
         for multirun in filter(visible, path.rglob("multirun.yaml")):
             found.update(d for d in multirun.parent.iterdir() if d.is_dir() and not d.name.startswith("."))

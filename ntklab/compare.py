@@ -34,6 +34,7 @@ not there, test sets that differ, or a data set without classes.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,10 @@ def load_predictions(run_dir: Path) -> TestPredictions:
     analytic; the linearised net's: linear), from its predictions.pt."""
     path = Path(run_dir) / results.PREDICTIONS
     if not path.exists():
+        status, error = _recorded_status(Path(run_dir))
+        if status not in (None, results.OK):
+            raise CompareError(f"{run_dir}: the run's status is {status!r}" + (f" ({error})" if error else "")
+                               + f"; it has no {results.PREDICTIONS} to compare")
         if (Path(run_dir) / results.REGRESSION).exists():
             raise CompareError(f"{run_dir} has no {results.PREDICTIONS}: run the same `python -m ntklab regress` "
                                "command in it again to write it (its kernel blocks are reused; only the solve runs)")
@@ -145,6 +150,18 @@ def load_predictions(run_dir: Path) -> TestPredictions:
     raise CompareError(f"{path} holds neither a regress run's nor a training run's test predictions")
 
 
+def _recorded_status(run_dir: Path) -> Tuple[Optional[str], Optional[str]]:
+    """(status, error) of the run's regression.json or summary.json; (None, None) without a readable one."""
+    for name in (results.REGRESSION, results.SUMMARY):
+        try:
+            summary = json.loads((run_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict):
+            return summary.get("status"), summary.get("error")
+    return None, None
+
+
 def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
                  kind_b: Optional[str]) -> Tuple[PairedComparison, str, str]:
     """Pair output ``kind_a`` of ``run_a`` with ``kind_b`` of ``run_b`` (None: the run's default, ntk
@@ -157,6 +174,11 @@ def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
             raise CompareError(f"{run_dir} has no output {kind!r}; it has {', '.join(predictions.outputs)}")
         if not predictions.classification:
             raise CompareError(f"{run_dir}: its data set has no classes, so there are no accuracies to pair")
+        finite = torch.isfinite(predictions.outputs[kind]).all(dim=1)
+        if not bool(finite.all()):
+            # argmax picks a NaN's index and NaN > midpoint is False: the accuracy would be noise
+            raise CompareError(f"{run_dir}: output {kind!r} is not finite on {int((~finite).sum())} of its "
+                               f"{len(finite)} test images (a diverged run?); there is no accuracy to pair")
         loaded.append((predictions, kind))
     (first, kind_first), (second, kind_second) = loaded
     # the inputs first, then the targets' shapes, then their values (to 1e-6: a float32 training
@@ -171,8 +193,10 @@ def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
     try:
         # scalar targets: both runs' outputs against one threshold, from the shared targets
         midpoint = class_midpoint(first.y_test)
-    except ValueError as err:
-        raise CompareError(f"{run_a}, {run_b}: {err}") from None
+    except ValueError:
+        raise CompareError(f"{run_a}, {run_b}: the test targets are scalar and all of one class, so compare "
+                           "cannot place the threshold between the two classes; test on more images "
+                           "(data.n_test)") from None
     comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test, midpoint).numpy(),
                                    correct(second.outputs[kind_second], second.y_test, midpoint).numpy())
     return comparison, kind_first, kind_second
@@ -184,8 +208,9 @@ def _digests(stored) -> frozenset:
 
 
 def _run_and_kind(text: str):
+    """The argument DIR:KIND as (DIR, KIND), and DIR as (DIR, None), also where DIR holds a colon."""
     path, separator, kind = text.rpartition(":")
-    return (Path(path), kind) if separator else (Path(text), None)
+    return (Path(path), kind) if separator and not Path(text).is_dir() else (Path(text), None)
 
 
 def report(comparison: PairedComparison, name_a: str, name_b: str) -> str:

@@ -20,7 +20,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from ntklab import analytic_kernels, results
-from ntklab.collect import read_table
+from ntklab.collect import collect, read_table
 from ntklab.commands import regress
 from ntklab.compare import CompareError, compare_runs
 from ntklab.errors import ConfigError
@@ -587,6 +587,9 @@ def test_a_failed_regress_says_why_in_regression_json(tmp_path):
         regress.run(compose_config("regress", SMALL + ["model.readout=max"]), tmp_path / "run")
     summary = json.loads((tmp_path / "run" / regress.REGRESSION_JSON).read_text())
     assert summary["status"] == "failed" and "model.readout: must be one of gap, flatten" in summary["error"]
+    # and collect lists it (a refused run has no config.yaml, only this file), with the config as given
+    table, skipped = collect([tmp_path])
+    assert not skipped and table[["status", "model.readout"]].values.tolist() == [["failed", "max"]]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -646,6 +649,32 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path):
     assert code == 2 and "were tested on different images" in err, err
     out, err, code = ntklab("compare", "a:nngp", "a:cntk", cwd=tmp_path)
     assert code == 2 and "has no output 'cntk'; it has nngp, ntk" in err, err
+
+    def edited_copy(name, **changes):
+        shutil.copytree(tmp_path / "a", tmp_path / name)
+        saved = torch.load(tmp_path / name / results.PREDICTIONS, weights_only=True)
+        torch.save({**saved, **changes}, tmp_path / name / results.PREDICTIONS)
+        return tmp_path / name
+
+    # a diverged run's outputs: argmax of a NaN row would count as a guess, so no accuracy is paired
+    outputs = torch.load(tmp_path / "a" / results.PREDICTIONS, weights_only=True)["ntk"].clone()
+    outputs[[3, 7]] = float("nan")
+    with pytest.raises(CompareError, match="output 'ntk' is not finite on 2 of its 30 test images"):
+        compare_runs(tmp_path / "a", None, edited_copy("diverged", ntk=outputs), None)
+    # scalar targets all of one class: no threshold between the classes to score by
+    one_class = dict(y_test=torch.full((30, 1), -0.5, dtype=torch.float64), ntk=outputs[:, :1].nan_to_num())
+    with pytest.raises(CompareError, match="the test targets are scalar and all of one class"):
+        compare_runs(edited_copy("scalar_a", **one_class), None, edited_copy("scalar_b", **one_class), None)
+    # a run directory whose name holds a colon is a run, not RUN:KIND
+    shutil.copytree(tmp_path / "a", tmp_path / "seed:1")
+    out, err, code = ntklab("compare", "a", "seed:1", cwd=tmp_path)
+    assert code == 0 and "only A 0, only B 0" in out, err
+    # a run that failed says so, not that its solve should be rerun
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / results.REGRESSION).write_text(json.dumps({"status": "failed", "error": "ConfigError: data.root: none"}))
+    with pytest.raises(CompareError, match=r"the run's status is 'failed' \(ConfigError: data.root: none\)"):
+        compare_runs(tmp_path / "a", None, failed, None)
     (tmp_path / "a" / results.PREDICTIONS).unlink()
     out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
     assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err
