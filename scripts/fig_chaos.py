@@ -1,9 +1,9 @@
 """Redraw the figures of a ``python -m ntklab chaos`` run from its chaos.json, and write the numbers they show.
 
-    python scripts/fig_chaos.py outputs/chaos/<run> [--out docs/chaos] [--correlation 0.5] [--dpi 80]
+    python scripts/fig_chaos.py outputs/chaos/<run> [--out docs/chaos] [--correlation 0.5] [--dpi 72]
 
 STEM_normalised_ntk.png, STEM_condition_number.png, STEM_steps.png (:func:`ntklab.plots.plot_chaos`; the
-README's figures are drawn this way with ``--out docs/chaos --dpi 80``) and STEM.json: per (arch, norm, σ_b²)
+README's figures are drawn this way with ``--out docs/chaos --dpi 72``) and STEM.json: per (arch, norm, σ_b²)
 at the deepest listed depth the finite nets' normalised NTK (mean, std), the limit's, the condition numbers and
 the median steps to loss (:func:`figure_common.save_numbers`).
 """
