@@ -5,6 +5,7 @@ seeds, and the errors a user meets (float64 unless a test says otherwise).
 The analytic CNTK against an independent full-covariance recursion is in test_cntk.py.
 """
 
+import importlib
 import math
 import subprocess
 import sys
@@ -202,16 +203,62 @@ def test_the_first_layer_skips_the_zero_input_ntk_and_changes_nothing(name, rng,
 
 def test_conv_structured_routes_agree(rng, monkeypatch):
     """The conv layer's Gram rule has two exact routes (position pairs, per-input gradients): force each."""
-    from ntklab.layers import dense as dense_module
+    dense_module = importlib.import_module("ntklab.layers.dense")     # ntklab.layers.dense is also a function
 
     net = build_net(CNNS["stride_same_valid_gap"](4), in_shape=(2, 7, 6), seed=0, dtype=torch.float64)
     x = torch.randn(5, 2, 7, 6, generator=rng, dtype=torch.float64)
     results = []
     for route in ("pairs", "gradients"):
-        monkeypatch.setattr(dense_module, "_PREFER", route, raising=False)
+        monkeypatch.setattr(dense_module, "_PREFER", route)
         results.append(empirical_ntk(net, x, method="structured", outputs="full"))
     # rounding of two different summation orders over ~100 terms
     assert torch.allclose(results[0], results[1], rtol=1e-12, atol=1e-14 * results[1].abs().max().item())
+
+
+def test_conv_full_kernel_of_several_outputs_by_position_pairs(rng, monkeypatch):
+    """The full kernel (k outputs, Θ (N, N, k, k)) on the position-pairs route: equal to jacobian's,
+    and computed one pair of outputs at a time, so no array exceeds (b1, b2, S, S), the size the
+    mean kernel's route needs too; all pairs at once would be k² = 9 times that."""
+    dense_module = importlib.import_module("ntklab.layers.dense")     # ntklab.layers.dense is also a function
+
+    arch = nl.serial(nl.conv(4, 3, sigma_b=0.2), nl.activation("relu"), nl.conv(4, 3, stride=2, padding="valid"),
+                     nl.activation("relu"), nl.flatten(), nl.dense(3))
+    net = build_net(arch, in_shape=(2, 7, 7), seed=0, dtype=torch.float64)
+    x = torch.randn(5, 2, 7, 7, generator=rng, dtype=torch.float64)
+    reference = empirical_ntk(net, x, method="jacobian", outputs="full")
+    largest, einsum = [0], torch.einsum
+
+    def recording_einsum(*args):
+        out = einsum(*args)
+        largest[0] = max(largest[0], out.numel())
+        return out
+
+    monkeypatch.setattr(dense_module, "_PREFER", "pairs")
+    monkeypatch.setattr(torch, "einsum", recording_einsum)
+    structured = empirical_ntk(net, x, method="structured", outputs="full")
+    # rounding of two summation orders over ~100 terms
+    assert torch.allclose(structured, reference, rtol=1e-12, atol=1e-14 * reference.abs().max().item())
+    positions = 7 * 7                                       # the first conv's output ("same")
+    assert largest[0] == 5 * 5 * positions ** 2
+
+
+def test_conv_routes_count_a_full_kernels_output_pairs():
+    """The route rule's costs: 256 channels of 3×3 convs on 8×8 digits, 10 outputs. Full kernel:
+    position pairs S²·(F + k²·C) = 64²·(2304 + 25,600) ≈ 1.1e8 per pair of inputs against the
+    gradients' k²·C·F = 5.9e7, so gradients; the mean kernel: 64²·(2304 + 2560) ≈ 2.0e7 against
+    5.9e6, gradients too. A 2×2 "valid" conv on 2×2 inputs has one position: pairs, either way."""
+    net = build_net(nl.serial(nl.conv(256, 3), nl.activation("relu"), nl.conv(256, 3), nl.activation("relu"),
+                              nl.flatten(), nl.dense(10)), in_shape=(1, 8, 8), seed=0)
+    second = net.parametrized_modules()[1]
+    assert second.layer._gram_sizes(second.node) == (256, 64, 2304)
+    assert second.layer._gradient_route(second.node, 10, full=True)
+    assert second.layer._gradient_route(second.node, 10, full=False)
+    small = build_net(nl.serial(nl.conv(8, 2, padding="valid"), nl.activation("relu"), nl.flatten(), nl.dense(10)),
+                      in_shape=(3, 2, 2), seed=0)
+    conv = small.parametrized_modules()[0]
+    assert conv.layer._gram_sizes(conv.node) == (8, 1, 12)
+    assert not conv.layer._gradient_route(conv.node, 10, full=True)
+    assert not conv.layer._gradient_route(conv.node, 10, full=False)
 
 
 # ----------------------------------------------------------------------------- Monte Carlo of CNNs

@@ -19,6 +19,7 @@ input ("same" padding). Kernel arrays are (H, W, H, W, pairs…) or (H, W, pairs
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional, Tuple
 
@@ -229,12 +230,14 @@ class Conv(_Windowed):
     def _gradient_route(self, node: Node, k: int, full: bool) -> bool:
         """Whether :meth:`ntk_gram` contracts per-input weight gradients G = Σ_s δ_s ⊗ patch_s (k, C_out, F)
         (b1·b2·k·C_out·F, times k if ``full``) rather than summing over pairs of output positions as
-        written (b1·b2·S²·(F + k·C_out), S output positions, F = C_in·k_h·k_w): the gradients win unless
-        the output is only a few positions wide. Forming G costs k·C_out·F·S per input, once."""
+        written (b1·b2·S²·(F + k·C_out), S output positions, F = C_in·k_h·k_w; k²·C_out if ``full``, one
+        δ·δ' product per pair of outputs): the gradients win unless the output is only a few positions
+        wide. Forming G costs k·C_out·F·S per input, once."""
         if _PREFER:
             return _PREFER == "gradients"
         channels, positions, features = self._gram_sizes(node)
-        return k * channels * features * (k if full else 1) < positions * positions * (features + k * channels)
+        outputs = k * k if full else k
+        return outputs * channels * features < positions * positions * (features + outputs * channels)
 
     def _gram_sizes(self, node: Node) -> Tuple[int, int, int]:
         """(C_out, S output positions, F = C_in·k_h·k_w) of the layer on ``node``'s input."""
@@ -267,8 +270,13 @@ class Conv(_Windowed):
             (p1, e1), (p2, e2) = features1, features2
             patch_gram = torch.einsum("afs,bft->abst", p1, p2)                                 # (b1, b2, S, S)
             if full:
-                delta = torch.einsum("aics,bjct->abijst", e1, e2)
-                weights = torch.einsum("abst,abijst->abij", patch_gram, delta)
+                # one pair of outputs (i, j) at a time: the δ products of all of them at once would be
+                # (b1, b2, k, k, S, S), k² times the memory the row chunks were sized for
+                k = e1.shape[1]
+                weights = patch_gram.new_empty(len(p1), len(p2), k, k)
+                for i, j in itertools.product(range(k), repeat=2):
+                    delta = torch.einsum("acs,bct->abst", e1[:, i], e2[:, j])
+                    weights[:, :, i, j] = delta.mul_(patch_gram).sum((-2, -1))
             else:
                 delta = torch.einsum("akcs,bkct->abst", e1, e2)
                 weights = (patch_gram * delta).sum((-2, -1))
