@@ -11,9 +11,10 @@ With ``--trained`` (``train`` runs: ``+sweep=cnn_width``, or runs at several ``d
 more panels against channels, one colour per train-set size n: the trained CNN's final test
 accuracy (every seed a point, the mean a line) with, dashed, its own CNTK's accuracy at t = ∞ (the
 kernel table's row of the same depth, readout and n, where it has one), and its distance to the
-CNTK's prediction at the same step (final pred_gap_analytic) with its fitted power law per n. The
-numbers go to STEM.json: {"kernel": {method: {n_train: accuracy}}, "trained": {n_train:
-{"accuracy": {width: mean}, "cntk_accuracy": accuracy or null, "pred_gap_fit": {...}}}}.
+CNTK's prediction at the same step (final pred_gap_analytic) with its fitted power law per n (where
+two channel counts have a finite value). The numbers go to STEM.json: {"kernel": {method: {n_train:
+accuracy}}, "trained": {n_train: {"accuracy": {width: mean}, "cntk_accuracy": accuracy or null,
+"pred_gap_fit": {...} or null}}}.
 """
 
 from typing import Optional
@@ -26,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from figure_common import arguments, finished_runs, fit_numbers, require, save_numbers  # noqa: E402
 from ntklab.plots import save_figure  # noqa: E402
-from ntklab.scaling import fit_with_bootstrap  # noqa: E402
+from ntklab.scaling import can_fit, fit_with_bootstrap  # noqa: E402
 
 METHODS = {("gap", "ntk"): "CNTK-GAP", ("flatten", "ntk"): "CNTK-V",
            ("gap", "nngp"): "NNGP-GAP", ("flatten", "nngp"): "NNGP-V"}
@@ -92,15 +93,21 @@ def main() -> None:
             cntk = own_cntk_accuracy(kernels, runs)
             if cntk is not None:
                 axes[1].axhline(cntk, color=colour, linestyle="--", linewidth=1, label=f"its CNTK at t = ∞, {label}")
-            fit = fit_with_bootstrap(runs, "model.width", "final.pred_gap_analytic")
             axes[2].plot(runs["model.width"], runs["final.pred_gap_analytic"], "o", color=colour, alpha=0.5, markersize=4)
-            widths = sorted(runs["model.width"].unique())
-            axes[2].plot(widths, fit(widths), "-", color=colour, label=f"{label}: {fit.label()}")
+            fit = None
+            if can_fit(runs, "model.width", "final.pred_gap_analytic"):
+                fit = fit_with_bootstrap(runs, "model.width", "final.pred_gap_analytic")
+                widths = sorted(runs["model.width"].unique())
+                axes[2].plot(widths, fit(widths), "-", color=colour, label=f"{label}: {fit.label()}")
             numbers["trained"][str(n)] = {"accuracy": {int(w): float(a) for w, a in mean.items()},
-                                          "cntk_accuracy": cntk, "pred_gap_fit": fit_numbers(fit)}
-            interval = "" if np.isnan(fit.low) else f" [{fit.low:.3f}, {fit.high:.3f}]"
+                                          "cntk_accuracy": cntk, "pred_gap_fit": None if fit is None else fit_numbers(fit)}
+            if fit is None:
+                gap = "no fit (fewer than two channel counts with a finite pred_gap_analytic)"
+            else:
+                interval = "" if np.isnan(fit.low) else f" [{fit.low:.3f}, {fit.high:.3f}]"
+                gap = f"pred_gap ∝ channels^{fit.exponent:.3f}{interval}"
             print(f"trained CNN, {label}: accuracy by channels {numbers['trained'][str(n)]['accuracy']} (its CNTK at "
-                  f"t = ∞: {cntk}); pred_gap ∝ channels^{fit.exponent:.3f}{interval}")
+                  f"t = ∞: {cntk}); {gap}")
         axes[1].set(xscale="log", xlabel="channels", ylabel="test accuracy", title="trained by gradient descent")
         # below the panels: with several n the entries would cover the lines
         axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)

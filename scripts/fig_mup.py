@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from figure_common import arguments, finished_runs, fit_numbers, require, save_numbers  # noqa: E402
 from ntklab import results  # noqa: E402
 from ntklab.plots import save_figure  # noqa: E402
-from ntklab.scaling import fit_power_law, fit_with_bootstrap  # noqa: E402
+from ntklab.scaling import can_fit, fit_power_law, fit_with_bootstrap  # noqa: E402
 
 
 def final_outputs(run_dir) -> np.ndarray:
@@ -62,7 +62,8 @@ def main() -> None:
         spread = [float(c.std(ddof=1) / c.mean()) if len(c) > 1 else None for c in changes]
         ax = axes[0]
         ax.plot(group["model.width"], group["final.kernel_change"], "o", color=color, alpha=0.5, markersize=4)
-        fit = fit_with_bootstrap(group, "model.width", "final.kernel_change") if len(widths) >= 2 else None
+        fit = (fit_with_bootstrap(group, "model.width", "final.kernel_change")
+               if can_fit(group, "model.width", "final.kernel_change") else None)
         label = parametrization + (f": {fit.label()}" if fit is not None else "")
         ax.plot(widths, means, "-", color=color, label=label)
         numbers["kernel_change"][parametrization] = {"width": [int(w) for w in widths], "mean": means,

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ntklab import results
 from ntklab.collect import read_table
-from ntklab.scaling import PowerLaw, fit_with_bootstrap
+from ntklab.scaling import PowerLaw, can_fit, fit_with_bootstrap
 
 
 def arguments(doc: str, name: str, extra=None) -> argparse.Namespace:
@@ -99,7 +99,8 @@ def plot_width_fits(ax, runs: pd.DataFrame, quantity: str) -> list:
     fits = []
     for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
         ax.plot(group["model.width"], group[quantity], "o", color=f"C{i}", alpha=0.5, markersize=4)
-        if group["model.width"].nunique() < 2:
+        if not can_fit(group, "model.width", quantity):
+            print(f"{quantity}, {parametrization}: no fit (fewer than two widths with a finite positive value)")
             continue
         fit = fit_with_bootstrap(group, "model.width", quantity)
         widths = np.geomspace(group["model.width"].min(), group["model.width"].max(), 50)

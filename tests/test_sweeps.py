@@ -15,7 +15,7 @@ import yaml
 
 from ntklab import ArchSpec, analytic_kernels, build_mlp, empirical_ntk, results
 from ntklab.collect import collect, read_table, write_table
-from ntklab.scaling import fit_power_law, fit_with_bootstrap
+from ntklab.scaling import can_fit, fit_power_law, fit_with_bootstrap
 from ntklab.train import run
 from ntklab.train.trainer import load_data
 from tests.helpers import compose_train, draw, metrics, ntklab
@@ -95,6 +95,25 @@ def test_bootstrap_interval_needs_two_seeds_with_a_slope_each():
     both = fit_with_bootstrap(rows, "width", "y")
     own = [fit_power_law(rows.loc[rows["seed"] == s, "width"], rows.loc[rows["seed"] == s, "y"]).exponent for s in (0, 1)]
     assert both.low == pytest.approx(min(own), rel=1e-12) and both.high == pytest.approx(max(own), rel=1e-12)
+
+
+def test_values_a_log_cannot_take_are_refused_by_the_fit_and_left_out_of_the_table_fit():
+    """inf (a diverged run's quantity), NaN, 0: fit_power_law names them; fit_with_bootstrap fits the
+    rest, the exponent that of the finite positive rows alone; can_fit says when fewer than two
+    widths remain, which fit_with_bootstrap would refuse."""
+    with pytest.raises(ValueError, match="finite positive x and y, got y = inf"):
+        fit_power_law([64, 256, 1024], [1.0, np.inf, 0.25])
+    rows = pd.DataFrame({"width": [64, 256, 1024, 4096, 64, 256], "seed": [0, 0, 0, 0, 1, 1],
+                         "y": [1.0, 0.5, np.inf, 0.2, np.nan, 0.0]})
+    fit = fit_with_bootstrap(rows, "width", "y")
+    assert fit.n_points == 3 and fit.exponent == pytest.approx(np.polyfit(np.log([64, 256, 4096]),
+                                                                          np.log([1.0, 0.5, 0.2]), 1)[0], rel=1e-12)
+    assert can_fit(rows, "width", "y")
+    two_left = rows[rows["width"] <= 256]          # finite positive y at 64 and 256, from one seed
+    one_left = rows[rows["width"].isin([256, 1024])]
+    assert can_fit(two_left, "width", "y") and not can_fit(one_left, "width", "y")
+    with pytest.raises(ValueError, match="at least two distinct x"):
+        fit_with_bootstrap(one_left, "width", "y")
 
 
 def test_power_law_fit_recovers_a_known_exponent():

@@ -873,7 +873,7 @@ def _fitted(records: List[Dict]) -> Dict[str, Optional[float]]:
     out: Dict[str, Optional[float]] = {}
     for name in ("kernel_change", "param_drift"):
         pairs = [(r["step"], r[name]) for r in records
-                 if r.get("step", 0) >= 1 and isinstance(r.get(name), (int, float)) and r[name] > 0]
+                 if r.get("step", 0) >= 1 and isinstance(r.get(name), (int, float)) and 0 < r[name] < math.inf]
         out[f"{name}_step_exponent"] = (float(np.polyfit(np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs]), 1)[0])
                                         if len(pairs) >= 3 else None)
     last = records[-1] if records else {}
