@@ -7,10 +7,13 @@ The estimate is a lower bound on the largest terms, not a measurement: the param
 times (θ, θ_0 for param_drift, the gradient, the momentum buffer or optimizer state; twice more when
 the loss is checked every k > 1 steps, whose window start is kept to recover the step of a divergence), the
 outputs of every dense or conv layer on the rows of one pass four times (forward values,
-derivatives, the structured NTK's per-layer features, autograd's saved tensors; a pass covers the
-largest of the train and test sets, or one chunk of it: ``optim.chunk_size``, :func:`chunk_rows`), and the float64
-kernels on the train set (analytic Θ and Σ, the empirical Θ̂_0 and its test×train block). The
-analytic CNTK's working memory is bounded separately (``analytic_kernels``' block_elements).
+derivatives, the arrays the structured NTK's features are computed from, autograd's saved tensors; a pass covers the
+largest of the train and test sets, or one chunk of it: ``optim.chunk_size``, :func:`chunk_rows`), the
+structured empirical NTK's kept per-input features (a conv's weight gradient, k·C_out·C_in·k_h·k_w
+numbers per input: those of the larger set, or the memory budget empirical_ntk keeps at least
+where they do not fit), and the float64 kernels on the train set (analytic Θ and Σ, the empirical
+Θ̂_0 and its test×train block). The analytic CNTK's working memory is bounded separately
+(``analytic_kernels``' block_elements).
 
 With the opt-in spectral quantities (:func:`spectral_bytes`): the kernel on the spectrum set and its
 eigenvectors (float64), and with ``sharpness`` or ``gauss_newton_share`` the Lanczos basis
@@ -36,6 +39,7 @@ def run_bytes(cfg, in_shape: Optional[Sequence[int]] = None, out_dim: Optional[i
     from ntklab.config import build_arch, wants_images
     from ntklab.data import IMAGE_SHAPES
     from ntklab.layers import bind
+    from ntklab.ntk.empirical import DEFAULT_MEMORY_BUDGET
 
     data, track = cfg.data, cfg.track
     if in_shape is None:
@@ -57,9 +61,11 @@ def run_bytes(cfg, in_shape: Optional[Sequence[int]] = None, out_dim: Optional[i
     activations = 4 * rows * features_per_row * itemsize
     k = out_dim if n_train * out_dim <= track.full_kernel_limit else 1
     kernels = 8 * (3 * (n_train * k) ** 2 + n_test * n_train)
+    feature_bytes = itemsize * sum(node.layer.ntk_feature_numel(node, out_dim, k > 1) for node in layers)
+    kept_features = min(max(n_train, n_test) * feature_bytes, DEFAULT_MEMORY_BUDGET)
     # a check of the loss every k > 1 steps keeps the parameters and optimizer state of the window's start
     window_copy = 2 * n_params * itemsize if int(cfg.optim.get("divergence_check_every", 1)) > 1 else 0
-    return 4 * n_params * itemsize + window_copy + activations + kernels + spectral_bytes(
+    return 4 * n_params * itemsize + window_copy + activations + kernels + kept_features + spectral_bytes(
         track, n_params=n_params, features_per_row=features_per_row, n_train=n_train, out_dim=out_dim,
         itemsize=itemsize)
 

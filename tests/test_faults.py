@@ -126,6 +126,35 @@ def test_default_parallelism_is_what_cores_and_memory_allow(monkeypatch):
     assert small - every_step == 2 * params * 4
 
 
+@pytest.mark.parametrize("targets, full", [("scalar", False), ("onehot", True)])
+def test_the_run_estimate_counts_the_empirical_ntks_kept_features(targets, full, monkeypatch):
+    """The features empirical_ntk keeps per input (a conv's weight gradient on the gradient route),
+    measured on the arrays it computes for the built net, times the larger set's 40 inputs: what
+    run_bytes adds over an estimate without them (a memory budget of 0 keeps none). One-hot targets
+    (10 outputs, 40·10 ≤ full_kernel_limit) take the full kernel's features."""
+    import torch
+
+    from ntklab import build_net, resources
+    from ntklab.config import build_arch
+    from ntklab.ntk import empirical as empirical_module
+
+    overrides = ["model=cnn", "data=digits", "width=8", "depth=2", f"data.targets={targets}", "data.n_train=40",
+                 "data.n_test=30", "dtype=float32"]
+    cfg = compose_train(overrides)
+    out_dim = 10 if targets == "onehot" else 1
+    arch, _ = build_arch(cfg.model, (1, 8, 8), out_dim)
+    net = build_net(arch, in_shape=(1, 8, 8), seed=0, dtype=torch.float32)
+    features = empirical_module._structured_features(net, torch.randn(3, 1, 8, 8), full=full, chunk=3)
+    per_input = sum(t.numel() * t.element_size() for of_layer in features for t in of_layer) // 3
+    with_features = resources.run_bytes(cfg)
+    monkeypatch.setattr(empirical_module, "DEFAULT_MEMORY_BUDGET", 0)
+    assert with_features - resources.run_bytes(cfg) == 40 * per_input
+    # where they do not fit, the budget empirical_ntk keeps at least (1 GiB): a 1024-channel CNN on MNIST
+    monkeypatch.setattr(empirical_module, "DEFAULT_MEMORY_BUDGET", 2 ** 30)
+    wide = compose_train(["model=cnn", "data=mnist", "width=1024", "depth=2", "data.n_train=1000"])
+    assert resources.run_bytes(wide) > 2 ** 30
+
+
 # ----------------------------------------------------------------------------- 4. checkpoints that lie
 
 def _flip_a_bit_in_the_largest_tensor(path):
