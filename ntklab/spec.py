@@ -30,9 +30,9 @@ The readout makes f(x) = O(1/√n) at initialisation; the NTK stays O(1) and mov
 "meanfield" (one hidden layer only): f(x) = (σ_w/n) Σ_i a_i φ(z_i) + (σ_b/√n) b, i.e. the "ntk"
 input layer and a readout with weight_std = bias_std = 1, weight_mult = σ_w/n, bias_mult = σ_b/√n (Mei, Montanari & Nguyen 2018; Chizat &
 Bach 2018). Its NTK is O(1/n), so η_max = 2Nk/λ_max grows like n: train it at a fraction of η_max.
-:func:`layer_scales` is the single place these constants live: the network's forward pass,
+:func:`parameter_scale` is the single place these constants live: the network's forward pass,
 the structured empirical NTK (c_l = weight_mult², c'_l = bias_mult²) and the analytic kernel
-recursion all read them from here.
+recursion all read them from here (:func:`layer_scales` lists them for every layer of an ArchSpec).
 """
 
 from __future__ import annotations
