@@ -143,7 +143,8 @@ class _Spectrum:
             else:
                 consequence = "predictions at large t amplify rounding errors in the kernel"
             warnings.warn(f"the train kernel is ill-conditioned (condition number λ_max/λ_min = {condition:.3g}, "
-                          f"λ_max = {top.item():.3g}): {consequence}. A ridge > 0 regularises it.",
+                          f"λ_max = {top.item():.3g}): {consequence}. A ridge whose σ² (ridge × the mean "
+                          f"diagonal) is well above {cutoff.item():.3g} regularises it.",
                           RuntimeWarning, stacklevel=3)
         self.condition_number = condition
         self.rate = learning_rate / (n * out_dim)          # c = η/(Nk)
