@@ -260,3 +260,17 @@ def test_a_cnn_run_tracks_the_spectral_quantities(tmp_path):
     hessian = torch.linalg.eigvalsh(LossHessian(net, x, y).dense()).flip(0)
     assert first["sharpness"] == pytest.approx(hessian[0].item(), rel=1e-8)
     assert first["hessian_top_eigenvalues"] == pytest.approx(hessian[:2].tolist(), rel=1e-8)
+
+
+def test_a_stopped_cnn_run_with_several_outputs_resumes_to_the_identical_metrics(tmp_path):
+    """One-hot targets (10 outputs; 20·10 ≤ full_kernel_limit, so the full empirical kernels), flatten
+    readout: stopped at step 5 (a checkpoint at 4) and resumed, the metrics are those of the run
+    that went through, byte for byte, and the full kernel's predictions are among them."""
+    overrides = CNN + ["data.targets=onehot", "model.readout=flatten", "track.checkpoint_every=4"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run(compose_train(overrides + ["stop_after=5"]), parts)["status"] == "stopped"
+    resumed = run(compose_train(overrides), parts)
+    reference = run(compose_train(overrides), whole)
+    assert (parts / results.METRICS).read_bytes() == (whole / results.METRICS).read_bytes()
+    assert resumed["final"] == reference["final"] and resumed["linear_kernel"] == "full"
+    assert math.isfinite(resumed["final"]["pred_gap_linear"]) and resumed["final"]["pred_gap_linear"] > 0
