@@ -77,12 +77,13 @@ def cifar_rows(first, n):
     return ((index[:, None] * 5 + pixels[None, :] + 85 * (pixels // 1024)[None, :]) % 256).astype(np.uint8)
 
 
-def write_cifar(folder, rows=6):
-    """Batches of ``rows`` rows; global row r (train 0..5·rows−1, test after) has label r mod 10."""
+def write_cifar(folder, rows=6, protocol=2):
+    """Batches of ``rows`` rows; global row r (train 0..5·rows−1, test after) has label r mod 10;
+    pickled with ``protocol`` (2 as the official files; 5 as a batch saved again from NumPy 2)."""
     folder.mkdir(parents=True, exist_ok=True)
     for b, name in enumerate(CIFAR_NAMES):
         index = b * rows + np.arange(rows)
         batch = {b"batch_label": b"test", b"data": cifar_rows(b * rows, rows),
                  b"labels": [int(r % 10) for r in index]}
         with open(folder / name, "wb") as file:
-            pickle.dump(batch, file, protocol=2)
+            pickle.dump(batch, file, protocol=protocol)

@@ -116,8 +116,9 @@ def test_digits_images_are_scikit_learns_images():
     assert torch.equal(data.x_train, expected[:, None])
 
 
-def test_cifar_channels_are_the_red_green_blue_planes(tmp_path):
-    write_cifar(tmp_path)
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_channels_are_the_red_green_blue_planes(tmp_path, protocol):
+    write_cifar(tmp_path, protocol=protocol)
     data = load_dataset("cifar10", n_train=30, n_test=6, root=tmp_path, images=True, normalize="none")
     h, w = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     for x in (data.x_train, data.x_test):

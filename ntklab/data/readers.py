@@ -46,8 +46,10 @@ from ntklab.errors import ConfigError
 
 try:  # NumPy >= 2 moved the array internals that pickles name to numpy._core.
     from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:  # pragma: no cover - NumPy 1.x
     from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
@@ -221,6 +223,8 @@ _SAFE_GLOBALS = {
 for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _SAFE_GLOBALS[(_module, "_reconstruct")] = _multiarray._reconstruct
     _SAFE_GLOBALS[(_module, "scalar")] = _multiarray.scalar
+for _module in ("numpy.core.numeric", "numpy._core.numeric"):
+    _SAFE_GLOBALS[(_module, "_frombuffer")] = _numeric._frombuffer     # how protocol-5 pickles store arrays
 
 
 class _ArrayUnpickler(pickle.Unpickler):
