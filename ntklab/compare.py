@@ -34,7 +34,6 @@ not there, test sets that differ, or a data set without classes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +153,10 @@ def _recorded_status(run_dir: Path) -> Tuple[Optional[str], Optional[str]]:
     """(status, error) of the run's regression.json or summary.json; (None, None) without a readable one."""
     for name in (results.REGRESSION, results.SUMMARY):
         try:
-            summary = json.loads((run_dir / name).read_text())
+            summary = results.read_summary(run_dir, name)
         except (OSError, ValueError):
             continue
-        if isinstance(summary, dict):
+        if summary is not None:
             return summary.get("status"), summary.get("error")
     return None, None
 

@@ -439,10 +439,10 @@ def _records(path: Path) -> Iterator[Dict]:
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
 
 
-def read_summary(run_dir: Path) -> Optional[Dict]:
-    """summary.json of a run directory, or None when the run has not finished; raises ValueError
-    naming the file when it is cut short, empty or not a JSON object."""
-    path = Path(run_dir) / SUMMARY
+def read_summary(run_dir: Path, name: str = SUMMARY) -> Optional[Dict]:
+    """summary.json (or ``name``: a regress run's REGRESSION) of a run directory, or None when the run
+    has not finished; raises ValueError naming the file when it is cut short, empty or not a JSON object."""
+    path = Path(run_dir) / name
     if not path.exists():
         return None
     try:

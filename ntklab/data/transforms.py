@@ -83,11 +83,10 @@ def _per_image(x_train: Tensor, x_test: Tensor, mode: str) -> Tuple[Tensor, Tens
 
 
 def _centre_each(x: Tensor) -> Tensor:
-    """(N, d): each point minus the mean of its d entries, a constant point exactly 0. Decided by
-    max == min, as in :func:`_mean_and_std`: the float mean of d equal values can miss them by a
-    rounding, and the leftover would be scaled up to ±1 everywhere instead of being refused."""
-    constant = x.amax(dim=1, keepdim=True) == x.amin(dim=1, keepdim=True)
-    return torch.where(constant, torch.zeros_like(x), x - x.mean(dim=1, keepdim=True))
+    """(N, d): each point minus the mean of its d entries, a constant point (:func:`_constant`) exactly
+    0: the float mean of d equal values can miss them by a rounding, and the leftover would be scaled
+    up to ±1 everywhere instead of being refused."""
+    return torch.where(_constant(x, dims=(1,)), torch.zeros_like(x), x - x.mean(dim=1, keepdim=True))
 
 
 # The modes that see a point as its d entries, on (N, d).
@@ -108,10 +107,14 @@ def _mean_and_std(x: Tensor, dims: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
     """Mean and population std of x over ``dims`` (kept), the std replaced by 1 where x is constant."""
     mean = x.mean(dim=dims, keepdim=True)
     std = x.std(dim=dims, correction=0, keepdim=True)
-    # Decide constancy exactly (max == min), not by a small std: a float sum of equal values
-    # can leave a spurious std of 1e-17, and dividing by it would blow the feature up.
-    constant = x.amax(dim=dims, keepdim=True) == x.amin(dim=dims, keepdim=True)
-    return mean, torch.where(constant, torch.ones_like(std), std)
+    return mean, torch.where(_constant(x, dims), torch.ones_like(std), std)
+
+
+def _constant(x: Tensor, dims: Tuple[int, ...]) -> Tensor:
+    """Where x is constant over ``dims`` (kept), decided exactly (max == min), not by a small std or
+    a centred value: a float sum of equal values can leave a spurious 1e-17, which a division or a
+    rescaling would blow up."""
+    return x.amax(dim=dims, keepdim=True) == x.amin(dim=dims, keepdim=True)
 
 
 def _to_radius(x: Tensor, radius: float, split: str, mode: str) -> Tensor:
