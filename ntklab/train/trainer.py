@@ -40,6 +40,7 @@ from ntklab.kernels import limit_problem
 from ntklab.layers import Layer
 from ntklab.nets import Net, build_mlp, build_net
 from ntklab.quantities import SPECTRAL, TRACKED
+from ntklab.scaling import fit_power_law
 from ntklab.spec import ArchSpec
 from ntklab.train.stability import classify
 from ntklab.train.tracking import (NetworkOutputs, ReferenceKernels, SpectrumTracker, Tracker, reference_kernels,
@@ -874,7 +875,7 @@ def _fitted(records: List[Dict]) -> Dict[str, Optional[float]]:
     for name in ("kernel_change", "param_drift"):
         pairs = [(r["step"], r[name]) for r in records
                  if r.get("step", 0) >= 1 and isinstance(r.get(name), (int, float)) and 0 < r[name] < math.inf]
-        out[f"{name}_step_exponent"] = (float(np.polyfit(np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs]), 1)[0])
+        out[f"{name}_step_exponent"] = (fit_power_law([p[0] for p in pairs], [p[1] for p in pairs]).exponent
                                         if len(pairs) >= 3 else None)
     last = records[-1] if records else {}
     predicted = last.get("pred_train_loss_analytic")
