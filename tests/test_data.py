@@ -355,6 +355,14 @@ def test_truncated_idx_and_broken_gzip_name_the_file(tmp_path):
         load_dataset("mnist", root=tmp_path, n_train=2, n_test=2)
 
 
+def test_idx_files_of_no_images_read_as_an_empty_split(tmp_path):
+    # a test split of 0 images is a valid pair of IDX files: asking for test images says there are too few
+    write_idx_set(tmp_path, test_labels=[])
+    with pytest.raises(ConfigError) as err:
+        load_dataset("mnist", root=tmp_path, n_train=2, n_test=2)
+    assert err.value.field == "data.n_test"
+
+
 # --- CIFAR-10 from pickled batches ------------------------------------------------------------
 
 @pytest.mark.parametrize("subdir", ["", "cifar-10-batches-py"])
@@ -385,11 +393,27 @@ class _Evil:
         return (os.getcwd, ())
 
 
+class _ObjectsOverBytes:
+    """An object array over raw bytes: its entries would be pointers the file chose (reading them
+    crashes the interpreter), made from NumPy's own constructors, which the unpickler allows."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __reduce__(self):
+        return (np.ndarray, ((2,), self.dtype, b"A" * 16))
+
+
 @pytest.mark.parametrize("content, needle", [
     ({b"data": np.zeros((6, 100), np.uint8), b"labels": [0] * 6}, "(n, 3072)"),
     ({b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 5}, "b'labels'"),
     ({b"pixels": np.zeros((6, 3072), np.uint8)}, "b'data' and b'labels'"),
     ({b"data": _Evil(), b"labels": [0] * 6}, "getcwd, which a data batch never needs"),
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": _ObjectsOverBytes("O")}, "numpy.ndarray on raw memory"),
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": _ObjectsOverBytes(np.dtype("O"))}, "dtype object"),
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": np.zeros(6, dtype=[("label", "O")])},
+     "data arrays hold numbers"),
+    ({b"data": np.zeros((6, 3072), np.uint8), b"labels": np.zeros(6, dtype=object)}, "dtype object"),
     (None, "not a CIFAR-10 python batch"),
 ])
 def test_malformed_cifar_batch_names_the_file(tmp_path, content, needle):

@@ -183,6 +183,7 @@ def _pair(n=3, scale=256.0, features=784, labels=None):
 
 @pytest.mark.parametrize("content, needle", [
     ((_pair(), _pair(), (_Evil(), [0])), "getcwd, which a data batch never needs"),
+    ((_pair(), _pair(), (_pair()[0], np.zeros(3, dtype=object))), "dtype object"),
     ({"train": _pair()}, "((train_x, train_y), (valid_x, valid_y), (test_x, test_y))"),
     ((_pair(), _pair(), _pair(scale=255.0)), "k/256 for bytes k in 0..255"),
     ((_pair(), _pair(features=100), _pair()), "the valid images must be floats of shape (n, 784)"),

@@ -133,7 +133,8 @@ def _read_idx_split(paths: Dict[str, Path], split: str) -> Arrays:
         raise ConfigError("data.root", f"{image_file} holds {images.shape[0]} images but {label_file} "
                                        f"holds {labels.shape[0]} labels")
     _check_labels(labels, label_file)
-    return images.reshape(images.shape[0], -1), labels.astype(np.int64)
+    # the pixel count, not -1: a file of 0 images has no size to infer it from
+    return images.reshape(images.shape[0], math.prod(IDX_IMAGE_SIZE)), labels.astype(np.int64)
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
@@ -214,17 +215,47 @@ def _pickle_split(path: Path, name: str, x, y) -> Arrays:
 
 
 # Unpickling runs code named in the file; a data file only needs NumPy's array reconstruction, so
-# refuse everything else rather than trust whatever sits in the data directory.
+# refuse everything else rather than trust whatever sits in the data directory. Even NumPy's own
+# constructors are too much as they stand: ndarray(shape, "O", buffer) or a dtype with object fields
+# makes an array whose entries are pointers the file chose, and reading them crashes the process. A
+# data file holds numbers, so every dtype is checked to be one (bool, integer or float, no fields) and
+# ndarray is only a token that the array reconstruction accepts, never a callable.
+class _ArrayClassToken:
+    """What the unpickler gives for numpy.ndarray: the subtype argument of ``_reconstruct``, nothing else."""
+
+    def __call__(self, *args):
+        raise pickle.UnpicklingError("it calls numpy.ndarray on raw memory, which a data batch never needs")
+
+
+_NDARRAY = _ArrayClassToken()
+
+
+def _numeric_dtype(spec, *args) -> np.dtype:
+    """``np.dtype(spec, *args)`` when it is a plain number type; UnpicklingError otherwise."""
+    dtype = np.dtype(spec, *args)
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"it holds an array of dtype {dtype}, and data arrays hold numbers")
+    return dtype
+
+
+def _reconstruct(subtype, shape, dtype):
+    if subtype is not _NDARRAY:
+        raise pickle.UnpicklingError("it reconstructs an array of a subclass, and data arrays are plain")
+    return _multiarray._reconstruct(np.ndarray, shape, _numeric_dtype(dtype))
+
+
 _SAFE_GLOBALS = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _numeric_dtype,
     ("_codecs", "encode"): codecs.encode,     # how protocol-2 pickles spell bytes objects
 }
 for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _SAFE_GLOBALS[(_module, "_reconstruct")] = _multiarray._reconstruct
-    _SAFE_GLOBALS[(_module, "scalar")] = _multiarray.scalar
+    _SAFE_GLOBALS[(_module, "_reconstruct")] = _reconstruct
+    _SAFE_GLOBALS[(_module, "scalar")] = lambda dtype, *args: _multiarray.scalar(_numeric_dtype(dtype), *args)
 for _module in ("numpy.core.numeric", "numpy._core.numeric"):
-    _SAFE_GLOBALS[(_module, "_frombuffer")] = _numeric._frombuffer     # how protocol-5 pickles store arrays
+    # how protocol-5 pickles store arrays
+    _SAFE_GLOBALS[(_module, "_frombuffer")] = (
+        lambda buffer, dtype, *args: _numeric._frombuffer(buffer, _numeric_dtype(dtype), *args))
 
 
 class _ArrayUnpickler(pickle.Unpickler):

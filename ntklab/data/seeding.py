@@ -3,7 +3,8 @@
 Every random draw of a data set comes from ``stream_rng(seed, stream)``: a NumPy ``Generator``
 seeded by the pair (seed, stream) through ``SeedSequence``. One stream per purpose keeps the
 draws independent of each other, so that, say, the test points do not change when ``n_train``
-does, and the same arguments give the same numbers on every machine.
+does, and the same arguments give the same numbers on every machine. (Digits is the exception to the
+first: one pool, split by one shuffle, its test points are the shuffle's next after the train points.)
 """
 
 from __future__ import annotations
