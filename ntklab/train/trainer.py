@@ -823,7 +823,8 @@ def _summarize(state: _RunState) -> Dict:
     train_loss = final.get("train_loss")
     log.info("%s after %d steps: train loss %.4g, %s", state.status, state.step,
              math.nan if train_loss is None else train_loss,
-             ", ".join(f"{k} {final[k]:.3g}" for k in ("kernel_change", "pred_gap_analytic") if k in final))
+             # a quantity that left float range is null in the record (the kernel predictions past η_max)
+             ", ".join(f"{k} {final[k]:.3g}" for k in ("kernel_change", "pred_gap_analytic") if final.get(k) is not None))
     return summary
 
 
