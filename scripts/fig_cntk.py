@@ -10,9 +10,11 @@ the depth: a table of several depths gets one line per method and depth ("CNTK-V
 With ``--trained`` (``train`` runs: ``+sweep=cnn_width``, or runs at several ``data.n_train``), two
 more panels against channels, one colour per train-set size n: the trained CNN's final test
 accuracy (every seed a point, the mean a line) with, dashed, its own CNTK's accuracy at t = ∞ (the
-kernel table's row of the same depth, readout and n, where it has one), and its distance to the
+kernel table's rows of the same data set, n, n_test and model, where it has them), and its distance to the
 CNTK's prediction at the same step (final pred_gap_analytic) with its fitted power law per n (where
-two channel counts have a finite value). The numbers go to STEM.json: {"kernel": {method: {n_train:
+two channel counts have a finite value); trained runs that differ in a setting besides channels,
+seed and n are refused. Each table may hold runs of the other kind (one collect of both sweeps): the
+kernel rows are those with a kernel accuracy, the trained rows those with a final test accuracy. The numbers go to STEM.json: {"kernel": {method: {n_train:
 accuracy}}, "trained": {n_train: {"accuracy": {width: mean}, "cntk_accuracy": accuracy or null,
 "pred_gap_fit": {...} or null}}}.
 """
@@ -25,7 +27,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from figure_common import arguments, finished_runs, fit_numbers, require, save_numbers  # noqa: E402
+from figure_common import (arguments, finished_runs, fit_numbers, require, require_one_setting,  # noqa: E402
+                           save_numbers, setting_text)
 from ntklab.plots import save_figure  # noqa: E402
 from ntklab.scaling import can_fit, fit_with_bootstrap  # noqa: E402
 
@@ -33,10 +36,19 @@ METHODS = {("gap", "ntk"): "CNTK-GAP", ("flatten", "ntk"): "CNTK-V",
            ("gap", "nngp"): "NNGP-GAP", ("flatten", "nngp"): "NNGP-V"}
 
 
+# What a kernel line averages over (test draws, seeds, the arithmetic) and what it plots against or
+# splits by; the trained nets' lines likewise. Runs differing in anything else are refused.
+KERNEL_FREE = ("model.readout", "model.depth", "data.n_train", "data.n_test", "data.seed", "seed", "dtype")
+TRAINED_FREE = ("model.width", "seed", "data.n_train")
+# settings of a trained run that its kernel regression has no use for
+NOT_KERNEL_SETTINGS = ("model.width", "model.alpha", "seed", "data.seed", "dtype")
+
+
 def kernel_accuracies(runs) -> dict:
     """{method: {n_train: mean test accuracy}} of a regress table (methods named with their depth
     when the table holds several)."""
     require(runs, ["model.readout", "data.n_train", "kernels.ntk.test_accuracy"], "a table of `regress` runs")
+    require_one_setting(runs, KERNEL_FREE, "a kernel accuracy line")
     depths = sorted(runs["model.depth"].unique()) if "model.depth" in runs else [None]
     curves = {}
     for depth in depths:
@@ -53,13 +65,18 @@ def kernel_accuracies(runs) -> dict:
 
 def own_cntk_accuracy(kernels, trained_rows) -> Optional[float]:
     """The CNTK's test accuracy at t = ∞ for the trained nets ``trained_rows`` (one n): the kernel
-    table's mean over its rows of the same depth, readout, n_train and n_test; None without one."""
+    table's mean over its rows with the same value of every setting both tables record (data set,
+    n_train, n_test, depth, readout, σ_w, ...; not channels, α, seeds or dtype); None without one."""
     match = kernels
-    for column in ("model.depth", "model.readout", "data.n_train", "data.n_test"):
-        values = trained_rows[column].unique() if column in trained_rows else []
-        if column not in kernels or len(values) != 1:
+    for column in trained_rows.columns:
+        if not column.startswith(("model.", "data.")) or column in NOT_KERNEL_SETTINGS or column == "data.root":
+            continue
+        values = setting_text(trained_rows[column]).unique()
+        if column not in kernels:
+            continue
+        if len(values) != 1:
             return None
-        match = match[match[column] == values[0]]
+        match = match[setting_text(match[column]) == values[0]]
     return None if match.empty else float(match["kernels.ntk.test_accuracy"].mean())
 
 
@@ -67,6 +84,7 @@ def main() -> None:
     trained_help = "results table of `train` runs (+sweep=cnn_width, or at several n)"
     args = arguments(__doc__, "cntk", extra=lambda p: p.add_argument("--trained", default=None, help=trained_help))
     kernels = finished_runs(args.table)
+    kernels = kernels[kernels["kernels.ntk.test_accuracy"].notna()] if "kernels.ntk.test_accuracy" in kernels else kernels
     curves = kernel_accuracies(kernels)
     panels = 3 if args.trained else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.8 if panels == 1 else 4.8), squeeze=False)
@@ -82,6 +100,8 @@ def main() -> None:
     if args.trained:
         trained = finished_runs(args.trained)
         require(trained, ["model.width", "final.test_accuracy", "final.pred_gap_analytic"], "a table of `train` runs")
+        trained = trained[trained["final.test_accuracy"].notna()]
+        require_one_setting(trained, TRAINED_FREE, "a trained-CNN line")
         sizes = sorted(trained["data.n_train"].unique()) if "data.n_train" in trained else [None]
         numbers["trained"] = {}
         for colour, n in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], sizes):

@@ -77,6 +77,53 @@ def one_parametrization(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["model.parametrization"] == ("ntk" if "ntk" in names else names[0])]
 
 
+# A run's settings: its config columns under these prefixes and these top-level names, except those
+# that change no number a figure shows (where the data lie, how the work was split or reported).
+_SETTING_PREFIXES = ("model.", "data.", "optim.")
+_TOP_SETTINGS = ("width", "depth", "parametrization", "dtype", "seed", "ridge", "ridges", "validation_fraction",
+                 "solver")
+_NOT_SETTINGS = ("data.root", "optim.chunk_size", "optim.divergence_check_every")
+# top-level names the model config interpolates: one setting under two columns
+_ALIASES = {"width": "model.width", "depth": "model.depth", "parametrization": "model.parametrization"}
+
+
+def setting_text(values: pd.Series) -> pd.Series:
+    """A setting's values as comparable text: a missing value is "null" (NaN equals nothing, itself
+    included) and a whole float is written as the integer a column with gaps turned it into."""
+    def text(value):
+        if value is None or value is pd.NA or isinstance(value, float) and np.isnan(value):
+            return "null"
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    return values.map(text)
+
+
+def differing_settings(runs: pd.DataFrame, free=()) -> list:
+    """The settings (config columns: model.*, data.*, optim.*, seed, dtype, ridge, solver, ...) whose
+    values differ among ``runs``, apart from those in ``free`` (a top-level width, depth or
+    parametrization counts as its model.* column); each as "column (value, value, ...)"."""
+    free = {_ALIASES.get(c, c) for c in free}
+    differing = []
+    for column in runs.columns:
+        name = _ALIASES.get(column, column)
+        if name in free or name != column and name in runs or column in _NOT_SETTINGS:
+            continue
+        if column.startswith(_SETTING_PREFIXES) or column in _TOP_SETTINGS:
+            values = setting_text(runs[column]).unique()
+            if len(values) > 1:
+                differing.append(f"{column} ({', '.join(sorted(values)[:4])}{', ...' if len(values) > 4 else ''})")
+    return differing
+
+
+def require_one_setting(runs: pd.DataFrame, free, what: str) -> None:
+    """Exit, naming them, when ``runs`` differ in a setting besides ``free``: ``what`` pools or fits
+    them as one experiment, and runs of another data set, readout or learning rate are not one."""
+    differing = differing_settings(runs, free)
+    if differing:
+        raise SystemExit(f"{what} would pool runs that differ in {'; '.join(differing)}: pass a table of one "
+                         "experiment (collect one sweep, or filter the table)")
+
+
 def one_seed(runs: pd.DataFrame, seed=None) -> pd.DataFrame:
     """The runs of one parametrization and one seed (the smallest unless given), sorted by width;
     exits if a width still has several runs (the table varies something else: depth, α, data ...)."""
@@ -84,10 +131,8 @@ def one_seed(runs: pd.DataFrame, seed=None) -> pd.DataFrame:
     seed = runs["seed"].min() if seed is None else seed
     runs = runs[runs["seed"] == seed].sort_values("model.width")
     if runs["model.width"].duplicated().any():
-        config = [c for c in runs.columns if "." in c and c.split(".")[0] in ("model", "data", "optim")
-                  or c in ("depth", "dtype")]
-        varying = [c for c in config if runs[c].astype(str).nunique() > 1 and c != "model.width"]
-        raise SystemExit(f"several runs per width for seed {seed}; they differ in {', '.join(varying) or 'unknown columns'}"
+        varying = differing_settings(runs, free=("model.width",))
+        raise SystemExit(f"several runs per width for seed {seed}; they differ in {'; '.join(varying) or 'unknown columns'}"
                          " — pass a table of one sweep over width")
     return runs
 
@@ -95,9 +140,12 @@ def one_seed(runs: pd.DataFrame, seed=None) -> pd.DataFrame:
 def plot_width_fits(ax, runs: pd.DataFrame, quantity: str) -> list:
     """Every run's ``quantity`` against width as a point, one colour per parametrization, and each
     parametrization's fitted power law (with its bootstrap interval in the legend) where it has at
-    least two widths. Returns [(parametrization, PowerLaw), ...] for the fits drawn."""
+    least two widths. Returns [(parametrization, PowerLaw), ...] for the fits drawn. Exits when one
+    parametrization's runs differ in a setting besides width and seed (:func:`require_one_setting`)."""
     fits = []
     for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
+        require_one_setting(group, ("model.width", "seed", "model.parametrization"),
+                            f"the {parametrization} fit of {quantity} against width")
         ax.plot(group["model.width"], group[quantity], "o", color=f"C{i}", alpha=0.5, markersize=4)
         if not can_fit(group, "model.width", quantity):
             print(f"{quantity}, {parametrization}: no fit (fewer than two widths with a finite positive value)")

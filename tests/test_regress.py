@@ -10,11 +10,14 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -26,7 +29,8 @@ from ntklab.compare import CompareError, compare_runs
 from ntklab.errors import ConfigError
 from ntklab.nets import cnn_layers
 from ntklab.train.trainer import load_data
-from tests.helpers import compose_config, draw, mcnemar_by_hand, ntklab, start_ntklab, stop_all, wait_until
+from tests.helpers import (ROOT, compose_config, draw, mcnemar_by_hand, ntklab, start_ntklab, stop_all,
+                           wait_until)
 
 # flatten readout: its kernel needs only the spatial diagonal, so these stay fast (GAP is tested in test_cntk.py)
 SMALL = ["data.n_train=40", "data.n_test=30", "width=4", "depth=1", "model.readout=flatten", "device=cpu",
@@ -557,6 +561,7 @@ def test_the_cntk_figure_shows_the_accuracies_and_the_fitted_gap(regress_sweep, 
     depth, readout and n) and their prediction gap's power law, refitted here by hand."""
     out, err, code = ntklab("train", "-m", "model=cnn", "data=digits", "width=4,16", "seed=0,1", "depth=1",
                             "model.readout=flatten", "data.n_train=20,30", "data.n_test=10", "optim.steps=20",
+                            "data.targets=onehot", "data.center_targets=true",     # as regress's targets
                             "track.log_steps=3", "track.probe_size=8", "track.progress=false", "track.plots=false",
                             "track.save_kernels=false", "device=cpu", "hydra.sweep.dir=trained", cwd=tmp_path)
     assert code == 0, err
@@ -580,6 +585,25 @@ def test_the_cntk_figure_shows_the_accuracies_and_the_fitted_gap(regress_sweep, 
         # the fitted exponent of the gap: least squares on log-log over the four runs (two seeds a width)
         slope = np.polyfit(np.log(runs["model.width"]), np.log(runs["final.pred_gap_analytic"]), 1)[0]
         assert numbers["trained"][str(n)]["pred_gap_fit"]["exponent"] == pytest.approx(slope, rel=1e-9)
+
+    # one table of both sweeps (one collect) gives the same figure: each side takes its own rows
+    both = tmp_path / "both.csv"
+    pd.concat([table, trained]).to_csv(both, index=False)
+    assert draw("fig_cntk", both, tmp_path / "both", "--trained", str(both)) == numbers
+    # the nets' CNTK is the kernel row of their own targets: scalar-target nets have none in the table
+    relabelled = tmp_path / "scalar_targets.csv"
+    trained.assign(**{"data.targets": "scalar"}).to_csv(relabelled, index=False)
+    assert all(n["cntk_accuracy"] is None
+               for n in draw("fig_cntk", regress_sweep, tmp_path / "scalar", "--trained", str(relabelled))["trained"].values())
+    # runs of another data set in either table are refused, naming the setting, instead of averaged in
+    other = table.assign(**{"data.name": "mnist"})
+    for name, kernels, extra in (("kernels", pd.concat([table, other]), []),
+                                 ("trained", table, ["--trained", "mixed_trained.csv"])):
+        kernels.to_csv(tmp_path / "mixed_kernels.csv", index=False)
+        pd.concat([trained, trained.assign(**{"data.name": "mnist"})]).to_csv(tmp_path / "mixed_trained.csv", index=False)
+        done = subprocess.run([sys.executable, str(Path(ROOT) / "scripts" / "fig_cntk.py"), "mixed_kernels.csv", *extra,
+                               "--out", "mixed"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and "differ in data.name (digits, mnist)" in done.stderr, (name, done.stderr)
 
 
 def test_a_failed_regress_says_why_in_regression_json(tmp_path):

@@ -5,6 +5,9 @@ exponents of a synthetic sweep), power-law fits and the SLURM launcher's compose
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from ntklab.collect import collect, read_table, write_table
 from ntklab.scaling import can_fit, fit_power_law, fit_with_bootstrap
 from ntklab.train import run
 from ntklab.train.trainer import load_data
-from tests.helpers import compose_train, draw, metrics, ntklab
+from tests.helpers import ROOT, compose_train, draw, metrics, ntklab
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "data.n_train=16", "data.n_test=16", "data.dim=4", "optim.steps=30", "track.log_steps=6",
@@ -187,6 +190,18 @@ def test_width_figures_show_the_fits_of_the_table(small_sweep, script, quantitie
         for parametrization, fit in numbers["fits"][quantity].items():
             rows = runs[runs["model.parametrization"] == parametrization]
             assert_fit_is(fit, rows["model.width"], rows[quantity], n_groups=2)      # widths 16, 64 × seeds 0, 1
+
+
+def test_a_width_fit_refuses_runs_of_two_experiments(small_sweep, tmp_path):
+    # one fit over runs of two data sets (here: seed 1's rows relabelled) would be no exponent of either
+    runs = read_table(small_sweep["sweep"] / "results.csv")
+    runs.loc[runs["seed"] == 1, "data.name"] = "circle"
+    runs.to_csv(tmp_path / "mixed.csv", index=False)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fig_scaling.py"), str(tmp_path / "mixed.csv"),
+                           "--out", str(tmp_path / "mixed")], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "the ntk fit of final.kernel_change against width would pool runs that differ in data.name" in done.stderr
+    assert not (tmp_path / "mixed.png").exists()
 
 
 def test_regimes_figure_shows_the_fits_of_both_tables(small_sweep, tmp_path):
