@@ -13,7 +13,9 @@ holding ``seeds.json``) is not a run, but each of its ``seed_<s>/`` folders is. 
     unfinished             no summary.json yet (running, killed, or waiting to resume): its last
                            metrics record fills the ``final.*`` columns and ``steps_done`` (as it
                            does for a failed run)
-    missing                a sweep's job folder with neither file (its job never started)
+    missing                a sweep's job with neither file: its folder is empty (the job never got
+                           going) or was never made (a sweep interrupted before that job started;
+                           its ``overrides`` column says which job that is)
     skipped                a config.yaml, summary.json or metrics.jsonl that cannot be read (cut
                            short, corrupt, a status none of the above) is reported on stderr by
                            path, and the run left out
@@ -21,6 +23,9 @@ holding ``seeds.json``) is not a run, but each of its ``seed_<s>/`` folders is. 
 The table goes to ``PATH/results.csv`` (the first PATH) unless ``--out`` says otherwise, and to
 ``.parquet`` beside it when pyarrow is installed. Its ``run_dir`` column is relative to the
 table's folder, so a sweep moves with its table; :func:`read_table` makes the paths absolute.
+Runs that are the same run twice (every column equal but the folder and the timings: a sweep over
+``seed=0,1`` with ``seeds=2`` trains seed 1 in both jobs) are reported on stderr: a mean over the
+table would count them twice.
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ _NOT_COLUMNS = ("config", "traceback", "plots", "versions")
 def find_runs(paths: Iterable[Path]) -> List[Path]:
     """Run directories under ``paths`` (themselves included), sorted: every folder holding a
     config.yaml, a summary.json or a regression.json (a refused run leaves only one of the last two),
-    and every job folder of a multirun (the non-hidden folders beside its multirun.yaml), even an
-    empty one; Hydra's .hydra copies and .submitit excluded."""
+    and every job folder of a multirun (beside its multirun.yaml: a folder named by its job number, or
+    holding Hydra's .hydra), even an empty one or, with :func:`planned_jobs`, one that was never made
+    (the jobs an interrupted sweep never started); Hydra's .hydra copies, .submitit and other folders
+    beside the jobs (a figure script's figures/) excluded."""
     found = set()
     for path in paths:
         path = Path(path)
@@ -59,9 +66,30 @@ def find_runs(paths: Iterable[Path]) -> List[Path]:
         for name in (results.CONFIG, results.SUMMARY, results.REGRESSION):
             found.update(file.parent for file in path.rglob(name) if visible(file))
         for multirun in filter(visible, path.rglob("multirun.yaml")):
-            found.update(d for d in multirun.parent.iterdir() if d.is_dir() and not d.name.startswith("."))
+            found.update(d for d in multirun.parent.iterdir()
+                         if d.is_dir() and (d.name.isdigit() or (d / ".hydra").is_dir()))
+            found.update(multirun.parent / str(job) for job in range(len(planned_jobs(multirun) or ())))
     # the folder of seeds trained at once (seeds=M) is no run itself: each of its seed_<s>/ folders is
     return sorted(d for d in found if not (d / results.SEEDS).exists())
+
+
+def planned_jobs(multirun_yaml: Path) -> Optional[List[List[str]]]:
+    """The overrides of each job of the sweep that wrote ``multirun_yaml``, in job-number order, as
+    Hydra's basic sweeper expands them (its preset's hydra.sweeper.params, then the command line's);
+    None where that cannot be told (another sweeper, job folders not named by job number, a file
+    that does not parse)."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        hydra = yaml.safe_load(multirun_yaml.read_text())["hydra"]
+        if not hydra["sweeper"]["_target_"].endswith("BasicSweeper") or hydra["sweep"]["subdir"] != "${hydra.job.num}":
+            return None
+        params = [f"{key}={value}" for key, value in (hydra["sweeper"].get("params") or {}).items()]
+        overrides = OverridesParser.create().parse_overrides(params + list(hydra["overrides"]["task"]))
+        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except Exception:     # a record this version cannot read: no jobs inferred, the folders still count
+        return None
 
 
 def run_row(run_dir: Path) -> Dict[str, object]:
@@ -114,15 +142,35 @@ def collect(paths: Sequence[Path], report=sys.stderr) -> Tuple[pd.DataFrame, Lis
     rows, skipped = [], []
     for run_dir in find_runs(paths):
         try:
-            rows.append(run_row(run_dir))
+            row = run_row(run_dir)
         except (ValueError, OSError) as err:
             skipped.append((run_dir, str(err)))
             print(f"ntklab collect: skipped {run_dir}: {err}", file=report)
+            continue
+        jobs = planned_jobs(run_dir.parent / "multirun.yaml") if row["status"] == MISSING else None
+        if jobs is not None and run_dir.name.isdigit() and int(run_dir.name) < len(jobs):
+            row["overrides"] = " ".join(jobs[int(run_dir.name)])
+        rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
         first = [c for c in ("run_dir", "status") if c in table.columns]
         table = table[first + [c for c in table.columns if c not in first]]
+        _report_repeats(table, report)
     return table, skipped
+
+
+def _report_repeats(table: pd.DataFrame, report) -> None:
+    """Print the groups of finished runs that are one run twice: equal in every column but the
+    folder and the timings (config and numbers alike)."""
+    finished = table[table["status"].isin([results.OK, results.DIVERGED])]
+    same = [c for c in finished.columns if c != "run_dir" and not c.startswith("timing.")]
+    text = finished[same].map(str)      # NaN as "nan": equal to itself, and a key groupby keeps
+    repeated = text.duplicated(keep=False)
+    for _, rows in text[repeated].groupby(same, sort=False, dropna=False):
+        group = finished.loc[rows.index]
+        print(f"ntklab collect: {', '.join(group['run_dir'])} are the same run (equal config and numbers; seed "
+              f"{group['seed'].iloc[0] if 'seed' in group else '?'}): a mean over the table counts it "
+              f"{len(group)} times", file=report)
 
 
 def read_table(path: Path) -> pd.DataFrame:

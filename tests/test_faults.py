@@ -5,6 +5,7 @@ disk, and values that must be refused or classified rather than crash."""
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -94,6 +95,16 @@ def test_a_sweep_runs_every_job_and_reports_the_failed_one(tmp_path, launcher):
     table = pd.read_csv(sweep / "results.csv", dtype={"run_dir": str}).set_index("run_dir")
     assert dict(table["status"]) == {"0": "failed", "1": "ok", "2": "missing"}
     assert table.loc["0", "data.name"] == "mnist" and "data.root" in table.loc["0", "error"]
+    # a job whose folder was never made (an interrupted sweep's later jobs) is missing too, with its
+    # overrides from multirun.yaml; a folder beside the jobs that is no job (figures) is no run
+    shutil.rmtree(sweep / "0")
+    (sweep / "figures").mkdir()
+    out, err, code = ntklab("collect", str(sweep), cwd=tmp_path)
+    assert code == 0, err
+    table = pd.read_csv(sweep / "results.csv", dtype={"run_dir": str}).set_index("run_dir")
+    assert dict(table["status"]) == {"0": "missing", "1": "ok", "2": "missing"}
+    # as Hydra's sweeper hands them to the job (it writes booleans as True/False)
+    assert table.loc["0", "overrides"].lower() == f"data=mnist data.root={tmp_path / 'no-data'} {' '.join(TINY)}".lower()
 
 
 # ----------------------------------------------------------------------------- 3. local launcher parallelism

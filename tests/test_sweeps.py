@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,6 +191,19 @@ def test_width_figures_show_the_fits_of_the_table(small_sweep, script, quantitie
         for parametrization, fit in numbers["fits"][quantity].items():
             rows = runs[runs["model.parametrization"] == parametrization]
             assert_fit_is(fit, rows["model.width"], rows[quantity], n_groups=2)      # widths 16, 64 × seeds 0, 1
+
+
+def test_collect_reports_the_same_run_twice(small_sweep, tmp_path):
+    # seed=0,1 with seeds=2 trains seed 1 in both jobs: two folders of one run, which a mean counts twice
+    shutil.copytree(small_sweep["sweep"] / "ntk-16-1", tmp_path / "job0" / "seed_1")
+    shutil.copytree(small_sweep["sweep"] / "ntk-16-1", tmp_path / "job1" / "seed_1")
+    shutil.copytree(small_sweep["sweep"] / "ntk-16-0", tmp_path / "job0" / "seed_0")
+    report = io.StringIO()
+    table, _ = collect([tmp_path], report=report)
+    assert len(table) == 3
+    lines = report.getvalue().splitlines()
+    assert lines == [f"ntklab collect: {tmp_path / 'job0' / 'seed_1'}, {tmp_path / 'job1' / 'seed_1'} are the same run "
+                     "(equal config and numbers; seed 1): a mean over the table counts it 2 times"]
 
 
 def test_a_width_fit_refuses_runs_of_two_experiments(small_sweep, tmp_path):
