@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 from ntklab.errors import MAX_SEED, ConfigError, check_choice, check_seed
 from ntklab.quantities import DEFAULT, OPTIONAL
@@ -323,9 +323,23 @@ def check_known_keys(cfg, schema, prefix: str = "") -> None:
     for key in cfg.keys():
         if key not in fields:
             raise ConfigError(f"{prefix}{key}", "is not a config field", allowed=fields)
+        if key == "model" and not prefix and cfg[key] is not None:
+            _check_model_name(cfg[key])
         nested = _group_schema(key, cfg[key]) if not prefix and cfg[key] is not None else None
         if nested is not None:
             check_known_keys(cfg[key], nested, f"{key}.")
+
+
+def _check_model_name(node) -> None:
+    """The model group's ``name`` must be the model its fields were composed for: ``model.name=cnn``
+    on the default MLP would ask an MLP's fields for a kernel size."""
+    name = node.get("name", "mlp")
+    check_choice("model.name", name, tuple(MODEL_SCHEMAS))
+    composed = OmegaConf.get_type(node)
+    if composed in MODEL_SCHEMAS.values() and composed is not MODEL_SCHEMAS[name]:
+        group = next(group for group, schema in MODEL_SCHEMAS.items() if schema is composed)
+        raise ConfigError("model.name", f"is {name!r}, but the fields are model={group}'s; choose the model with the "
+                                        f"group override model={name} (model.name only names the group chosen)")
 
 
 def validate(cfg) -> None:

@@ -71,6 +71,8 @@ INVALID = {
     f"seed={2 ** 70}": (2, ["seed", "[0, 2**62 - 1]"]),
     "seed=-1": (2, ["seed", "[0, 2**62 - 1]"]),          # the rule data.seed follows too
     "+foo=1": (2, ["foo", "not a config field", "stop_after"]),
+    "model.name=cnn": (2, ["model.name: is 'cnn', but the fields are model=mlp's", "group override model=cnn"]),
+    "model.sigma_w=1e30": (2, ["model.sigma_w: the net's outputs at initialisation are not all finite in float"]),
     # 10^12 parameters: more memory than any machine has, refused before allocating
     "width=1000000": (2, ["model.width", "needs at least", "GB"]),
     # Hydra's own errors keep Hydra's message and exit code

@@ -321,3 +321,14 @@ def test_cuda_run_resumes_with_identical_metrics(tmp_path):
     assert run(compose_train(overrides + ["stop_after=25"]), tmp_path / "parts")["status"] == "stopped"
     run(compose_train(overrides), tmp_path / "parts")
     assert (tmp_path / "parts" / results.METRICS).read_bytes() == (tmp_path / "whole" / results.METRICS).read_bytes()
+
+
+@pytest.mark.parametrize("value", [0.0, math.inf, math.nan])
+def test_a_kernel_that_gives_no_eta_max_names_sigma_w(value):
+    # an all-zero kernel (σ_w so small that Θ underflows) or one that overflowed has no 2Nk/λ_max
+    from ntklab.train.tracking import ReferenceKernels
+
+    reference = ReferenceKernels(torch.zeros(3, 1), torch.zeros(2, 1), torch.eye(3), torch.zeros(2),
+                                 analytic_train=torch.full((3, 3), value, dtype=torch.float64))
+    with pytest.raises(ConfigError, match=r"^model.sigma_w: the analytic NTK of the train set gives no η_max \(k_train"):
+        reference.eta_max("eta_max")

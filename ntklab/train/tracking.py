@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ntklab.data import Dataset
 from ntklab.dynamics import accuracy, class_midpoint, max_learning_rate, mse_loss, mse_predictor
+from ntklab.errors import ConfigError
 from ntklab.hessian import LossHessian, gauss_newton_share, lanczos
 from ntklab.kernels import analytic_kernels
 from ntklab.nets import Net
@@ -87,7 +88,13 @@ class ReferenceKernels:
         """η_max = 2Nk/λ_max of the analytic ("eta_max") or empirical ("eta_max_empirical") NTK."""
         if kind not in self._eta_max:    # one eigenvalue problem per kernel, however often asked
             kernel = self.analytic_train if kind == "eta_max" else self.empirical_train
-            self._eta_max[kind] = max_learning_rate(kernel, out_dim=self.f0_train.shape[1])
+            try:
+                self._eta_max[kind] = max_learning_rate(kernel, out_dim=self.f0_train.shape[1])
+            except ValueError as err:    # NaN, inf or all zero: a kernel scale the dtype cannot hold
+                which = "analytic" if kind == "eta_max" else "empirical"
+                raise ConfigError("model.sigma_w", f"the {which} NTK of the train set gives no η_max ({err}); the "
+                                                   "kernel scales like σ_w^(2·depth), so a σ_w this far from 1 takes "
+                                                   "it out of the dtype's range") from None
         return self._eta_max[kind]
 
 
@@ -108,7 +115,13 @@ def reference_kernels(model: Net, data: Dataset, *, analytic: bool, empirical: b
     x_train, x_test = data.x_train, data.x_test
     probe = x_train[: min(probe_size, data.n_train)]
     with torch.no_grad():
-        f0_train, f0_test = outputs(model, x_train, "train").double(), outputs(model, x_test, "test").double()
+        f0_train, f0_test = outputs(model, x_train, "train"), outputs(model, x_test, "test")
+    if not (bool(torch.isfinite(f0_train).all()) and bool(torch.isfinite(f0_test).all())):
+        # every quantity compares with f_0: nothing measured from here on would be a number
+        raise ConfigError("model.sigma_w", f"the net's outputs at initialisation are not all finite in "
+                                           f"{str(f0_train.dtype).removeprefix('torch.')}; they scale like "
+                                           "σ_w^depth, so a σ_w this far from 1 takes them out of range")
+    f0_train, f0_test = f0_train.double(), f0_test.double()
     reference = ReferenceKernels(f0_train, f0_test, empirical_ntk(model, probe, method="structured").double(),
                                  test_row(model, x_test))
     if analytic:

@@ -397,9 +397,14 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
         if track.checkpoint_every:
             _save_reference(run_dir, reference)
     lr = learning_rate(optim, model, reference)
-    eta_max = {kind: reference.eta_max(unit) for kind, unit, kernel in (
-        ("analytic", "eta_max", reference.analytic_train), ("empirical", "eta_max_empirical", reference.empirical_train))
-        if kernel is not None}
+    eta_max = {}
+    for kind, unit, kernel in (("analytic", "eta_max", reference.analytic_train),
+                               ("empirical", "eta_max_empirical", reference.empirical_train)):
+        try:
+            if kernel is not None:
+                eta_max[kind] = reference.eta_max(unit)
+        except ConfigError:      # only for the log line here: an absolute learning rate does without
+            pass
     log.info("learning rate %.6g (eta_max: %s)", lr, ", ".join(f"{k} {v:.6g}" for k, v in eta_max.items()) or "-")
     spectral = [name for name in quantities if name in SPECTRAL]
     spectrum = SpectrumTracker(data, outputs, lr, spectral, points=track.spectrum_points, top=track.top_eigenvalues,
