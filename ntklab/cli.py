@@ -6,7 +6,7 @@ finished run (also a diverged one, so a sweep goes on), 2 for a value the lab's 
 (a short message naming the field, no traceback), for a run directory another process is
 running in (one line naming its pid) and for one whose checkpoint or metrics fail their checksum
 (one line naming the file and what to do; summary.json records the failure), Hydra's own codes for its own errors (a
-malformed override, ``width=abc``), 1 for a run that failed (its summary.json says why; a file
+malformed override, ``width=abc``), 1 for a run that failed (its summary.json, or regress's regression.json, says why; a file
 that cannot be written, e.g. on a full disk, is one line naming it). A multirun
 sweep runs every job whatever happens to the others and exits 1 when any of them failed.
 """
@@ -167,7 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     failed = sweeps.failures()
     if failed:      # a sweep ran every job; its exit code says whether any failed
-        print(f"ntklab {name}: {len(failed)} of {len(sweeps.jobs())} jobs failed (their summary.json says why): "
+        print(f"ntklab {name}: {len(failed)} of {len(sweeps.jobs())} jobs failed (each run directory's summary.json, or a regress run's regression.json, keeps its error): "
               + "; ".join(f"job {r['job']}: {r.get('error')}" for r in failed), file=sys.stderr)
         return 1
     return 0
