@@ -79,11 +79,41 @@ def cifar_rows(first, n):
 
 def write_cifar(folder, rows=6, protocol=2):
     """Batches of ``rows`` rows; global row r (train 0..5·rows−1, test after) has label r mod 10;
-    pickled with ``protocol`` (2 as the official files; 5 as a batch saved again from NumPy 2)."""
+    pickled with ``protocol``: 2 or 5 as Python 3 and NumPy 2 write them (5: a batch saved again),
+    or "python2", the bytes Python 2 and NumPy 1.x wrote the official files with."""
     folder.mkdir(parents=True, exist_ok=True)
     for b, name in enumerate(CIFAR_NAMES):
         index = b * rows + np.arange(rows)
         batch = {b"batch_label": b"test", b"data": cifar_rows(b * rows, rows),
                  b"labels": [int(r % 10) for r in index]}
+        if protocol == "python2":
+            (folder / name).write_bytes(python2_pickle(batch))
+            continue
         with open(folder / name, "wb") as file:
             pickle.dump(batch, file, protocol=protocol)
+
+
+def python2_pickle(batch):
+    """A dict of byte strings, a uint8 array and a list of small ints as Python 2's pickle protocol 2
+    wrote it: its str objects as BINSTRING (read back as bytes under encoding="bytes", the byte
+    order of the array's dtype included) and the array as NumPy 1.x's _reconstruct + state."""
+    def string(raw):
+        return b"T" + struct.pack("<I", len(raw)) + raw
+
+    def small_int(n):
+        return b"K" + bytes([n])
+
+    def value(item):
+        if isinstance(item, bytes):
+            return string(item)
+        if isinstance(item, list):
+            return b"](" + b"".join(small_int(n) for n in item) + b"e"
+        array = np.ascontiguousarray(item)
+        assert array.dtype == np.uint8
+        shape = b"(" + b"".join(b"J" + struct.pack("<i", n) for n in array.shape) + b"t"
+        dtype = (b"cnumpy\ndtype\n" + string(b"u1") + small_int(0) + small_int(1) + b"\x87R"
+                 + b"(" + small_int(3) + string(b"|") + b"NNN" + (b"J" + struct.pack("<i", -1)) * 2 + small_int(0) + b"tb")
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + small_int(0) + b"\x85" + string(b"b")
+                + b"\x87R" + b"(" + small_int(1) + shape + dtype + b"\x89" + string(array.tobytes()) + b"tb")
+
+    return b"\x80\x02}(" + b"".join(string(key) + value(item) for key, item in batch.items()) + b"u."

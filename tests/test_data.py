@@ -5,6 +5,8 @@ import math
 import os
 import pickle
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -393,6 +395,29 @@ class _Evil:
         return (os.getcwd, ())
 
 
+class _DTypeState:
+    """A plain dtype given another state by pickle's BUILD: a subarray of 10^8 items in 8 bytes, or
+    the flags of a dtype holding objects; an array of it reads memory the file chose."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return (np.dtype, ("i8", False, True), self.state)
+
+
+class _ArrayOf:
+    """An int64 array of 6 items whose dtype is ``dtype`` (a _DTypeState), as NumPy pickles arrays."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), "b"), (1, (6,), self.dtype, False, bytes(48)))
+
+
 class _ObjectsOverBytes:
     """An object array over raw bytes: its entries would be pointers the file chose (reading them
     crashes the interpreter), made from NumPy's own constructors, which the unpickler allows."""
@@ -423,6 +448,21 @@ def test_malformed_cifar_batch_names_the_file(tmp_path, content, needle):
     with pytest.raises(ConfigError) as err:
         load_dataset("cifar10", root=tmp_path, n_train=2, n_test=2)
     assert err.value.field == "data.root" and str(path) in str(err.value) and needle in str(err.value)
+
+
+@pytest.mark.parametrize("state", [(3, "<", (np.dtype("i8"), (10 ** 8,)), None, None, -1, -1, 0),
+                                   (3, "<", None, None, None, -1, -1, 63)])
+def test_a_dtype_given_another_state_is_refused(tmp_path, state):
+    # in a child process: reading such an array crashed the interpreter, which would take pytest along
+    write_cifar(tmp_path)
+    (tmp_path / "data_batch_3").write_bytes(pickle.dumps({b"data": np.zeros((6, 3072), np.uint8),
+                                                          b"labels": _ArrayOf(_DTypeState(state))}, protocol=2))
+    code = ("from ntklab.data import load_dataset\n"
+            f"load_dataset('cifar10', root={str(tmp_path)!r}, n_train=2, n_test=2)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.returncode      # an exception, not a signal
+    assert (f"ConfigError: data.root: {tmp_path / 'data_batch_3'} is not a CIFAR-10 python batch: it gives a dtype "
+            "a state other than a byte order") in done.stderr
 
 
 # --- argument checks --------------------------------------------------------------------------

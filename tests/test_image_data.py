@@ -116,7 +116,7 @@ def test_digits_images_are_scikit_learns_images():
     assert torch.equal(data.x_train, expected[:, None])
 
 
-@pytest.mark.parametrize("protocol", [2, 5])
+@pytest.mark.parametrize("protocol", [2, 5, "python2"])      # python2: as the official files were written
 def test_cifar_channels_are_the_red_green_blue_planes(tmp_path, protocol):
     write_cifar(tmp_path, protocol=protocol)
     data = load_dataset("cifar10", n_train=30, n_test=6, root=tmp_path, images=True, normalize="none")

@@ -44,13 +44,6 @@ import numpy as np
 
 from ntklab.errors import ConfigError
 
-try:  # NumPy >= 2 moved the array internals that pickles name to numpy._core.
-    from numpy._core import multiarray as _multiarray
-    from numpy._core import numeric as _numeric
-except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core import multiarray as _multiarray
-    from numpy.core import numeric as _numeric
-
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -161,7 +154,7 @@ def read_cifar10_batch(path: Path) -> Arrays:
     """One CIFAR-10 batch file: uint8 images (n, 3072) and int64 labels (n,)."""
     try:
         with open(path, "rb") as file:
-            batch = _ArrayUnpickler(file, encoding="bytes").load()
+            batch = _unpickle(file, encoding="bytes")
     except Exception as err:  # any failure to unpickle means the file is not a batch
         raise ConfigError("data.root", f"{path} is not a CIFAR-10 python batch: {err}") from err
     if not isinstance(batch, dict) or _entry(batch, "data") is None or _entry(batch, "labels") is None:
@@ -185,7 +178,7 @@ def read_mnist_pickle(path: Path) -> Dict[str, Arrays]:
     raw = _read_bytes(path)
     try:
         # A Python 2 pickle: its str objects (the arrays' raw bytes) decode as latin1, byte for byte.
-        content = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        content = _unpickle(io.BytesIO(raw), encoding="latin1")
     except Exception as err:  # any failure to unpickle means the file is not the MNIST pickle
         raise ConfigError("data.root", f"{path} is not the MNIST pickle: {err}") from err
     if not isinstance(content, (tuple, list)) or len(content) != 3 or not all(
@@ -216,10 +209,69 @@ def _pickle_split(path: Path, name: str, x, y) -> Arrays:
 
 # Unpickling runs code named in the file; a data file only needs NumPy's array reconstruction, so
 # refuse everything else rather than trust whatever sits in the data directory. Even NumPy's own
-# constructors are too much as they stand: ndarray(shape, "O", buffer) or a dtype with object fields
-# makes an array whose entries are pointers the file chose, and reading them crashes the process. A
-# data file holds numbers, so every dtype is checked to be one (bool, integer or float, no fields) and
-# ndarray is only a token that the array reconstruction accepts, never a callable.
+# constructors are too much as they stand: ndarray(shape, "O", buffer), a dtype with object fields,
+# or a plain dtype whose state (pickle's BUILD step) gives it a subarray or object flags makes an
+# array that reads memory the file chose, and crashes the process. So no NumPy object is built
+# from the file's state: the file's calls build stand-ins (:class:`_DTypeSpec`, :class:`_ArraySpec`)
+# that accept only the state of a plain number type, and :func:`_resolve` turns them into arrays
+# with np.frombuffer after the load.
+class _DTypeSpec:
+    """``numpy.dtype(spec, align, copy)`` of a data file: bool, integer or float, no fields; its
+    state may only set the byte order."""
+
+    def __init__(self, spec, *flags):
+        # align and copy (the flags) change nothing for a plain number type, and the state below
+        # makes a new dtype rather than change this one
+        self.dtype = np.dtype(spec)
+        if self.dtype.kind not in "biuf" or self.dtype.fields is not None or self.dtype.subdtype is not None:
+            raise pickle.UnpicklingError(f"it holds an array of dtype {self.dtype}, and data arrays hold numbers")
+
+    def __setstate__(self, state):
+        # a plain dtype's state: (version, byte order, no subarray, no names, no fields, -1, -1, no flags);
+        # a Python 2 file read with encoding="bytes" spells the byte order as bytes
+        order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+        order = order.decode("latin1") if isinstance(order, bytes) else order
+        if (not isinstance(state, tuple) or len(state) < 8 or state[2:5] != (None, None, None) or state[5:8] != (-1, -1, 0)
+                or order not in ("<", ">", "|", "=")):
+            raise pickle.UnpicklingError("it gives a dtype a state other than a byte order")
+        if order in "<>":
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _ArraySpec:
+    """An array of a data file (``_reconstruct`` then its state): built from its raw bytes by
+    :meth:`array`, never by NumPy's own ``__setstate__``."""
+
+    def __init__(self):
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def array(self) -> np.ndarray:
+        state = self.state
+        if isinstance(state, tuple) and len(state) == 4:     # the state before NumPy 1.x added a version
+            state = (0,) + state
+        if not isinstance(state, tuple) or len(state) != 5 or not isinstance(state[2], _DTypeSpec):
+            raise pickle.UnpicklingError("it holds an array without the state of an array of numbers")
+        _, shape, dtype, fortran, raw = state
+        return _from_bytes(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _from_bytes(raw, dtype, shape, order) -> np.ndarray:
+    """An array of ``dtype`` (a :class:`_DTypeSpec`) and ``shape`` read from the bytes ``raw``, copied."""
+    if isinstance(raw, str):       # a Python 2 str read as latin1: its bytes, one per character
+        raw = raw.encode("latin1")
+    if not isinstance(dtype, _DTypeSpec) or not isinstance(raw, (bytes, bytearray, memoryview, pickle.PickleBuffer)):
+        raise pickle.UnpicklingError("it holds an array whose data are not raw bytes of a number type")
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise pickle.UnpicklingError(f"it holds an array of shape {shape!r}")
+    raw = memoryview(raw).cast("B")
+    if len(raw) != math.prod(shape) * dtype.dtype.itemsize:
+        raise pickle.UnpicklingError(f"it holds an array of shape {shape} and dtype {dtype.dtype} in {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype.dtype).reshape(shape, order=order).copy(order="C")
+
+
 class _ArrayClassToken:
     """What the unpickler gives for numpy.ndarray: the subtype argument of ``_reconstruct``, nothing else."""
 
@@ -230,32 +282,34 @@ class _ArrayClassToken:
 _NDARRAY = _ArrayClassToken()
 
 
-def _numeric_dtype(spec, *args) -> np.dtype:
-    """``np.dtype(spec, *args)`` when it is a plain number type; UnpicklingError otherwise."""
-    dtype = np.dtype(spec, *args)
-    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
-        raise pickle.UnpicklingError(f"it holds an array of dtype {dtype}, and data arrays hold numbers")
-    return dtype
-
-
 def _reconstruct(subtype, shape, dtype):
     if subtype is not _NDARRAY:
         raise pickle.UnpicklingError("it reconstructs an array of a subclass, and data arrays are plain")
-    return _multiarray._reconstruct(np.ndarray, shape, _numeric_dtype(dtype))
+    return _ArraySpec()
+
+
+def _scalar(dtype, raw):
+    return _from_bytes(raw, dtype, (), "C")[()]
+
+
+def _empty_bytes(*args) -> bytes:
+    if args:
+        raise pickle.UnpicklingError("it calls bytes() with arguments, which a data batch never needs")
+    return b""
 
 
 _SAFE_GLOBALS = {
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _numeric_dtype,
+    ("numpy", "dtype"): _DTypeSpec,
     ("_codecs", "encode"): codecs.encode,     # how protocol-2 pickles spell bytes objects
+    ("__builtin__", "bytes"): _empty_bytes,   # ... and the empty one (an empty array's data)
 }
-for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):     # NumPy 1.x and 2.x names
     _SAFE_GLOBALS[(_module, "_reconstruct")] = _reconstruct
-    _SAFE_GLOBALS[(_module, "scalar")] = lambda dtype, *args: _multiarray.scalar(_numeric_dtype(dtype), *args)
+    _SAFE_GLOBALS[(_module, "scalar")] = _scalar
 for _module in ("numpy.core.numeric", "numpy._core.numeric"):
-    # how protocol-5 pickles store arrays
-    _SAFE_GLOBALS[(_module, "_frombuffer")] = (
-        lambda buffer, dtype, *args: _numeric._frombuffer(buffer, _numeric_dtype(dtype), *args))
+    # how protocol-5 pickles store arrays: _frombuffer(buffer, dtype, shape, order)
+    _SAFE_GLOBALS[(_module, "_frombuffer")] = lambda raw, dtype, shape, order="C": _from_bytes(raw, dtype, shape, order)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -264,6 +318,34 @@ class _ArrayUnpickler(pickle.Unpickler):
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data batch never needs") from None
+
+
+def _unpickle(file, encoding: str):
+    """The content of a pickled data file, its arrays built by :func:`_resolve`."""
+    return _resolve(_ArrayUnpickler(file, encoding=encoding).load(), {})
+
+
+def _resolve(content, done: dict):
+    """``content`` with every :class:`_ArraySpec` replaced by its array (dicts, lists and tuples
+    rebuilt; ``done`` maps the id of each container already resolved, so shared or cyclic parts are
+    resolved once)."""
+    if isinstance(content, _ArraySpec):
+        return content.array()
+    if isinstance(content, _DTypeSpec):
+        return content.dtype
+    if isinstance(content, (dict, list, tuple)):
+        if id(content) in done:
+            return done[id(content)]
+        if isinstance(content, dict):
+            done[id(content)] = resolved = {}
+            resolved.update((_resolve(k, done), _resolve(v, done)) for k, v in content.items())
+        elif isinstance(content, list):
+            done[id(content)] = resolved = []
+            resolved.extend(_resolve(item, done) for item in content)
+        else:
+            resolved = done[id(content)] = tuple(_resolve(item, done) for item in content)
+        return resolved
+    return content
 
 
 def _entry(batch: dict, key: str):
