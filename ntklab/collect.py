@@ -67,10 +67,15 @@ def find_runs(paths: Iterable[Path]) -> List[Path]:
             found.update(file.parent for file in path.rglob(name) if visible(file))
         for multirun in filter(visible, path.rglob("multirun.yaml")):
             found.update(d for d in multirun.parent.iterdir()
-                         if d.is_dir() and (d.name.isdigit() or (d / ".hydra").is_dir()))
+                         if d.is_dir() and (_job_number(d.name) is not None or (d / ".hydra").is_dir()))
             found.update(multirun.parent / str(job) for job in range(len(planned_jobs(multirun) or ())))
     # the folder of seeds trained at once (seeds=M) is no run itself: each of its seed_<s>/ folders is
     return sorted(d for d in found if not (d / results.SEEDS).exists())
+
+
+def _job_number(name: str) -> Optional[int]:
+    """The job number a folder named by ``${hydra.job.num}`` has (ASCII digits, no leading zero), else None."""
+    return int(name) if name.isascii() and name.isdigit() and str(int(name)) == name else None
 
 
 def planned_jobs(multirun_yaml: Path) -> Optional[List[List[str]]]:
@@ -139,7 +144,7 @@ def run_row(run_dir: Path) -> Dict[str, object]:
 
 def collect(paths: Sequence[Path], report=sys.stderr) -> Tuple[pd.DataFrame, List[Tuple[Path, str]]]:
     """The table of every run under ``paths`` and the (path, reason) of each run skipped."""
-    rows, skipped = [], []
+    rows, skipped, plans = [], [], {}
     for run_dir in find_runs(paths):
         try:
             row = run_row(run_dir)
@@ -147,9 +152,13 @@ def collect(paths: Sequence[Path], report=sys.stderr) -> Tuple[pd.DataFrame, Lis
             skipped.append((run_dir, str(err)))
             print(f"ntklab collect: skipped {run_dir}: {err}", file=report)
             continue
-        jobs = planned_jobs(run_dir.parent / "multirun.yaml") if row["status"] == MISSING else None
-        if jobs is not None and run_dir.name.isdigit() and int(run_dir.name) < len(jobs):
-            row["overrides"] = " ".join(jobs[int(run_dir.name)])
+        job = _job_number(run_dir.name)
+        if row["status"] == MISSING and job is not None:
+            multirun = run_dir.parent / "multirun.yaml"
+            if multirun not in plans:       # one expansion per sweep, however many jobs are missing
+                plans[multirun] = planned_jobs(multirun) if multirun.exists() else None
+            if plans[multirun] is not None and job < len(plans[multirun]):
+                row["overrides"] = " ".join(plans[multirun][job])
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -161,9 +170,9 @@ def collect(paths: Sequence[Path], report=sys.stderr) -> Tuple[pd.DataFrame, Lis
 
 def _report_repeats(table: pd.DataFrame, report) -> None:
     """Print the groups of finished runs that are one run twice: equal in every column but the
-    folder and the timings (config and numbers alike)."""
+    folder and the timings (a training run's ``timing.*``, a regress run's ``timings.*``)."""
     finished = table[table["status"].isin([results.OK, results.DIVERGED])]
-    same = [c for c in finished.columns if c != "run_dir" and not c.startswith("timing.")]
+    same = [c for c in finished.columns if c != "run_dir" and not c.startswith(("timing.", "timings."))]
     text = finished[same].map(str)      # NaN as "nan": equal to itself, and a key groupby keeps
     repeated = text.duplicated(keep=False)
     for _, rows in text[repeated].groupby(same, sort=False, dropna=False):

@@ -5,18 +5,20 @@
 
 Left panel (the ``regress`` sweep, ``+sweep=cntk``): test accuracy against the number of train
 images for each method — CNTK-GAP and CNTK-V (the NTK with a global-average-pool or flatten
-readout) and their NNGPs — one line per method, the mean over whatever else the table varies but
-the depth: a table of several depths gets one line per method and depth ("CNTK-V, depth 1").
+readout) and their NNGPs — one line per method, the mean over test draws (data.seed, data.n_test),
+seeds and dtype; a table of several depths gets one line per method and depth ("CNTK-V, depth 1"),
+and a table whose runs differ in anything else (the data set, the ridge, σ_w, ...) is refused, naming it.
 With ``--trained`` (``train`` runs: ``+sweep=cnn_width``, or runs at several ``data.n_train``), two
 more panels against channels, one colour per train-set size n: the trained CNN's final test
 accuracy (every seed a point, the mean a line) with, dashed, its own CNTK's accuracy at t = ∞ (the
-kernel table's rows of the same data set, n, n_test and model, where it has them), and its distance to the
-CNTK's prediction at the same step (final pred_gap_analytic) with its fitted power law per n (where
-two channel counts have a finite value); trained runs that differ in a setting besides channels,
-seed and n are refused. Each table may hold runs of the other kind (one collect of both sweeps): the
-kernel rows are those with a kernel accuracy, the trained rows those with a final test accuracy. The numbers go to STEM.json: {"kernel": {method: {n_train:
-accuracy}}, "trained": {n_train: {"accuracy": {width: mean}, "cntk_accuracy": accuracy or null,
-"pred_gap_fit": {...} or null}}}.
+kernel table's rows of the same data set, n, n_test and model, where it has them), and its
+distance to the CNTK's prediction at the same step (final pred_gap_analytic) with its fitted power
+law per n (where two channel counts have a finite value); trained runs that differ in a setting
+besides channels, seed and n are refused. Each table may hold runs of the other kind (one collect of
+both sweeps): the kernel rows are those with a kernel accuracy, the trained rows those with a final
+test accuracy. The numbers go to STEM.json: {"kernel": {method: {n_train: accuracy}}, "trained":
+{n_train: {"accuracy": {width: mean}, "cntk_accuracy": accuracy or null, "pred_gap_fit": {...} or
+null}}}.
 """
 
 from typing import Optional
@@ -84,7 +86,8 @@ def main() -> None:
     trained_help = "results table of `train` runs (+sweep=cnn_width, or at several n)"
     args = arguments(__doc__, "cntk", extra=lambda p: p.add_argument("--trained", default=None, help=trained_help))
     kernels = finished_runs(args.table)
-    kernels = kernels[kernels["kernels.ntk.test_accuracy"].notna()] if "kernels.ntk.test_accuracy" in kernels else kernels
+    if "kernels.ntk.test_accuracy" in kernels:       # a table of both sweeps: its regress rows
+        kernels = kernels[kernels["kernels.ntk.test_accuracy"].notna()]
     curves = kernel_accuracies(kernels)
     panels = 3 if args.trained else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.8 if panels == 1 else 4.8), squeeze=False)

@@ -98,7 +98,8 @@ def test_a_sweep_runs_every_job_and_reports_the_failed_one(tmp_path, launcher):
     # a job whose folder was never made (an interrupted sweep's later jobs) is missing too, with its
     # overrides from multirun.yaml; a folder beside the jobs that is no job (figures) is no run
     shutil.rmtree(sweep / "0")
-    (sweep / "figures").mkdir()
+    for other in ("figures", "²", "01"):      # no job numbers: "²" is a digit to str.isdigit, not to int
+        (sweep / other).mkdir()
     out, err, code = ntklab("collect", str(sweep), cwd=tmp_path)
     assert code == 0, err
     table = pd.read_csv(sweep / "results.csv", dtype={"run_dir": str}).set_index("run_dir")

@@ -231,8 +231,8 @@ class _DTypeSpec:
         # a Python 2 file read with encoding="bytes" spells the byte order as bytes
         order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
         order = order.decode("latin1") if isinstance(order, bytes) else order
-        if (not isinstance(state, tuple) or len(state) < 8 or state[2:5] != (None, None, None) or state[5:8] != (-1, -1, 0)
-                or order not in ("<", ">", "|", "=")):
+        plain = isinstance(state, tuple) and len(state) >= 8 and state[2:8] == (None, None, None, -1, -1, 0)
+        if not plain or order not in ("<", ">", "|", "="):
             raise pickle.UnpicklingError("it gives a dtype a state other than a byte order")
         if order in "<>":
             self.dtype = self.dtype.newbyteorder(order)
