@@ -89,8 +89,11 @@ _ALIASES = {"width": "model.width", "depth": "model.depth", "parametrization": "
 
 def setting_text(values: pd.Series) -> pd.Series:
     """A setting's values as comparable text: a missing value is "null" (NaN equals nothing, itself
-    included) and a whole float is written as the integer a column with gaps turned it into."""
+    included), a whole float is written as the integer a column with gaps turned it into, and a list
+    as a CSV table writes it, whether it came back as text (CSV) or as an array (parquet)."""
     def text(value):
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return str([item.item() if isinstance(item, np.generic) else item for item in value])
         if value is None or value is pd.NA or isinstance(value, float) and np.isnan(value):
             return "null"
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

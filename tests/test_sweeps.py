@@ -206,6 +206,18 @@ def test_collect_reports_the_same_run_twice(small_sweep, tmp_path):
                      "(equal config and numbers; seed 1): a mean over the table counts it 2 times"]
 
 
+def test_settings_compare_as_a_table_writes_them():
+    # the same setting read back from CSV (text, a column with gaps as floats) and from parquet (arrays)
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from figure_common import setting_text
+
+    from_csv = pd.Series(["[1, 2]", 64.0, math.nan, None, "relu"])
+    from_parquet = pd.Series([np.array([1, 2]), 64, pd.NA, math.nan, "relu"], dtype=object)
+    assert setting_text(from_csv).tolist() == setting_text(from_parquet).tolist() == ["[1, 2]", "64", "null", "null",
+                                                                                      "relu"]
+    assert setting_text(pd.Series([0.5, [], (3,)], dtype=object)).tolist() == ["0.5", "[]", "[3]"]
+
+
 def test_a_width_fit_refuses_runs_of_two_experiments(small_sweep, tmp_path):
     # one fit over runs of two data sets (here: seed 1's rows relabelled) would be no exponent of either
     runs = read_table(small_sweep["sweep"] / "results.csv")
