@@ -249,8 +249,9 @@ def _check_memory(cfg, device: torch.device, data: Dataset, members: int = 1) ->
     if need > have:
         many = f"{members} seeds at once need" if members > 1 else "this run needs"
         raise ConfigError("model.width", f"{many} at least {resources.gigabytes(need)} of memory but {device} "
-                          f"has {resources.gigabytes(have)} available; use a smaller width, depth or data set, or "
-                          "a device with more memory")
+                          f"has {resources.gigabytes(have)} available; use a smaller width, depth"
+                          f"{', kernel size' if cfg.model.get('name') == 'cnn' else ''} or data set, or a device with "
+                          "more memory")
 
 
 def _record_refusal(run_dir: Path, cfg, err: ConfigError) -> None:
