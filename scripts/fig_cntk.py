@@ -38,9 +38,11 @@ METHODS = {("gap", "ntk"): "CNTK-GAP", ("flatten", "ntk"): "CNTK-V",
            ("gap", "nngp"): "NNGP-GAP", ("flatten", "nngp"): "NNGP-V"}
 
 
-# What a kernel line averages over (test draws, seeds, the arithmetic) and what it plots against or
-# splits by; the trained nets' lines likewise. Runs differing in anything else are refused.
-KERNEL_FREE = ("model.readout", "model.depth", "data.n_train", "data.n_test", "data.seed", "seed", "dtype")
+# What a kernel line averages over (test draws, seeds, the arithmetic; the width and α, which the
+# limit does not have) and what it plots against or splits by; the trained nets' lines likewise.
+# Runs differing in anything else are refused.
+KERNEL_FREE = ("model.readout", "model.depth", "data.n_train", "data.n_test", "data.seed", "seed", "dtype",
+               "model.width", "model.alpha")
 TRAINED_FREE = ("model.width", "seed", "data.n_train")
 # settings of a trained run that its kernel regression has no use for
 NOT_KERNEL_SETTINGS = ("model.width", "model.alpha", "seed", "data.seed", "dtype")
