@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from figure_common import (arguments, finished_runs, fit_numbers, require, require_one_setting,  # noqa: E402
-                           save_numbers, setting_text)
+                           save_numbers, setting_columns, setting_text)
 from ntklab.plots import save_figure  # noqa: E402
 from ntklab.scaling import can_fit, fit_with_bootstrap  # noqa: E402
 
@@ -44,8 +44,9 @@ METHODS = {("gap", "ntk"): "CNTK-GAP", ("flatten", "ntk"): "CNTK-V",
 KERNEL_FREE = ("model.readout", "model.depth", "data.n_train", "data.n_test", "data.seed", "seed", "dtype",
                "model.width", "model.alpha")
 TRAINED_FREE = ("model.width", "seed", "data.n_train")
-# settings of a trained run that its kernel regression has no use for
-NOT_KERNEL_SETTINGS = ("model.width", "model.alpha", "seed", "data.seed", "dtype")
+# the config groups regress shares with train, and the settings in them its kernels have no use for
+KERNEL_GROUPS = ("model.", "data.")
+NOT_KERNEL_SETTINGS = ("model.width", "model.alpha", "data.seed")
 
 
 def kernel_accuracies(runs) -> dict:
@@ -72,12 +73,10 @@ def own_cntk_accuracy(kernels, trained_rows) -> Optional[float]:
     table's mean over its rows with the same value of every setting both tables record (data set,
     n_train, n_test, depth, readout, σ_w, ...; not channels, α, seeds or dtype); None without one."""
     match = kernels
-    for column in trained_rows.columns:
-        if not column.startswith(("model.", "data.")) or column in NOT_KERNEL_SETTINGS or column == "data.root":
+    for column in setting_columns(trained_rows):
+        if not column.startswith(KERNEL_GROUPS) or column in NOT_KERNEL_SETTINGS or column not in kernels:
             continue
         values = setting_text(trained_rows[column]).unique()
-        if column not in kernels:
-            continue
         if len(values) != 1:
             return None
         match = match[setting_text(match[column]) == values[0]]

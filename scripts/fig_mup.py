@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from figure_common import arguments, finished_runs, fit_numbers, require, require_one_setting, save_numbers  # noqa: E402
+from figure_common import (WIDTH_CURVE_FREE, arguments, finished_runs, fit_numbers, require,  # noqa: E402
+                           require_one_setting, save_numbers)
 from ntklab import results  # noqa: E402
 from ntklab.plots import save_figure  # noqa: E402
 from ntklab.scaling import can_fit, fit_power_law, fit_with_bootstrap  # noqa: E402
@@ -54,7 +55,7 @@ def main() -> None:
     numbers = {"kernel_change": {}, "function": {}}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
-        require_one_setting(group, ("model.width", "seed", "model.parametrization"), f"the {parametrization} curves")
+        require_one_setting(group, WIDTH_CURVE_FREE, f"the {parametrization} curves")
         color = f"C{i}"
         widths = sorted(group["model.width"].unique())
         by_width = [group[group["model.width"] == w] for w in widths]

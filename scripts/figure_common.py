@@ -85,6 +85,8 @@ _TOP_SETTINGS = ("width", "depth", "parametrization", "dtype", "seed", "ridge", 
 _NOT_SETTINGS = ("data.root", "optim.chunk_size", "optim.divergence_check_every")
 # top-level names the model config interpolates: one setting under two columns
 _ALIASES = {"width": "model.width", "depth": "model.depth", "parametrization": "model.parametrization"}
+# what a parametrization's curve against width pools: its widths and seeds
+WIDTH_CURVE_FREE = ("model.width", "seed", "model.parametrization")
 
 
 def setting_text(values: pd.Series) -> pd.Series:
@@ -101,20 +103,27 @@ def setting_text(values: pd.Series) -> pd.Series:
     return values.map(text)
 
 
+def setting_columns(runs: pd.DataFrame) -> list:
+    """The columns of ``runs`` that are settings (config columns: model.*, data.*, optim.*, seed,
+    dtype, ridge, solver, ...), each setting once: a top-level width, depth or parametrization is
+    left out where its model.* column is there."""
+    return [column for column in runs.columns
+            if (column.startswith(_SETTING_PREFIXES) or column in _TOP_SETTINGS) and column not in _NOT_SETTINGS
+            and not (column in _ALIASES and _ALIASES[column] in runs)]
+
+
 def differing_settings(runs: pd.DataFrame, free=()) -> list:
-    """The settings (config columns: model.*, data.*, optim.*, seed, dtype, ridge, solver, ...) whose
-    values differ among ``runs``, apart from those in ``free`` (a top-level width, depth or
-    parametrization counts as its model.* column); each as "column (value, value, ...)"."""
+    """The settings (:func:`setting_columns`) whose values differ among ``runs``, apart from those in
+    ``free`` (a top-level width, depth or parametrization counts as its model.* column); each as
+    "column (value, value, ...)"."""
     free = {_ALIASES.get(c, c) for c in free}
     differing = []
-    for column in runs.columns:
-        name = _ALIASES.get(column, column)
-        if name in free or name != column and name in runs or column in _NOT_SETTINGS:
+    for column in setting_columns(runs):
+        if _ALIASES.get(column, column) in free:
             continue
-        if column.startswith(_SETTING_PREFIXES) or column in _TOP_SETTINGS:
-            values = setting_text(runs[column]).unique()
-            if len(values) > 1:
-                differing.append(f"{column} ({', '.join(sorted(values)[:4])}{', ...' if len(values) > 4 else ''})")
+        values = setting_text(runs[column]).unique()
+        if len(values) > 1:
+            differing.append(f"{column} ({', '.join(sorted(values)[:4])}{', ...' if len(values) > 4 else ''})")
     return differing
 
 
@@ -147,8 +156,7 @@ def plot_width_fits(ax, runs: pd.DataFrame, quantity: str) -> list:
     parametrization's runs differ in a setting besides width and seed (:func:`require_one_setting`)."""
     fits = []
     for i, (parametrization, group) in enumerate(sorted(runs.groupby("model.parametrization"))):
-        require_one_setting(group, ("model.width", "seed", "model.parametrization"),
-                            f"the {parametrization} fit of {quantity} against width")
+        require_one_setting(group, WIDTH_CURVE_FREE, f"the {parametrization} fit of {quantity} against width")
         ax.plot(group["model.width"], group[quantity], "o", color=f"C{i}", alpha=0.5, markersize=4)
         if not can_fit(group, "model.width", quantity):
             print(f"{quantity}, {parametrization}: no fit (fewer than two widths with a finite positive value)")

@@ -401,9 +401,10 @@ def _set_up(cfg, config: Dict, run_dir: Path, device: torch.device, dtype: torch
     eta_max = {}
     for kind, unit, kernel in (("analytic", "eta_max", reference.analytic_train),
                                ("empirical", "eta_max_empirical", reference.empirical_train)):
+        if kernel is None:
+            continue
         try:
-            if kernel is not None:
-                eta_max[kind] = reference.eta_max(unit)
+            eta_max[kind] = reference.eta_max(unit)
         except ConfigError:      # only for the log line here: an absolute learning rate does without
             pass
     log.info("learning rate %.6g (eta_max: %s)", lr, ", ".join(f"{k} {v:.6g}" for k, v in eta_max.items()) or "-")
