@@ -15,6 +15,10 @@ where they do not fit), and the float64 kernels on the train set (analytic Θ an
 Θ̂_0 and its test×train block). The analytic CNTK's working memory is bounded separately
 (``analytic_kernels``' block_elements).
 
+Kernel regression (``python -m ntklab regress``, :func:`regression_bytes`): the kernels on the host
+and the float64 solve on its device, checked before the blocks are computed (a warning: they may be
+solved on another machine) and refused before the solve.
+
 With the opt-in spectral quantities (:func:`spectral_bytes`): the kernel on the spectrum set and its
 eigenvectors (float64), and with ``sharpness`` or ``gauss_newton_share`` the Lanczos basis
 ((track.lanczos_steps + 1) parameter-sized vectors), its Ritz vectors, the few parameter-sized
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -140,6 +144,26 @@ def spectral_bytes(track, *, n_params: int, features_per_row: int, n_train: int,
         vectors = basis + min(int(track.top_eigenvalues), n_params) + HVP_VECTORS
         total += vectors * n_params * itemsize + 4 * points * features_per_row * itemsize
     return total
+
+
+SOLVE_ARRAYS = {"eigh": 5, "cholesky": 1}
+"""n × n float64 arrays a kernel regression solve (``ntklab.commands.regress.solve``) holds at its peak
+beside the train kernel it solves with, by solver: measured as the growth of the peak resident
+memory over the solve of one kernel on the CPU at n = 3000 (eigh 5.15: LAPACK's divide and conquer
+copies K into the eigenvectors' array and works in 2n² more, the predictor keeps a ridged copy;
+Cholesky 1.08: the factor)."""
+
+
+def regression_bytes(n_train: int, n_test: int, itemsize: int, solver: str, on_gpu: bool) -> Tuple[int, int]:
+    """(host bytes, GPU bytes) the solve of ``python -m ntklab regress`` needs at least, beyond the
+    process itself: the NNGP and NTK [K(X, X); K(X*, X)], 2(N² + MN) numbers of the dtype they were
+    computed in (``itemsize`` bytes), held by the host; then one kernel at a time widened to float64 on
+    the solving device, (N² + MN)·8 bytes (no copy for float64 kernels on the CPU), beside the solver's
+    ``SOLVE_ARRAYS[solver]``·N²·8. GPU bytes are 0 when the solve runs on the CPU."""
+    kernels = 2 * (n_train + n_test) * n_train * itemsize
+    widened = 0 if itemsize == 8 and not on_gpu else (n_train + n_test) * n_train * 8
+    solving = widened + SOLVE_ARRAYS[solver] * n_train * n_train * 8
+    return (kernels, solving) if on_gpu else (kernels + solving, 0)
 
 
 def available_bytes(device) -> int:

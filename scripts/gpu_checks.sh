@@ -34,7 +34,7 @@
 #                     test split or 60000 of its train split does not exist. So REGRESS_N=60000 is the
 #                     whole training set against the whole test set, as in the published results.
 #                     Above 20,000 train points regress solves by a Cholesky factorisation (solver=auto:
-#                     an eigendecomposition of a 60,000² float64 kernel needs ~86 GB and many minutes),
+#                     an eigendecomposition of a 60,000² float64 kernel needs ~170 GB and many minutes),
 #                     which needs a ridge above the float32 entries' rounding, so those runs choose one
 #                     of REGRESS_RIDGES (default [1e-3,1e-2,1e-1]) on a held-out fifth. The
 #                     runs go to /tmp/ntklab_regress (their kernel blocks are gigabytes); their

@@ -44,7 +44,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ntklab import results
+from ntklab import resources, results
 from ntklab.config import RegressConfig, build_arch, check_known_keys, wants_images
 from ntklab.data import Dataset
 from ntklab.dynamics import MSEPredictor, accuracy, class_midpoint, mse_loss, mse_predictor
@@ -67,9 +67,9 @@ _NEUTRAL = ("progress", "stop_after_blocks", "block_elements")
 _NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed", "solver") + _NEUTRAL
 SOLVERS = ("auto", "eigh", "cholesky")
 # solver=auto: an eigendecomposition up to this many train points, a Cholesky factorisation above. In
-# float64, eigh holds about 3n² numbers beside the kernel (LAPACK's and cuSOLVER's divide and conquer)
-# and costs ~9n³ flops against the factorisation's n² and n³/3: at n = 60,000 that is ~86 GB, more
-# than an 80 GB GPU holds, and many minutes, where the factorisation takes seconds.
+# float64, eigh holds about 5n² numbers beside the kernel (resources.SOLVE_ARRAYS, measured) and costs
+# ~9n³ flops against the factorisation's n² and n³/3: at n = 60,000 that is ~144 GB, more than any
+# GPU holds, and many minutes, where the factorisation takes seconds.
 EIGH_MAX_N = 20_000
 
 
@@ -172,6 +172,11 @@ def _admit(cfg, run_dir: Path):
 
 def _compute_and_solve(cfg, run_dir: Path, config: Dict, data: Dataset, arch, spec, device, result_at_start) -> Dict:
     grid = BlockGrid(data.n_train, data.n_test, int(cfg.block_size))
+    shortfall = _memory_shortfall(cfg, data, device)
+    if shortfall is not None:
+        # the blocks are worth computing all the same: a machine with more memory solves with them
+        log.warning("%s now: the kernel blocks are computed and saved here, but the solve will be refused "
+                    "unless that much is free when they are done", shortfall)
     done = compute_blocks(spec or arch, data, grid, run_dir / BLOCKS, device=device, dtype=getattr(torch, cfg.dtype),
                           progress=cfg.progress, stop_after=cfg.stop_after_blocks,
                           block_elements=cfg.block_elements)
@@ -219,7 +224,27 @@ def _solved_meanwhile(run_dir: Path, config: Dict, stamp_at_start) -> Optional[D
     return summary if same else None
 
 
+def _memory_shortfall(cfg, data: Dataset, device: torch.device) -> Optional[str]:
+    """What memory the solve lacks, in words, where the host or the GPU has less available than
+    :func:`ntklab.resources.regression_bytes` says it needs at least; else None."""
+    solver = solver_for(cfg, data.n_train)
+    itemsize = torch.empty((), dtype=getattr(torch, cfg.dtype)).element_size()
+    host, gpu = resources.regression_bytes(data.n_train, data.n_test, itemsize, solver, device.type == "cuda")
+    for need, where, name in ((host, torch.device("cpu"), "the host"), (gpu, device, str(device))):
+        if need and need > (have := resources.available_bytes(where)):
+            return (f"kernel regression on {data.n_train} train points ({cfg.dtype} kernels, the {solver} solve "
+                    f"in float64) needs at least {resources.gigabytes(need)} of memory on {name}, which has "
+                    f"{resources.gigabytes(have)} available")
+    return None
+
+
 def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid", device, config: Dict) -> Dict:
+    shortfall = _memory_shortfall(cfg, data, device)
+    if shortfall is not None:
+        cheaper = ("" if solver_for(cfg, data.n_train) == "cholesky"
+                   else "solver=cholesky (one n × n array beside K, not five) or ")
+        raise ConfigError("data.n_train", f"{shortfall}; the kernel blocks stay in {run_dir / BLOCKS}: run again "
+                          f"on a machine with more memory to solve with them, or use {cheaper}fewer train points")
     train, test, kernel_seconds = assemble(grid, run_dir / BLOCKS, getattr(torch, cfg.dtype))
     started = time.perf_counter()
     solved, predicted = {}, {}
@@ -504,10 +529,10 @@ def predict_cholesky(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: fl
                      overwrite: bool = False) -> Tensor:
     """K(X*, X) (K + σ²I)⁻¹ Y with σ² = ridge · mean diag K, by a Cholesky factorisation K + σ²I = LLᵀ:
     the same prediction as :func:`predict` where K + σ²I is well conditioned, in n² numbers beside K
-    (none with ``overwrite``, where L takes K's place) and ~n³/3 flops. Without ``overwrite`` K's
-    diagonal is shifted in place and put back exactly afterwards, so K is not copied. Raises
-    NotPositiveDefinite where the factorisation fails (a rank-deficient K at ridge 0, or eigenvalues
-    that rounding made negative)."""
+    (none with ``overwrite``, where L takes K's place) and ~n³/3 flops, then z = L⁻¹Y and L⁻ᵀz by
+    triangular solves. Without ``overwrite`` K's diagonal is shifted in place and put back exactly
+    afterwards, so K is not copied. Raises NotPositiveDefinite where the factorisation fails (a
+    rank-deficient K at ridge 0, or eigenvalues that rounding made negative)."""
     diagonal = k_train.diagonal()
     original = None if overwrite else diagonal.clone()
     diagonal.add_(ridge * diagonal.mean())
@@ -527,7 +552,11 @@ def predict_cholesky(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: fl
     if int(info):
         raise NotPositiveDefinite(f"K + σ²I (ridge {ridge:g}) is not positive definite in float64 "
                                   f"(the factorisation failed at column {int(info)} of {len(k_train)})")
-    return k_test @ torch.cholesky_solve(y_train, factor)
+    # two triangular solves with the factor where it lies (column-major, the layout LAPACK and cuSOLVER
+    # read in place): torch.cholesky_solve copies it first, n² more numbers at the solve's peak
+    # (3n² float64 in all instead of 2n²: 86 GB instead of 58 GB at n = 60,000, over an 80 GB GPU)
+    half = torch.linalg.solve_triangular(factor, y_train, upper=False)
+    return k_test @ torch.linalg.solve_triangular(factor.mT, half, upper=True)
 
 
 def predict(k_train: Tensor, k_test: Tensor, y_train: Tensor, ridge: float,
