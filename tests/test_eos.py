@@ -13,6 +13,7 @@ import yaml
 from ntklab import results
 from ntklab.collect import collect, read_table, write_table
 from ntklab.config import TrackConfig
+from ntklab.errors import ConfigError
 from ntklab.quantities import DEFAULT, SPECTRAL, SPECTRAL_FIELDS
 from ntklab.train import run
 from ntklab.train.stability import THRESHOLDS, classify
@@ -91,6 +92,23 @@ def test_spectral_settings_are_validated(override, field):
 SMALL = ["device=cpu", "width=32", "data.n_train=16", "data.n_test=8", "data.dim=4", "optim.steps=30",
          "track.log_steps=8", "track.probe_size=8", "track.progress=false", "track.plots=false",
          "track.save_kernels=false"]
+
+
+def test_more_top_eigenvalues_than_the_spectrum_set_has_are_refused(tmp_path):
+    # 3 points of a scalar target: Θ̂ on the spectrum set is 3 × 3, with 3 eigenvalues, not 4
+    cfg = compose_train(SMALL + ["track.quantities=[ntk_top_eigenvalues]", "track.spectrum_points=3",
+                                 "track.top_eigenvalues=4"])
+    with pytest.raises(ConfigError) as err:
+        run(cfg, tmp_path / "run")
+    assert str(err.value) == ("track.top_eigenvalues: is 4, but Θ̂ on the spectrum set (3 points) has 3 eigenvalues: "
+                              "ask for at most that many, or raise track.spectrum_points")
+    # all 3 is allowed, and records them in descending order
+    summary = run(compose_train(SMALL + ["track.quantities=[ntk_top_eigenvalues]", "track.spectrum_points=3",
+                                         "track.top_eigenvalues=3", "optim.steps=1"]), tmp_path / "three")
+    records = results.read_metrics(tmp_path / "three" / results.METRICS)
+    values = records[0]["ntk_top_eigenvalues"]
+    assert summary["status"] == "ok" and len(values) == 3 and values == sorted(values, reverse=True)
+
 
 
 def test_spectral_quantities_leave_every_other_number_alone(tmp_path):

@@ -331,6 +331,12 @@ class SpectrumTracker:
         self.x, self.y = data.x_train[:n], data.y_train[:n]
         self.entries = n * data.out_dim                            # S·k
         self.kernel = "full" if data.out_dim > 1 and self.entries <= full_kernel_limit else "mean"
+        eigenvalues = self.entries if self.kernel == "full" else n
+        if top > eigenvalues:
+            shape = f"{n} points × {data.out_dim} outputs" if self.kernel == "full" else f"{n} points"
+            raise ConfigError("track.top_eigenvalues", f"is {top}, but Θ̂ on the spectrum set ({shape}) has "
+                                                       f"{eigenvalues} eigenvalues: ask for at most that many, or "
+                                                       f"raise track.spectrum_points")
         self.alpha = outputs.alpha
         self.f0 = None if outputs.alpha is None else outputs.initial("train")[:n]
         self.learning_rate, self.top, self.lanczos_steps, self.lanczos_tol = learning_rate, top, lanczos_steps, lanczos_tol
