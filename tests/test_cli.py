@@ -1,6 +1,7 @@
 """The command line as users type it: `python -m ntklab ...` in a subprocess."""
 
 import json
+import logging
 import subprocess
 import sys
 import tomllib
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from ntklab import results
+from ntklab.cli import main
 from tests.helpers import ntklab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,23 +85,58 @@ if not torch.cuda.is_available():
     INVALID["device=cuda"] = (2, ["device", "no CUDA GPU", "cpu"])
 
 
-def test_invalid_values_exit_with_a_short_message(tmp_path):
-    env_root = tmp_path / "no-data-here"
-    processes = {}
-    for i, override in enumerate(INVALID):
-        args = ["train", *SMALL, override, f"hydra.run.dir={tmp_path / str(i)}"]
-        if override.startswith("data=") and override != "data=foo":
-            args.append(f"data.root={env_root}")
-        processes[override] = ntklab(*args, cwd=tmp_path, wait=False)
+@pytest.fixture
+def in_process(tmp_path, monkeypatch, capsys):
+    """Run ``ntklab.cli.main`` in this process: (exit code, stderr). Hydra adds its job's log handlers
+    to the root logger; they are taken off again, so no later test logs into this one's files."""
+    monkeypatch.chdir(tmp_path)
+    handlers, level = logging.root.handlers[:], logging.root.level
+
+    def run(*args):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:
+            code = exit.code
+        return code, capsys.readouterr().err
+
+    yield run
+    for handler in set(logging.root.handlers) - set(handlers):
+        logging.root.removeHandler(handler)
+        handler.close()
+    logging.root.setLevel(level)
+
+
+def _invalid_args(override, run_dir, data_root):
+    args = ["train", *SMALL, override, f"hydra.run.dir={run_dir}"]
+    if override.startswith("data=") and override != "data=foo":
+        args.append(f"data.root={data_root}")
+    return args
+
+
+@pytest.mark.parametrize("override", list(INVALID))
+def test_invalid_values_exit_with_a_short_message(tmp_path, in_process, override):
+    # in this process (cli.main as `python -m ntklab` calls it): a process each would take ~2 s of imports
+    code, err = in_process(*_invalid_args(override, tmp_path / "run", tmp_path / "no-data-here"))
+    expected_code, texts = INVALID[override]
+    assert code == expected_code, err
+    assert "Traceback" not in err, err
+    for text in texts:
+        assert text in err, (text, err)
+    if code == 2:   # our own messages are one line (Hydra's list the options and the search path)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_process_exits_with_mains_code_and_message(tmp_path):
+    """`python -m ntklab` itself, for one of our refusals, a missing data file and one of Hydra's errors."""
+    overrides = ["model.activation=foo", "data=mnist", "data=foo"]
+    processes = {override: ntklab(*_invalid_args(override, tmp_path / str(i), tmp_path / "no-data-here"),
+                                  cwd=tmp_path, wait=False) for i, override in enumerate(overrides)}
     for override, process in processes.items():
         out, err = process.communicate(timeout=300)
         code, texts = INVALID[override]
-        assert process.returncode == code, (override, err)
-        assert "Traceback" not in err, (override, err)
-        for text in texts:
-            assert text in err, (override, text, err)
-        if code == 2:   # our own messages are one line (Hydra's list the options and the search path)
-            assert len(err.strip().splitlines()) == 1, (override, err)
+        assert process.returncode == code and "Traceback" not in err, (override, err)
+        assert all(text in err for text in texts), (override, err)
+        assert code != 2 or len(err.strip().splitlines()) == 1, (override, err)
 
 
 def test_packages_list_names_every_package():
