@@ -26,6 +26,7 @@ from ntklab import analytic_kernels, resources, results
 from ntklab.collect import collect, read_table
 from ntklab.commands import regress
 from ntklab.compare import CompareError, compare_runs
+from ntklab.compare import main as compare_main
 from ntklab.errors import ConfigError
 from ntklab.nets import cnn_layers
 from ntklab.train.trainer import load_data
@@ -746,17 +747,23 @@ def test_compare_pairs_two_kernels_on_the_same_test_images(tmp_path):
     assert f"McNemar exact p    {mcnemar_by_hand(only_nngp, only_ntk):.4g}" in out
 
 
-def test_compare_refuses_runs_it_cannot_pair(tmp_path):
+def test_compare_refuses_runs_it_cannot_pair(tmp_path, monkeypatch, capsys):
     """Another test draw, a kernel that is not there, a directory without predictions: exit code 2 and why."""
-    for name, extra in (("a", []), ("b", ["data.seed=1"])):
-        assert ntklab("regress", *SMALL, f"hydra.run.dir={name}", *extra, cwd=tmp_path)[2] == 0
-    out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+
+    def compare(*args):         # `python -m ntklab compare ARGS` as the command line runs it, in this process
+        code = compare_main(list(args))
+        captured = capsys.readouterr()
+        return captured.out, captured.err, code
+
+    for name, extra in (("a", []), ("b", ["data.seed=1"]), ("c", ["data.n_test=20"])):
+        regress.run(compose_config("regress", SMALL + extra), tmp_path / name)
+    out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)         # once as a process
     assert code == 2 and "were tested on different images" in err, err
     # targets of another shape (fewer test images) fail the same way, not as a broadcasting error
-    assert ntklab("regress", *SMALL, "hydra.run.dir=c", "data.n_test=20", cwd=tmp_path)[2] == 0
-    out, err, code = ntklab("compare", "a", "c", cwd=tmp_path)
+    out, err, code = compare("a", "c")
     assert code == 2 and "were tested on different images" in err, err
-    out, err, code = ntklab("compare", "a:nngp", "a:cntk", cwd=tmp_path)
+    out, err, code = compare("a:nngp", "a:cntk")
     assert code == 2 and "has no output 'cntk'; it has nngp, ntk" in err, err
 
     def edited_copy(name, **changes):
@@ -776,7 +783,7 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path):
         compare_runs(edited_copy("scalar_a", **one_class), None, edited_copy("scalar_b", **one_class), None)
     # a run directory whose name holds a colon is a run, not RUN:KIND
     shutil.copytree(tmp_path / "a", tmp_path / "seed:1")
-    out, err, code = ntklab("compare", "a", "seed:1", cwd=tmp_path)
+    out, err, code = compare("a", "seed:1")
     assert code == 0 and "only A 0, only B 0" in out, err
     # a run that failed says so, not that its solve should be rerun
     failed = tmp_path / "failed"
@@ -785,7 +792,7 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path):
     with pytest.raises(CompareError, match=r"the run's status is 'failed' \(ConfigError: data.root: none\)"):
         compare_runs(tmp_path / "a", None, failed, None)
     (tmp_path / "a" / results.PREDICTIONS).unlink()
-    out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)
+    out, err, code = compare("a", "b")
     assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err
 
 
