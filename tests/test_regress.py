@@ -820,20 +820,32 @@ def test_compare_pairs_an_mlp_with_a_cnn_on_the_same_images(tmp_path):
         compare_runs(tmp_path / "legacy", None, tmp_path / "mlp", None)
 
 
-def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(tmp_path):
+def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(tmp_path, monkeypatch, capsys):
     """A float32 training run and a float64 regress run on the same digits pair (their test inputs
     agree once rounded to float32); the trained net's and its kernel's right and wrong images are
     counted from the two predictions.pt files by hand."""
     data_settings = ["data=digits", "data.n_train=20", "data.n_test=60", "data.targets=onehot",
                      "data.center_targets=true"]
-    out, err, code = ntklab("train", "model=cnn", "width=8", "depth=1", "model.readout=flatten", *data_settings,
-                            "optim.steps=30", "track.log_steps=3", "track.probe_size=8", "track.progress=false",
-                            "track.plots=false", "track.save_kernels=false", "device=cpu", "dtype=float32",
-                            "hydra.run.dir=trained", cwd=tmp_path)
-    assert code == 0, err
-    out, err, code = ntklab("regress", "width=8", "depth=1", "model.readout=flatten", *data_settings, "device=cpu",
-                            "progress=false", "hydra.run.dir=kernel", cwd=tmp_path)
-    assert code == 0, err
+    # the two commands at once, as processes; the comparisons in this process, as the command line runs them
+    processes = [ntklab("train", "model=cnn", "width=8", "depth=1", "model.readout=flatten", *data_settings,
+                        "optim.steps=30", "track.log_steps=3", "track.probe_size=8", "track.progress=false",
+                        "track.plots=false", "track.save_kernels=false", "device=cpu", "dtype=float32",
+                        "hydra.run.dir=trained", cwd=tmp_path, wait=False),
+                 ntklab("regress", "width=8", "depth=1", "model.readout=flatten", *data_settings, "device=cpu",
+                        "progress=false", "hydra.run.dir=kernel", cwd=tmp_path, wait=False)]
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err
+    finally:
+        stop_all(processes)
+    monkeypatch.chdir(tmp_path)
+
+    def compare(*args):
+        code = compare_main(list(args))
+        captured = capsys.readouterr()
+        return captured.out, captured.err, code
+
     trained = torch.load(tmp_path / "trained" / results.PREDICTIONS, weights_only=True)
     kernel = torch.load(tmp_path / "kernel" / results.PREDICTIONS, weights_only=True)
     # the trained run's inputs were float32 (saved widened to float64), the regress run's float64
@@ -843,14 +855,14 @@ def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(t
     net_right = trained["f_final"].argmax(1) == kernel["labels_test"]
     for kind in ("ntk", "nngp"):
         kernel_right = kernel[kind].argmax(1) == kernel["labels_test"]
-        out, err, code = ntklab("compare", "trained", f"kernel:{kind}", cwd=tmp_path)     # A's kind defaults to net
+        out, err, code = compare("trained", f"kernel:{kind}")     # A's kind defaults to net
         assert code == 0, err
         counts = (int((net_right & kernel_right).sum()), int((net_right & ~kernel_right).sum()),
                   int((~net_right & kernel_right).sum()), int((~net_right & ~kernel_right).sum()))
         assert "A = trained net\n" in out
         assert "images right       both {}, only A {}, only B {}, neither {}".format(*counts) in out
     analytic_right = trained["f_pred_analytic"].argmax(1) == kernel["labels_test"]
-    out, err, code = ntklab("compare", "trained:analytic", "trained:net", cwd=tmp_path)
+    out, err, code = compare("trained:analytic", "trained:net")
     assert code == 0, err
     assert f"accuracy           A {analytic_right.double().mean().item():.4f}" in out
 
