@@ -180,24 +180,30 @@ def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
                                f"{len(finite)} test images (a diverged run?); there is no accuracy to pair")
         loaded.append((predictions, kind))
     (first, kind_first), (second, kind_second) = loaded
-    # the inputs first, then the targets' shapes, then their values (to 1e-6: a float32 training
-    # run's are the float64 ones rounded): runs on different test sets fail the first or second
-    same_test_set = (not first.inputs_sha256.isdisjoint(second.inputs_sha256)
-                     and first.y_test.shape == second.y_test.shape
-                     and torch.allclose(first.y_test.double(), second.y_test.double(), rtol=0, atol=1e-6))
-    if not same_test_set:
+    # the inputs first, then the targets' shapes, then each image's class: runs on different test sets
+    # fail one of them. The target values may differ (data.center_targets, or data.noise, which moves
+    # the train mean that centres them): each run is scored against its own.
+    same_images = (not first.inputs_sha256.isdisjoint(second.inputs_sha256)
+                   and first.y_test.shape == second.y_test.shape)
+    if not same_images:
         raise CompareError(f"{run_a} and {run_b} were tested on different images or targets (their data settings "
                            "differ: data set, data.n_test, data.seed, data.classes, data.targets, normalisation); "
                            "a paired comparison needs the same test set")
     try:
-        # scalar targets: both runs' outputs against one threshold, from the shared targets
-        midpoint = class_midpoint(first.y_test)
+        # scalar targets: each run's outputs against its own targets' threshold
+        midpoints = [class_midpoint(run.y_test.double()) for run in (first, second)]
     except ValueError:
         raise CompareError(f"{run_a}, {run_b}: the test targets are scalar and all of one class, so compare "
                            "cannot place the threshold between the two classes; test on more images "
                            "(data.n_test)") from None
-    comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test, midpoint).numpy(),
-                                   correct(second.outputs[kind_second], second.y_test, midpoint).numpy())
+    classes = [run.y_test.argmax(1) if midpoint is None else (run.y_test.double() > midpoint).reshape(-1)
+               for run, midpoint in zip((first, second), midpoints)]
+    if not torch.equal(*classes):
+        raise CompareError(f"{run_a} and {run_b} were tested on the same images with different classes on "
+                           f"{int((classes[0] != classes[1]).sum())} of them (data.classes or data.targets "
+                           "differ); a paired comparison needs the same test set")
+    comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test.double(), midpoints[0]).numpy(),
+                                   correct(second.outputs[kind_second], second.y_test.double(), midpoints[1]).numpy())
     return comparison, kind_first, kind_second
 
 

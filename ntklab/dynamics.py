@@ -51,18 +51,28 @@ def mse_loss(fx: Tensor, y: Tensor) -> Tensor:
     return 0.5 * ((torch.as_tensor(fx) - y) ** 2).mean(dim=tuple(range(-y.dim(), 0)))
 
 
-def class_midpoint(y: Tensor) -> Optional[float]:
+def class_midpoint(y: Tensor, y_test: Optional[Tensor] = None) -> Optional[float]:
     """The threshold between the two classes of scalar targets y (N, 1) (±1, possibly centred): the
     midpoint of their two values; None for one-hot targets (N, k > 1), classified by argmax. Take it
     from targets that hold both classes (the train set's) and pass it to :func:`correct` for any
-    subset, which may hold one class only."""
+    subset, which may hold one class only.
+
+    With ``y_test`` (M, 1), y being the train targets: from both sets, or from ``y_test`` alone where
+    the train targets carry label noise (``data.noise`` goes on the train set only; its targets then
+    take more than two values, whose extremes are not the classes'). Raises ValueError where the
+    targets it reads hold one value only, or more than two."""
     if y.shape[1] > 1:
         return None
-    low, high = y.min().item(), y.max().item()
-    if low == high:
-        raise ValueError(f"scalar targets hold one value only ({low:g}): the two classes' midpoint needs "
+    if y_test is not None:
+        y = torch.cat([y, y_test]) if torch.unique(y).numel() <= 2 else y_test
+    values = torch.unique(y)
+    if values.numel() == 1:
+        raise ValueError(f"scalar targets hold one value only ({values.item():g}): the two classes' midpoint needs "
                          "targets of both classes (pass midpoint= from the train targets)")
-    return (low + high) / 2
+    if values.numel() > 2:
+        raise ValueError(f"scalar targets take {values.numel()} values, not two classes' (label noise?): take the "
+                         "midpoint from targets without noise (the test set's)")
+    return (values[0].item() + values[1].item()) / 2
 
 
 def correct(fx: Tensor, y: Tensor, midpoint: Optional[float] = None) -> Tensor:

@@ -371,3 +371,11 @@ def test_scalar_targets_are_classified_on_either_side_of_the_two_classes_midpoin
     assert correct(fx[[0, 1, 3]], one_class, midpoint=class_midpoint(y)).tolist() == [True, True, False]
     assert accuracy(fx[[0, 1, 3]], one_class, class_midpoint(y)) == pytest.approx(2 / 3)
     assert class_midpoint(torch.eye(3, dtype=torch.float64)) is None        # one-hot: argmax, no threshold
+    # train and test targets together, unless label noise (on the train set only) moved the train
+    # targets off the two class values: then the test targets' alone
+    y_test = torch.tensor([[0.5], [-1.5]], dtype=torch.float64)
+    assert class_midpoint(y[:2], y_test) == -0.5          # a one-class train set, clean: both sets together
+    noisy = y + torch.tensor([[0.3], [-0.2], [0.9], [0.1]], dtype=torch.float64)     # extremes 0.8 and −0.6
+    assert class_midpoint(noisy, y_test) == -0.5
+    with pytest.raises(ValueError, match="take 4 values, not two classes'"):
+        class_midpoint(noisy)

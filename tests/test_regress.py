@@ -796,6 +796,34 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path, monkeypatch, capsys):
     assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err
 
 
+def test_label_noise_moves_neither_the_class_threshold_nor_the_pairing(tmp_path, monkeypatch, capsys):
+    """data.noise goes on the train targets only: the scalar classes' threshold comes from the clean
+    test targets (the noisy train targets' extremes would move it), and compare pairs a noisy run with
+    a clean one on the same images although centring by the noisy train mean shifted its targets."""
+    scalar = SMALL + ["data.classes=[3,5]", "data.targets=scalar"]
+    clean = regress.run(compose_config("regress", scalar), tmp_path / "clean")
+    noisy = regress.run(compose_config("regress", scalar + ["data.noise=1.0"]), tmp_path / "noisy")
+    saved = torch.load(tmp_path / "noisy" / results.PREDICTIONS, weights_only=True)
+    low, high = saved["y_test"].unique().tolist()          # the two classes' (centred) values, no noise
+    midpoint = (low + high) / 2
+    y_train = load_data(compose_config("regress", scalar + ["data.noise=1.0"]).data, images=True).y_train
+    assert y_train.unique().numel() == 40                  # noisy: the extremes are not the classes'
+    assert abs((y_train.min() + y_train.max()).item() / 2 - midpoint) > 0.02
+    for kind in ("ntk", "nngp"):
+        by_hand = ((saved[kind] > midpoint) == (saved["y_test"] > midpoint)).double().mean().item()
+        assert noisy["kernels"][kind]["test_accuracy"] == by_hand
+    # the same images and classes, other target values: paired, each run scored against its own targets
+    monkeypatch.chdir(tmp_path)
+    assert compare_main(["clean", "noisy"]) == 0
+    out = capsys.readouterr().out
+    assert (f"accuracy           A {clean['kernels']['ntk']['test_accuracy']:.4f}   "
+            f"B {noisy['kernels']['ntk']['test_accuracy']:.4f}") in out
+    # other classes on the same images are refused, counting them
+    regress.run(compose_config("regress", SMALL + ["data.classes=[5,3]", "data.targets=scalar"]), tmp_path / "swapped")
+    assert compare_main(["clean", "swapped"]) == 2
+    assert "the same images with different classes on" in capsys.readouterr().err
+
+
 def test_compare_pairs_an_mlp_with_a_cnn_on_the_same_images(tmp_path):
     """An MLP's test images are the CNN's flattened: the two pair, and a regress run that stored its
     digest the earlier way (one, of the (M, C, H, W) tensor) still pairs with a CNN's run."""

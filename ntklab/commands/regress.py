@@ -461,8 +461,9 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
     y_test = data.y_test.to(k_train.device, torch.float64)
     classification = data.labels_test is not None
     # scalar ±1 targets: one threshold for the held-out and test scores, from targets of both classes
-    # (a small held-out part may hold one class only)
-    midpoint = class_midpoint(torch.cat([y_train, y_test])) if classification else None
+    # (a small held-out part may hold one class only; the test set's alone where the train targets
+    # carry label noise)
+    midpoint = class_midpoint(y_train, y_test) if classification else None
     precision = getattr(torch, cfg.dtype)       # the kernels' entries carry this dtype's rounding
     solver = solver_for(cfg, data.n_train)
     tried = []

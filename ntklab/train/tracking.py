@@ -222,9 +222,9 @@ class Tracker:
                        for name, params in parameter_groups(model).items()}
         self.theta0_norm = math.sqrt(sum(_squared_norm(ps) for ps in self.theta0.values()))
         self.y_train, self.y_test = data.y_train.double(), data.y_test.double()
-        # scalar ±1 targets: one threshold for both splits, from targets that hold both classes
-        self.midpoint = (class_midpoint(torch.cat([self.y_train, self.y_test]))
-                         if data.labels_train is not None else None)
+        # scalar ±1 targets: one threshold for both splits, from targets that hold both classes (the
+        # test set's alone where the train targets carry label noise)
+        self.midpoint = class_midpoint(self.y_train, self.y_test) if data.labels_train is not None else None
         self.probe = data.x_train[: reference.probe_size]
         self._row = {int(s): i for i, s in enumerate(log_steps)}
         times = torch.tensor([int(s) for s in log_steps], dtype=torch.float64)
