@@ -167,7 +167,8 @@ def regression_bytes(n_train: int, n_test: int, itemsize: int, solver: str, on_g
 
 
 def available_bytes(device) -> int:
-    """Memory the device can give a run now: a GPU's total memory, or the CPU's MemAvailable
+    """Memory the device can give a run now: a GPU's free memory (what torch's caching allocator holds
+    counts as used: empty its cache first), or the CPU's MemAvailable
     (/proc/meminfo; the physical memory where that file is missing)."""
     device = torch.device(device)
     if device.type == "cuda":

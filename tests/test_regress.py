@@ -166,7 +166,8 @@ def test_ridges_are_chosen_on_a_held_out_split_and_the_blocks_are_reused(tmp_pat
     blocks = sorted((run_dir / regress.BLOCKS).iterdir())
     stamps = [p.stat().st_mtime_ns for p in blocks]
     ridges = [0.0, 0.1, 10.0]
-    cfg = compose_config("regress", SMALL + [f"ridges=[{','.join(map(str, ridges))}]", "validation_fraction=0.25"])
+    # given unsorted and one twice: each tried once, in increasing order
+    cfg = compose_config("regress", SMALL + ["ridges=[10.0,0.0,0.1,0.0]", "validation_fraction=0.25"])
     summary = regress.run(cfg, run_dir)         # other ridges: same kernels, solved again
     assert [p.stat().st_mtime_ns for p in sorted((run_dir / regress.BLOCKS).iterdir())] == stamps
     data = load_data(cfg.data, images=True)
@@ -303,6 +304,14 @@ def test_a_refused_worker_leaves_the_runs_directory_as_it_is(tmp_path):
         with pytest.raises(ConfigError, match=message):
             regress.run(compose_config("regress", SMALL + overrides), run_dir)
         assert not (run_dir / regress.REGRESSION_JSON).exists()
+    # a directory holding another run's config (a training run's, say) gets no kernel_blocks/ either
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(run_dir / results.CONFIG, other / results.CONFIG)
+    with pytest.raises(ConfigError, match="holds a run with a different config"):
+        regress.run(compose_config("regress", SMALL + ["data.n_train=20"]), other)
+    # (only the empty lock files the workers of any directory take)
+    assert sorted(path.name for path in other.iterdir() if not path.name.endswith(".lock")) == [results.CONFIG]
     # the run itself then finishes, and a failure of its own is recorded (a block it cannot read)
     assert regress.run(compose_config("regress", SMALL), run_dir)["status"] == "ok"
     shutil.rmtree(run_dir / regress.BLOCKS)
@@ -637,10 +646,11 @@ def test_a_solve_the_memory_cannot_hold_is_refused_and_its_blocks_serve_a_later_
     saved = sorted((tmp_path / "run" / regress.BLOCKS).glob("*.pt"))
     assert len(saved) == len(regress.BlockGrid(n, m, 16).blocks)
     assert json.loads((tmp_path / "run" / regress.REGRESSION_JSON).read_text())["status"] == "failed"
-    # with the memory there, the same directory solves with the saved blocks and gives the direct solve
+    # with the memory there, the same directory solves with the saved blocks and gives the direct
+    # solve, also on another device (device=auto: a GPU's blocks solve on the host and the reverse)
     monkeypatch.setattr(resources, "available_bytes", lambda device: need)
     stamps = [path.stat().st_mtime_ns for path in saved]
-    summary = regress.run(cfg, tmp_path / "run")
+    summary = regress.run(compose_config("regress", SMALL + ["solver=cholesky", "device=auto"]), tmp_path / "run")
     assert [path.stat().st_mtime_ns for path in saved] == stamps
     _, direct = _direct(cfg)
     assert summary["kernels"]["ntk"]["test_accuracy"] == direct["ntk"]["accuracy"]

@@ -64,7 +64,9 @@ PROGRESS_LOG_SECONDS = 60.0
 # groups, for speed and memory; at most the last bits of a global-average-pool sum move with it).
 _NEUTRAL = ("progress", "stop_after_blocks", "block_elements")
 # Fields that change only the solve, not the kernels: a run directory's blocks serve any of them.
-_NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed", "solver") + _NEUTRAL
+# The device too: its kernels agree with another's to rounding (as block_elements' groupings do), so
+# blocks computed on a GPU may be solved with device=cpu on a machine with more host memory.
+_NOT_COMPARED = ("ridge", "ridges", "validation_fraction", "seed", "solver", "device") + _NEUTRAL
 SOLVERS = ("auto", "eigh", "cholesky")
 # solver=auto: an eigendecomposition up to this many train points, a Cholesky factorisation above. In
 # float64, eigh holds about 5n² numbers beside the kernel (resources.SOLVE_ARRAYS, measured) and costs
@@ -163,10 +165,10 @@ def _admit(cfg, run_dir: Path):
         raise ConfigError("model", f"has no analytic kernels: {problem}")
     device = resolve_device(cfg.device)
     with _exclusive(run_dir):
-        (run_dir / BLOCKS).mkdir(exist_ok=True)
         for leftover in results.remove_leftovers(run_dir):
             log.warning("removed %s, left by an interrupted write", leftover)
         results.check_same_config(run_dir, config, _NOT_COMPARED, schema=RegressConfig)
+        (run_dir / BLOCKS).mkdir(exist_ok=True)         # after the check: a refused command adds nothing
     return config, data, arch, spec, device
 
 
@@ -229,6 +231,8 @@ def _memory_shortfall(cfg, data: Dataset, device: torch.device) -> Optional[str]
     :func:`ntklab.resources.regression_bytes` says it needs at least; else None."""
     solver = solver_for(cfg, data.n_train)
     itemsize = torch.empty((), dtype=getattr(torch, cfg.dtype)).element_size()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()        # the blocks' cached arrays are free for the solve, not in use
     host, gpu = resources.regression_bytes(data.n_train, data.n_test, itemsize, solver, device.type == "cuda")
     for need, where, name in ((host, torch.device("cpu"), "the host"), (gpu, device, str(device))):
         if need and need > (have := resources.available_bytes(where)):
@@ -471,7 +475,7 @@ def solve(k_train: Tensor, k_test: Tensor, data: Dataset, cfg) -> Tuple[Dict, Te
     if cfg.ridges:
         fit, held_out = _held_out_split(data.n_train, cfg.validation_fraction, cfg.seed)
         fit, held_out = fit.to(k_train.device), held_out.to(k_train.device)
-        for candidate in sorted(float(r) for r in cfg.ridges):
+        for candidate in sorted({float(r) for r in cfg.ridges}):      # a ridge given twice is solved once
             try:
                 # one gather per block (k_train[fit][:, fit] would hold a fit × n copy on the way), and the
                 # fit block is this loop's own: the factorisation may overwrite it
