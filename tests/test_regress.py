@@ -725,6 +725,20 @@ def test_bad_regress_configs_name_the_field(tmp_path, overrides, message):
     assert message in str(err.value)
 
 
+@pytest.fixture
+def compare(tmp_path, monkeypatch, capsys):
+    """`python -m ntklab compare ARGS` as the command line runs it, in this process, from ``tmp_path``:
+    (stdout, stderr, exit code)."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        code = compare_main(list(args))
+        captured = capsys.readouterr()
+        return captured.out, captured.err, code
+
+    return run
+
+
 def test_compare_pairs_two_kernels_on_the_same_test_images(tmp_path):
     """predictions.pt holds the solve done directly, and `compare` counts its 2×2 table and McNemar's
     p as they are counted here by hand. 20 train and 200 test digits: the NNGP and the NTK then
@@ -757,15 +771,8 @@ def test_compare_pairs_two_kernels_on_the_same_test_images(tmp_path):
     assert f"McNemar exact p    {mcnemar_by_hand(only_nngp, only_ntk):.4g}" in out
 
 
-def test_compare_refuses_runs_it_cannot_pair(tmp_path, monkeypatch, capsys):
+def test_compare_refuses_runs_it_cannot_pair(tmp_path, compare):
     """Another test draw, a kernel that is not there, a directory without predictions: exit code 2 and why."""
-    monkeypatch.chdir(tmp_path)
-
-    def compare(*args):         # `python -m ntklab compare ARGS` as the command line runs it, in this process
-        code = compare_main(list(args))
-        captured = capsys.readouterr()
-        return captured.out, captured.err, code
-
     for name, extra in (("a", []), ("b", ["data.seed=1"]), ("c", ["data.n_test=20"])):
         regress.run(compose_config("regress", SMALL + extra), tmp_path / name)
     out, err, code = ntklab("compare", "a", "b", cwd=tmp_path)         # once as a process
@@ -806,7 +813,7 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path, monkeypatch, capsys):
     assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err
 
 
-def test_label_noise_moves_neither_the_class_threshold_nor_the_pairing(tmp_path, monkeypatch, capsys):
+def test_label_noise_moves_neither_the_class_threshold_nor_the_pairing(tmp_path, compare):
     """data.noise goes on the train targets only: the scalar classes' threshold comes from the clean
     test targets (the noisy train targets' extremes would move it), and compare pairs a noisy run with
     a clean one on the same images although centring by the noisy train mean shifted its targets."""
@@ -823,15 +830,14 @@ def test_label_noise_moves_neither_the_class_threshold_nor_the_pairing(tmp_path,
         by_hand = ((saved[kind] > midpoint) == (saved["y_test"] > midpoint)).double().mean().item()
         assert noisy["kernels"][kind]["test_accuracy"] == by_hand
     # the same images and classes, other target values: paired, each run scored against its own targets
-    monkeypatch.chdir(tmp_path)
-    assert compare_main(["clean", "noisy"]) == 0
-    out = capsys.readouterr().out
+    out, err, code = compare("clean", "noisy")
+    assert code == 0, err
     assert (f"accuracy           A {clean['kernels']['ntk']['test_accuracy']:.4f}   "
             f"B {noisy['kernels']['ntk']['test_accuracy']:.4f}") in out
     # other classes on the same images are refused, counting them
     regress.run(compose_config("regress", SMALL + ["data.classes=[5,3]", "data.targets=scalar"]), tmp_path / "swapped")
-    assert compare_main(["clean", "swapped"]) == 2
-    assert "the same images with different classes on" in capsys.readouterr().err
+    out, err, code = compare("clean", "swapped")
+    assert code == 2 and "the same images with different classes on" in err, err
 
 
 def test_compare_pairs_an_mlp_with_a_cnn_on_the_same_images(tmp_path):
@@ -858,13 +864,13 @@ def test_compare_pairs_an_mlp_with_a_cnn_on_the_same_images(tmp_path):
         compare_runs(tmp_path / "legacy", None, tmp_path / "mlp", None)
 
 
-def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(tmp_path, monkeypatch, capsys):
+def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(tmp_path, compare):
     """A float32 training run and a float64 regress run on the same digits pair (their test inputs
     agree once rounded to float32); the trained net's and its kernel's right and wrong images are
     counted from the two predictions.pt files by hand."""
     data_settings = ["data=digits", "data.n_train=20", "data.n_test=60", "data.targets=onehot",
                      "data.center_targets=true"]
-    # the two commands at once, as processes; the comparisons in this process, as the command line runs them
+    # the two commands at once, as processes; the comparisons in this process
     processes = [ntklab("train", "model=cnn", "width=8", "depth=1", "model.readout=flatten", *data_settings,
                         "optim.steps=30", "track.log_steps=3", "track.probe_size=8", "track.progress=false",
                         "track.plots=false", "track.save_kernels=false", "device=cpu", "dtype=float32",
@@ -877,13 +883,6 @@ def test_compare_pairs_a_trained_cnn_with_kernel_regression_on_its_test_images(t
             assert process.returncode == 0, err
     finally:
         stop_all(processes)
-    monkeypatch.chdir(tmp_path)
-
-    def compare(*args):
-        code = compare_main(list(args))
-        captured = capsys.readouterr()
-        return captured.out, captured.err, code
-
     trained = torch.load(tmp_path / "trained" / results.PREDICTIONS, weights_only=True)
     kernel = torch.load(tmp_path / "kernel" / results.PREDICTIONS, weights_only=True)
     # the trained run's inputs were float32 (saved widened to float64), the regress run's float64
