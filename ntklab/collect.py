@@ -4,7 +4,8 @@ A run directory is any folder holding the ``config.yaml`` a training run writes 
 ``summary.json`` (a refused config leaves only that), and every job folder of a multirun sweep
 (beside its ``multirun.yaml``), whatever it holds; the folder of seeds trained at once (``seeds=M``,
 holding ``seeds.json``) is not a run, but each of its ``seed_<s>/`` folders is. Each run gives one row: ``run_dir``, ``status``, its config flattened to dotted columns (``model.width``,
-``optim.lr``, ``seed``, ...) and its summary flattened likewise (``final.kernel_change``,
+``optim.lr``, ``seed``, ...), the ``command`` that made it (train or regress: from its files, else the
+job name Hydra recorded; empty where nothing tells) and its summary flattened likewise (``final.kernel_change``,
 ``initial.kernel_to_limit``, ``max.pred_gap_analytic``, ``fitted.kernel_change_step_exponent``,
 ``timing.per_step_s``, ``eta_max.analytic``, ...). Nothing is dropped silently:
 
@@ -103,7 +104,7 @@ def run_row(run_dir: Path) -> Dict[str, object]:
     config_path, summary_path = run_dir / results.CONFIG, run_dir / results.SUMMARY
     if not summary_path.exists() and (run_dir / results.REGRESSION).exists():
         summary_path = run_dir / results.REGRESSION        # a regress run's summary
-    row: Dict[str, object] = {"run_dir": str(run_dir.resolve())}
+    row: Dict[str, object] = {"run_dir": str(run_dir.resolve()), "command": _command(run_dir)}
     if not config_path.exists() and not summary_path.exists():
         row["status"] = MISSING     # a sweep's job that left nothing (killed before it started)
         return row
@@ -142,6 +143,30 @@ def run_row(run_dir: Path) -> Dict[str, object]:
     return row
 
 
+COMMANDS = ("train", "regress")
+
+
+def _command(run_dir: Path) -> Optional[str]:
+    """The command that made ``run_dir``: regress where its regression.json or kernel blocks are,
+    train where its summary.json, metrics or checkpoint are, else the job name in Hydra's
+    .hydra/hydra.yaml (a run stopped before writing any of those); None where nothing tells."""
+    if (run_dir / results.REGRESSION).exists() or (run_dir / results.KERNEL_BLOCKS).is_dir():
+        return "regress"
+    if any((run_dir / name).exists() for name in (results.SUMMARY, results.METRICS, results.CHECKPOINT)):
+        return "train"
+    return _hydra_job_name(run_dir / ".hydra" / "hydra.yaml")
+
+
+def _hydra_job_name(path: Path) -> Optional[str]:
+    """hydra.job.name in a record Hydra wrote (a run's .hydra/hydra.yaml, a sweep's multirun.yaml) when
+    it is one of :data:`COMMANDS`, else None (no such file, or one that does not parse)."""
+    try:
+        name = yaml.safe_load(path.read_text())["hydra"]["job"]["name"]
+    except Exception:
+        return None
+    return name if name in COMMANDS else None
+
+
 def collect(paths: Sequence[Path], report=sys.stderr) -> Tuple[pd.DataFrame, List[Tuple[Path, str]]]:
     """The table of every run under ``paths`` and the (path, reason) of each run skipped."""
     rows, skipped, plans = [], [], {}
@@ -156,13 +181,15 @@ def collect(paths: Sequence[Path], report=sys.stderr) -> Tuple[pd.DataFrame, Lis
         if row["status"] == MISSING and job is not None:
             multirun = run_dir.parent / "multirun.yaml"
             if multirun not in plans:       # one expansion per sweep, however many jobs are missing
-                plans[multirun] = planned_jobs(multirun) if multirun.exists() else None
-            if plans[multirun] is not None and job < len(plans[multirun]):
-                row["overrides"] = " ".join(plans[multirun][job])
+                plans[multirun] = ((planned_jobs(multirun), _hydra_job_name(multirun)) if multirun.exists()
+                                   else (None, None))
+            jobs, row["command"] = plans[multirun]
+            if jobs is not None and job < len(jobs):
+                row["overrides"] = " ".join(jobs[job])
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
-        first = [c for c in ("run_dir", "status") if c in table.columns]
+        first = [c for c in ("run_dir", "status", "command") if c in table.columns]
         table = table[first + [c for c in table.columns if c not in first]]
         _report_repeats(table, report)
     return table, skipped

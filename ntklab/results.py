@@ -57,6 +57,7 @@ REFERENCE = "reference.pt"
 # directory of its own below it (seed_<s>/), and the folder holding this file is not a run itself
 SEEDS = "seeds.json"
 REGRESSION = "regression.json"     # the summary of a ``regress`` run (it has no metrics)
+KERNEL_BLOCKS = "kernel_blocks"    # a ``regress`` run's folder of saved kernel blocks
 # summary.json's status; a run directory whose status is FINISHED is not run again
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 STATUSES = (OK, DIVERGED, FAILED)

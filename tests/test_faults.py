@@ -95,6 +95,8 @@ def test_a_sweep_runs_every_job_and_reports_the_failed_one(tmp_path, launcher):
     table = pd.read_csv(sweep / "results.csv", dtype={"run_dir": str}).set_index("run_dir")
     assert dict(table["status"]) == {"0": "failed", "1": "ok", "2": "missing"}
     assert table.loc["0", "data.name"] == "mnist" and "data.root" in table.loc["0", "error"]
+    # the command that made each: from its summary.json, or for the job that left nothing the sweep's record
+    assert dict(table["command"]) == {"0": "train", "1": "train", "2": "train"}
     # a job whose folder was never made (an interrupted sweep's later jobs) is missing too, with its
     # overrides from multirun.yaml; a folder beside the jobs that is no job (figures) is no run
     shutil.rmtree(sweep / "0")

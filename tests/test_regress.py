@@ -540,11 +540,27 @@ def test_a_regress_sweep_collects_into_one_table(regress_sweep):
     table = read_table(regress_sweep)
     assert sorted(zip(table["data.n_train"], table["model.readout"])) == [
         (20, "flatten"), (20, "gap"), (30, "flatten"), (30, "gap")]
-    assert (table["status"] == "ok").all()
+    assert (table["status"] == "ok").all() and (table["command"] == "regress").all()
     for _, row in table.iterrows():
         summary = json.loads((Path(row["run_dir"]) / regress.REGRESSION_JSON).read_text())
         for kind in ("nngp", "ntk"):
             assert row[f"kernels.{kind}.test_accuracy"] == summary["kernels"][kind]["test_accuracy"]
+
+
+def test_collect_tells_unfinished_regress_and_train_runs_apart(tmp_path):
+    """A stopped regress run (config.yaml and kernel blocks, no summary) is regress; a run that left
+    only its config.yaml is what Hydra's record of it says, and nothing where there is none."""
+    regress.run(compose_config("regress", SMALL + ["stop_after_blocks=1"]), tmp_path / "stopped")
+    for name, job in (("hydra_train", "train"), ("bare", None)):
+        (tmp_path / name).mkdir()
+        shutil.copy(tmp_path / "stopped" / results.CONFIG, tmp_path / name / results.CONFIG)
+        if job:
+            (tmp_path / name / ".hydra").mkdir()
+            (tmp_path / name / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"name": job}}}))
+    table, _ = collect([tmp_path])
+    commands = {Path(r).name: c for r, c in zip(table["run_dir"], table["command"])}
+    assert commands["stopped"] == "regress" and commands["hydra_train"] == "train" and pd.isna(commands["bare"])
+    assert set(table["status"]) == {"unfinished"}
 
 
 def test_a_regress_sweep_over_depth_gives_each_depths_direct_solve(tmp_path):
@@ -627,7 +643,7 @@ def test_a_failed_regress_says_why_in_regression_json(tmp_path):
     assert summary["status"] == "failed" and "model.readout: must be one of gap, flatten" in summary["error"]
     # and collect lists it (a refused run has no config.yaml, only this file), with the config as given
     table, skipped = collect([tmp_path])
-    assert not skipped and table[["status", "model.readout"]].values.tolist() == [["failed", "max"]]
+    assert not skipped and table[["status", "command", "model.readout"]].values.tolist() == [["failed", "regress", "max"]]
 
 
 def test_a_solve_the_memory_cannot_hold_is_refused_and_its_blocks_serve_a_later_one(tmp_path, monkeypatch, caplog):

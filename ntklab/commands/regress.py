@@ -55,7 +55,7 @@ from ntklab.kernels.analytic import default_block_elements
 log = logging.getLogger(__name__)
 
 REGRESSION_JSON = results.REGRESSION
-BLOCKS = "kernel_blocks"
+BLOCKS = results.KERNEL_BLOCKS
 KINDS = ("nngp", "ntk")
 # Without a progress bar (progress=false, or a log that is not a terminal: a batch job) a worker logs
 # how many blocks exist at most this often.
