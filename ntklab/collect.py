@@ -150,10 +150,12 @@ def _command(run_dir: Path) -> Optional[str]:
     """The command that made ``run_dir``: regress where its regression.json or kernel blocks are,
     train where its summary.json, metrics or checkpoint are, else the job name in Hydra's
     .hydra/hydra.yaml (a run stopped before writing any of those); None where nothing tells."""
-    if (run_dir / results.REGRESSION).exists() or (run_dir / results.KERNEL_BLOCKS).is_dir():
+    if (run_dir / results.REGRESSION).exists():
         return "regress"
     if any((run_dir / name).exists() for name in (results.SUMMARY, results.METRICS, results.CHECKPOINT)):
         return "train"
+    if (run_dir / results.KERNEL_BLOCKS).is_dir():
+        return "regress"
     return _hydra_job_name(run_dir / ".hydra" / "hydra.yaml")
 
 

@@ -64,7 +64,10 @@ def class_midpoint(y: Tensor, y_test: Optional[Tensor] = None) -> Optional[float
     if y.shape[1] > 1:
         return None
     if y_test is not None:
-        y = torch.cat([y, y_test]) if torch.unique(y).numel() <= 2 else y_test
+        both = torch.cat([y, y_test])
+        y = both if torch.unique(both).numel() <= 2 or torch.unique(y_test).numel() != 2 else y_test
+        if torch.unique(y).numel() > 2:     # noisy train targets beside a one-class test set: their extremes
+            return (y.min().item() + y.max().item()) / 2
     values = torch.unique(y)
     if values.numel() == 1:
         raise ValueError(f"scalar targets hold one value only ({values.item():g}): the two classes' midpoint needs "

@@ -162,7 +162,8 @@ def regression_bytes(n_train: int, n_test: int, itemsize: int, solver: str, on_g
     ``SOLVE_ARRAYS[solver]``·N²·8. GPU bytes are 0 when the solve runs on the CPU."""
     kernels = 2 * (n_train + n_test) * n_train * itemsize
     widened = 0 if itemsize == 8 and not on_gpu else (n_train + n_test) * n_train * 8
-    solving = widened + SOLVE_ARRAYS[solver] * n_train * n_train * 8
+    # eigh's prediction K(X*, X)·V is one more M × N float64 array
+    solving = widened + SOLVE_ARRAYS[solver] * n_train * n_train * 8 + (n_test * n_train * 8 if solver == "eigh" else 0)
     return (kernels, solving) if on_gpu else (kernels + solving, 0)
 
 

@@ -90,6 +90,9 @@ def in_process(tmp_path, monkeypatch, capsys):
     """Run ``ntklab.cli.main`` in this process: (exit code, stderr). Hydra adds its job's log handlers
     to the root logger; they are taken off again, so no later test logs into this one's files."""
     monkeypatch.chdir(tmp_path)
+    # as tests.helpers' processes: Hydra's short errors, also under a tracer (coverage, a debugger)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setattr(sys, "gettrace", lambda: None)
     handlers, level = logging.root.handlers[:], logging.root.level
 
     def run(*args):

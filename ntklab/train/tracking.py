@@ -332,7 +332,7 @@ class SpectrumTracker:
         self.entries = n * data.out_dim                            # S·k
         self.kernel = "full" if data.out_dim > 1 and self.entries <= full_kernel_limit else "mean"
         eigenvalues = self.entries if self.kernel == "full" else n
-        if top > eigenvalues:
+        if "ntk_top_eigenvalues" in quantities and top > eigenvalues:
             shape = f"{n} points × {data.out_dim} outputs" if self.kernel == "full" else f"{n} points"
             raise ConfigError("track.top_eigenvalues", f"is {top}, but Θ̂ on the spectrum set ({shape}) has "
                                                        f"{eigenvalues} eigenvalues: ask for at most that many, or "
