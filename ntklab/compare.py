@@ -105,7 +105,7 @@ DEFAULT_KIND = {"regress": "ntk", "train": "net"}
 
 @dataclass(frozen=True)
 class TestPredictions:
-    """One run's test outputs by kind ((M, k) each), the targets (M, k), whether they are classes,
+    """One run's test outputs by kind ((M, k) each), the targets (M, k) in float64, whether they are classes,
     and the SHA-256s of its test inputs rounded to float32 (:func:`ntklab.results.test_inputs_sha256`:
     what pairs runs computed in either dtype and either layout; two runs share one when they were
     tested on the same inputs)."""
@@ -137,13 +137,13 @@ def load_predictions(run_dir: Path) -> TestPredictions:
         raise CompareError(f"{path} cannot be read ({type(err).__name__}: {err})") from err
     if isinstance(saved, dict) and "test_inputs_sha256" in saved:
         return TestPredictions(outputs={kind: saved[kind] for kind in ("nngp", "ntk") if kind in saved},
-                               y_test=saved["y_test"], classification=saved["labels_test"] is not None,
+                               y_test=saved["y_test"].double(), classification=saved["labels_test"] is not None,
                                inputs_sha256=_digests(saved["test_inputs_sha256"]),
                                default_kind=DEFAULT_KIND["regress"])
     if isinstance(saved, dict) and "f_final" in saved:
         return TestPredictions(outputs={kind: saved[key] for kind, key in TRAINED_OUTPUTS.items()
                                         if torch.is_tensor(saved.get(key))},
-                               y_test=saved["y_test"], classification="classes" in saved.get("extras", {}),
+                               y_test=saved["y_test"].double(), classification="classes" in saved.get("extras", {}),
                                inputs_sha256=frozenset(results.test_inputs_sha256(saved["x_test"])),
                                default_kind=DEFAULT_KIND["train"])
     raise CompareError(f"{path} holds neither a regress run's nor a training run's test predictions")
@@ -191,19 +191,19 @@ def compare_runs(run_a: Path, kind_a: Optional[str], run_b: Path,
                            "a paired comparison needs the same test set")
     try:
         # scalar targets: each run's outputs against its own targets' threshold
-        midpoints = [class_midpoint(run.y_test.double()) for run in (first, second)]
+        midpoints = [class_midpoint(run.y_test) for run in (first, second)]
     except ValueError:
         raise CompareError(f"{run_a}, {run_b}: the test targets are scalar and all of one class, so compare "
                            "cannot place the threshold between the two classes; test on more images "
                            "(data.n_test)") from None
-    classes = [run.y_test.argmax(1) if midpoint is None else (run.y_test.double() > midpoint).reshape(-1)
+    classes = [run.y_test.argmax(1) if midpoint is None else (run.y_test > midpoint).reshape(-1)
                for run, midpoint in zip((first, second), midpoints)]
     if not torch.equal(*classes):
         raise CompareError(f"{run_a} and {run_b} were tested on the same images with different classes on "
                            f"{int((classes[0] != classes[1]).sum())} of them (data.classes or data.targets "
                            "differ); a paired comparison needs the same test set")
-    comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test.double(), midpoints[0]).numpy(),
-                                   correct(second.outputs[kind_second], second.y_test.double(), midpoints[1]).numpy())
+    comparison = paired_comparison(correct(first.outputs[kind_first], first.y_test, midpoints[0]).numpy(),
+                                   correct(second.outputs[kind_second], second.y_test, midpoints[1]).numpy())
     return comparison, kind_first, kind_second
 
 

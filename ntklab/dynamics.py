@@ -57,17 +57,22 @@ def class_midpoint(y: Tensor, y_test: Optional[Tensor] = None) -> Optional[float
     from targets that hold both classes (the train set's) and pass it to :func:`correct` for any
     subset, which may hold one class only.
 
-    With ``y_test`` (M, 1), y being the train targets: from both sets, or from ``y_test`` alone where
-    the train targets carry label noise (``data.noise`` goes on the train set only; its targets then
-    take more than two values, whose extremes are not the classes'). Raises ValueError where the
-    targets it reads hold one value only, or more than two."""
+    With ``y_test`` (M, 1), y being the train targets: from both sets where together they take at
+    most two values; else (label noise: ``data.noise`` goes on the train set only, whose targets then
+    take more than two values, whose extremes are not the classes') from ``y_test`` alone where it
+    holds both classes; else (noisy train targets beside a one-class test set) the midpoint of the
+    extremes of both sets, the best guess left. Raises ValueError where the targets it reads hold
+    one value only, or more than two."""
     if y.shape[1] > 1:
         return None
     if y_test is not None:
         both = torch.cat([y, y_test])
-        y = both if torch.unique(both).numel() <= 2 or torch.unique(y_test).numel() != 2 else y_test
-        if torch.unique(y).numel() > 2:     # noisy train targets beside a one-class test set: their extremes
-            return (y.min().item() + y.max().item()) / 2
+        if torch.unique(both).numel() <= 2:
+            y = both
+        elif torch.unique(y_test).numel() == 2:
+            y = y_test
+        else:
+            return (both.min().item() + both.max().item()) / 2
     values = torch.unique(y)
     if values.numel() == 1:
         raise ValueError(f"scalar targets hold one value only ({values.item():g}): the two classes' midpoint needs "

@@ -169,20 +169,87 @@ def regression_bytes(n_train: int, n_test: int, itemsize: int, solver: str, on_g
 
 def available_bytes(device) -> int:
     """Memory the device can give a run now: a GPU's free memory (what torch's caching allocator holds
-    counts as used: empty its cache first), or the CPU's MemAvailable
-    (/proc/meminfo; the physical memory where that file is missing)."""
+    counts as used: empty its cache first), or the CPU's MemAvailable (/proc/meminfo; the physical
+    memory where that file is missing), or less where this process's cgroup allows less
+    (:func:`cgroup_available_bytes`: a SLURM job's allocation, a container's limit)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    allowed = cgroup_available_bytes()
+    return have if allowed is None else min(have, allowed)
+
+
+# A cgroup v1 memory controller writes its "no limit" as a page-rounded 2**63 - 1.
+_NO_CGROUP_LIMIT = 2 ** 62
+
+
+def cgroup_available_bytes(cgroup_root: str = "/sys/fs/cgroup",
+                           proc_cgroup: str = "/proc/self/cgroup") -> Optional[int]:
+    """What this process's memory cgroup still allows, or None where no cgroup sets a limit.
+
+    available = min over the cgroup and its ancestors that set one of (limit − working set), with
+    working set = usage − inactive file cache (the page cache the kernel reclaims before the limit
+    kills anything, as container runtimes count it). cgroup v2: memory.max, memory.current and
+    memory.stat's inactive_file under ``cgroup_root``; v1: memory.limit_in_bytes,
+    memory.usage_in_bytes and total_inactive_file under ``cgroup_root``/memory. A cgroup's path comes
+    from ``proc_cgroup``; inside a container whose mount shows its own cgroup at the root, the path's
+    parents are tried up to the mount's root, so the container's limit is still found."""
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, files = cgroup_root, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base, files = os.path.join(cgroup_root, "memory"), (
+                "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        for depth in range(len(parts), -1, -1):
+            allowed = _cgroup_dir_available(os.path.join(base, *parts[:depth]), *files)
+            if allowed is not None:
+                found.append(allowed)
+    return min(found) if found else None
+
+
+def _cgroup_dir_available(directory: str, limit_file: str, usage_file: str,
+                          inactive_key: str) -> Optional[int]:
+    """limit − (usage − inactive file cache) of one cgroup directory, or None without a limit."""
+    try:
+        with open(os.path.join(directory, limit_file)) as f:
+            limit = f.read().strip()
+        with open(os.path.join(directory, usage_file)) as f:
+            usage = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    if limit == "max" or not limit.isdigit() or int(limit) >= _NO_CGROUP_LIMIT:
+        return None
+    inactive = 0
+    try:
+        with open(os.path.join(directory, "memory.stat")) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == inactive_key:
+                    inactive = int(value)
+                    break
+    except (OSError, ValueError):
+        pass
+    return max(int(limit) - max(usage - inactive, 0), 0)
 
 
 def cpu_count() -> int:

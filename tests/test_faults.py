@@ -140,6 +140,59 @@ def test_default_parallelism_is_what_cores_and_memory_allow(monkeypatch):
     assert small - every_step == 2 * params * 4
 
 
+def _write_cgroup(directory, files):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def test_a_cgroup_limit_caps_the_available_memory(tmp_path):
+    """A SLURM job's limit sits on the job's cgroup, an ancestor of the task's; a container's on the
+    mount's root, where the host path in /proc/self/cgroup does not exist. available = limit −
+    (usage − inactive file cache), the smallest over the cgroups that set one."""
+    from ntklab import resources
+
+    mb = 2 ** 20
+    v2 = tmp_path / "v2"
+    proc = tmp_path / "cgroup_v2"
+    proc.write_text("0::/system.slice/job_17/step_0/task_0\n")
+    _write_cgroup(v2 / "system.slice", {"memory.max": "max\n", "memory.current": f"{900 * mb}\n"})
+    _write_cgroup(v2 / "system.slice/job_17", {"memory.max": f"{1000 * mb}\n",
+                                               "memory.current": f"{700 * mb}\n",
+                                               "memory.stat": f"anon 1\ninactive_file {200 * mb}\n"})
+    _write_cgroup(v2 / "system.slice/job_17/step_0/task_0", {"memory.max": "max\n",
+                                                            "memory.current": f"{300 * mb}\n"})
+    # the job's: 1000 − (700 − 200) MB
+    assert resources.cgroup_available_bytes(str(v2), str(proc)) == 500 * mb
+
+    # a tighter limit further down counts instead
+    _write_cgroup(v2 / "system.slice/job_17/step_0", {"memory.max": f"{400 * mb}\n",
+                                                     "memory.current": f"{350 * mb}\n"})
+    assert resources.cgroup_available_bytes(str(v2), str(proc)) == 50 * mb
+
+    v1 = tmp_path / "v1"
+    proc.write_text("5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    _write_cgroup(v1 / "memory", {"memory.limit_in_bytes": f"{2048 * mb}\n",
+                                  "memory.usage_in_bytes": f"{1024 * mb}\n",
+                                  "memory.stat": f"cache 5\ntotal_inactive_file {24 * mb}\n"})
+    assert resources.cgroup_available_bytes(str(v1), str(proc)) == 1048 * mb
+    # v1's "no limit" is 2**63 − 1 rounded to a page; no cgroup file at all is no limit either
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert resources.cgroup_available_bytes(str(v1), str(proc)) is None
+    assert resources.cgroup_available_bytes(str(tmp_path / "none"), str(proc)) is None
+    assert resources.cgroup_available_bytes(str(v1), str(tmp_path / "missing")) is None
+
+
+def test_the_cpu_memory_a_run_may_use_is_the_smaller_of_the_machines_and_its_cgroups(monkeypatch):
+    from ntklab import resources
+
+    machine = resources.available_bytes("cpu")
+    monkeypatch.setattr(resources, "cgroup_available_bytes", lambda: 123 * 2 ** 20)
+    assert resources.available_bytes("cpu") == min(machine, 123 * 2 ** 20)
+    monkeypatch.setattr(resources, "cgroup_available_bytes", lambda: None)
+    assert abs(resources.available_bytes("cpu") - machine) < 2 ** 30     # MemAvailable moves a little
+
+
 @pytest.mark.parametrize("targets, full", [("scalar", False), ("onehot", True)])
 def test_the_run_estimate_counts_the_empirical_ntks_kept_features(targets, full, monkeypatch):
     """The features empirical_ntk keeps per input (a conv's weight gradient on the gradient route),

@@ -174,7 +174,7 @@ def _admit(cfg, run_dir: Path):
 
 def _compute_and_solve(cfg, run_dir: Path, config: Dict, data: Dataset, arch, spec, device, result_at_start) -> Dict:
     grid = BlockGrid(data.n_train, data.n_test, int(cfg.block_size))
-    shortfall = _memory_shortfall(cfg, data, device)
+    shortfall = _memory_shortfall(cfg, data, device, solver_for(cfg, data.n_train))
     if shortfall is not None:
         # the blocks are worth computing all the same: a machine with more memory solves with them
         log.warning("%s now: the kernel blocks are computed and saved here, but the solve will be refused "
@@ -226,10 +226,9 @@ def _solved_meanwhile(run_dir: Path, config: Dict, stamp_at_start) -> Optional[D
     return summary if same else None
 
 
-def _memory_shortfall(cfg, data: Dataset, device: torch.device) -> Optional[str]:
-    """What memory the solve lacks, in words, where the host or the GPU has less available than
+def _memory_shortfall(cfg, data: Dataset, device: torch.device, solver: str) -> Optional[str]:
+    """What memory the ``solver`` solve lacks, in words, where the host or the GPU has less available than
     :func:`ntklab.resources.regression_bytes` says it needs at least; else None."""
-    solver = solver_for(cfg, data.n_train)
     itemsize = torch.empty((), dtype=getattr(torch, cfg.dtype)).element_size()
     if device.type == "cuda":
         torch.cuda.empty_cache()        # the blocks' cached arrays are free for the solve, not in use
@@ -243,9 +242,10 @@ def _memory_shortfall(cfg, data: Dataset, device: torch.device) -> Optional[str]
 
 
 def _solve_and_write(cfg, run_dir: Path, data: Dataset, arch, grid: "BlockGrid", device, config: Dict) -> Dict:
-    shortfall = _memory_shortfall(cfg, data, device)
+    solver = solver_for(cfg, data.n_train)
+    shortfall = _memory_shortfall(cfg, data, device, solver)
     if shortfall is not None:
-        cheaper = ("" if solver_for(cfg, data.n_train) == "cholesky"
+        cheaper = ("" if solver == "cholesky"
                    else "solver=cholesky (one n × n array beside K, not five) or ")
         raise ConfigError("data.n_train", f"{shortfall}; the kernel blocks stay in {run_dir / BLOCKS}: run again "
                           f"on a machine with more memory to solve with them, or use {cheaper}fewer train points")
