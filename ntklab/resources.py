@@ -211,6 +211,8 @@ def cgroup_available_bytes(cgroup_root: str = "/sys/fs/cgroup",
         return None
     found = []
     for line in lines:
+        if line.count(":") < 2:
+            continue
         _, controllers, path = line.split(":", 2)
         if controllers == "":
             base, files = cgroup_root, ("memory.max", "memory.current", "inactive_file")

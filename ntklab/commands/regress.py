@@ -205,7 +205,8 @@ def _file_stamp(path: Path) -> Optional[Tuple[int, int, int]]:
 
 def _solved_meanwhile(run_dir: Path, config: Dict, stamp_at_start) -> Optional[Dict]:
     """The regression.json another worker wrote while this one computed or waited (finished, with the
-    same config but for the fields that change nothing: progress, stop_after_blocks), else None.
+    same config but for the fields that change nothing: progress, stop_after_blocks), else None. The
+    device counts here, though not for the blocks: the solve ran on it, to its rounding.
 
     The workers of one directory need one solve, not one each: at n = 10,000 a solve takes minutes.
     A result that was there when this worker started is solved again (a rerun asks for that)."""
