@@ -65,15 +65,15 @@ def class_midpoint(y: Tensor, y_test: Optional[Tensor] = None) -> Optional[float
     one value only, or more than two."""
     if y.shape[1] > 1:
         return None
-    if y_test is not None:
+    if y_test is None:
+        values = torch.unique(y)
+    else:
         both = torch.cat([y, y_test])
-        if torch.unique(both).numel() <= 2:
-            y = both
-        elif torch.unique(y_test).numel() == 2:
-            y = y_test
-        else:
-            return (both.min().item() + both.max().item()) / 2
-    values = torch.unique(y)
+        values = torch.unique(both)
+        if values.numel() > 2:
+            values = torch.unique(y_test)
+            if values.numel() != 2:
+                return (both.min().item() + both.max().item()) / 2
     if values.numel() == 1:
         raise ValueError(f"scalar targets hold one value only ({values.item():g}): the two classes' midpoint needs "
                          "targets of both classes (pass midpoint= from the train targets)")
