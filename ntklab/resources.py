@@ -199,8 +199,10 @@ def cgroup_available_bytes(cgroup_root: str = "/sys/fs/cgroup",
 
     available = min over the cgroup and its ancestors that set one of (limit − working set), with
     working set = usage − inactive file cache (the page cache the kernel reclaims before the limit
-    kills anything, as container runtimes count it). cgroup v2: memory.max, memory.current and
-    memory.stat's inactive_file under ``cgroup_root``; v1: memory.limit_in_bytes,
+    kills anything, as container runtimes count it). cgroup v2: the smaller of memory.max and
+    memory.high (above memory.high the kernel throttles the cgroup and reclaims its memory hard:
+    systemd's MemoryHigh=, a container's soft limit), memory.current and memory.stat's
+    inactive_file under ``cgroup_root``; v1: memory.limit_in_bytes,
     memory.usage_in_bytes and total_inactive_file under ``cgroup_root``/memory. A cgroup's path comes
     from ``proc_cgroup``; inside a container whose mount shows its own cgroup at the root, the path's
     parents are tried up to the mount's root, so the container's limit is still found."""
@@ -215,10 +217,10 @@ def cgroup_available_bytes(cgroup_root: str = "/sys/fs/cgroup",
             continue
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            base, files = cgroup_root, ("memory.max", "memory.current", "inactive_file")
+            base, files = cgroup_root, (("memory.max", "memory.high"), "memory.current", "inactive_file")
         elif "memory" in controllers.split(","):
             base, files = os.path.join(cgroup_root, "memory"), (
-                "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+                ("memory.limit_in_bytes",), "memory.usage_in_bytes", "total_inactive_file")
         else:
             continue
         parts = [part for part in path.split("/") if part]
@@ -229,17 +231,25 @@ def cgroup_available_bytes(cgroup_root: str = "/sys/fs/cgroup",
     return min(found) if found else None
 
 
-def _cgroup_dir_available(directory: str, limit_file: str, usage_file: str,
+def _cgroup_dir_available(directory: str, limit_files: Tuple[str, ...], usage_file: str,
                           inactive_key: str) -> Optional[int]:
-    """limit − (usage − inactive file cache) of one cgroup directory, or None without a limit."""
+    """limit − (usage − inactive file cache) of one cgroup directory, limit the smallest that
+    ``limit_files`` set (those missing or "max" set none), or None without a limit."""
     try:
-        with open(os.path.join(directory, limit_file)) as f:
-            limit = f.read().strip()
         with open(os.path.join(directory, usage_file)) as f:
             usage = int(f.read().strip())
     except (OSError, ValueError):
         return None
-    if limit == "max" or not limit.isdigit() or int(limit) >= _NO_CGROUP_LIMIT:
+    limits = []
+    for limit_file in limit_files:
+        try:
+            with open(os.path.join(directory, limit_file)) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and int(limit) < _NO_CGROUP_LIMIT:
+            limits.append(int(limit))
+    if not limits:
         return None
     inactive = 0
     try:
@@ -251,7 +261,7 @@ def _cgroup_dir_available(directory: str, limit_file: str, usage_file: str,
                     break
     except (OSError, ValueError):
         pass
-    return max(int(limit) - max(usage - inactive, 0), 0)
+    return max(min(limits) - max(usage - inactive, 0), 0)
 
 
 def cpu_count() -> int:

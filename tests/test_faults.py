@@ -169,6 +169,13 @@ def test_a_cgroup_limit_caps_the_available_memory(tmp_path):
     _write_cgroup(v2 / "system.slice/job_17/step_0", {"memory.max": f"{400 * mb}\n",
                                                      "memory.current": f"{350 * mb}\n"})
     assert resources.cgroup_available_bytes(str(v2), str(proc)) == 50 * mb
+    # memory.high (the throttling limit) counts where it is below memory.max: 380 − 350 MB
+    (v2 / "system.slice/job_17/step_0/memory.high").write_text(f"{380 * mb}\n")
+    assert resources.cgroup_available_bytes(str(v2), str(proc)) == 30 * mb
+    # and alone, without memory.max: 360 − 350 MB
+    (v2 / "system.slice/job_17/step_0/memory.max").unlink()
+    (v2 / "system.slice/job_17/step_0/memory.high").write_text(f"{360 * mb}\n")
+    assert resources.cgroup_available_bytes(str(v2), str(proc)) == 10 * mb
 
     v1 = tmp_path / "v1"
     proc.write_text("5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
