@@ -20,6 +20,8 @@ unpaired error bars hide; and it says when a difference of a few images is noise
 Usage::
 
     python -m ntklab compare RUN_A[:KIND] RUN_B[:KIND]
+    python -m ntklab compare RUN_A[:KIND] RUN_B[:KIND] RUN_C[:KIND] ... [--csv FILE]
+    python -m ntklab compare :KIND RUN_B[:KIND] ...
 
 Each RUN is a ``regress`` run directory (KIND ntk, the default, or nngp: the kernel's t = ∞
 prediction) or a training run directory (KIND net, the default: the trained net's test outputs;
@@ -29,6 +31,12 @@ SHA-256s of the test inputs rounded to float32 are compared (:func:`ntklab.resul
 so a float32 training run pairs with a float64 ``regress`` run, and an MLP's flattened images with a
 CNN's. Exit code 2, with one line saying why, for a directory without predictions.pt, a kind that is
 not there, test sets that differ, or a data set without classes.
+
+With several B runs (a sweep's run directories, say) each is paired with A and the comparisons are
+printed as one table, a row per B (``--csv FILE`` writes the same rows with every digit). A given as
+``:KIND`` alone pairs each B with its own output of that kind: ``compare :analytic RUN ...`` puts every
+trained net against its kernel's prediction for the same step. A B that cannot be paired is named on
+stderr with the reason and left out of the table, and the exit code is then 2.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.stats import binomtest
 
@@ -213,9 +222,12 @@ def _digests(stored) -> frozenset:
 
 
 def _run_and_kind(text: str):
-    """The argument DIR:KIND as (DIR, KIND), and DIR as (DIR, None), also where DIR holds a colon."""
+    """The argument DIR:KIND as (DIR, KIND), and DIR as (DIR, None), also where DIR holds a colon;
+    :KIND alone as (None, KIND) (each B run's own output of that kind)."""
     path, separator, kind = text.rpartition(":")
-    return (Path(path), kind) if separator and not Path(text).is_dir() else (Path(text), None)
+    if not separator or Path(text).is_dir():
+        return Path(text), None
+    return (Path(path) if path else None), kind
 
 
 def report(comparison: PairedComparison, name_a: str, name_b: str) -> str:
@@ -232,18 +244,98 @@ def report(comparison: PairedComparison, name_a: str, name_b: str) -> str:
     ])
 
 
+@dataclass(frozen=True)
+class ComparedPair:
+    """One row of a comparison: which output of which run is A, which is B, and their counts."""
+
+    run_a: Path
+    kind_a: str
+    run_b: Path
+    kind_b: str
+    comparison: PairedComparison
+
+    def record(self) -> dict:
+        """The row as the table and the CSV hold it (TABLE_COLUMNS)."""
+        c = self.comparison
+        return {"run_b": str(self.run_b), "kind_b": self.kind_b, "run_a": str(self.run_a), "kind_a": self.kind_a,
+                "images": c.images, "accuracy_a": c.accuracy_a, "accuracy_b": c.accuracy_b, "only_a": c.only_a,
+                "only_b": c.only_b, "difference": c.difference, "standard_error": c.standard_error,
+                "p_value": c.p_value}
+
+
+TABLE_COLUMNS = ["run_b", "kind_b", "run_a", "kind_a", "images", "accuracy_a", "accuracy_b", "only_a", "only_b",
+                 "difference", "standard_error", "p_value"]
+
+
+def compare_each(run_a: Optional[Path], kind_a: Optional[str],
+                 runs_b: Sequence[Tuple[Path, Optional[str]]]) -> Tuple[list, list]:
+    """Pair output ``kind_a`` of ``run_a`` (None: each B run itself) with each of ``runs_b`` ((dir, kind)
+    pairs): (a ComparedPair per B that pairs, in order; the CompareErrors of those that do not)."""
+    pairs, errors = [], []
+    for run_b, kind_b in runs_b:
+        this_a = run_b if run_a is None else run_a
+        try:
+            comparison, kind_a_used, kind_b_used = compare_runs(this_a, kind_a, run_b, kind_b)
+        except CompareError as err:
+            errors.append(err)
+            continue
+        pairs.append(ComparedPair(this_a, kind_a_used, run_b, kind_b_used, comparison))
+    return pairs, errors
+
+
+def comparison_table(pairs: Sequence[ComparedPair]) -> pd.DataFrame:
+    """The pairs as a table, a row per pair in TABLE_COLUMNS."""
+    return pd.DataFrame([pair.record() for pair in pairs], columns=TABLE_COLUMNS)
+
+
+def format_table(table: pd.DataFrame, each_own: bool) -> str:
+    """The table as ``compare`` prints it: what A is (one run's output, or with ``each_own`` each B
+    run's own output of A's kind), then a row per B."""
+    shown = table.copy()
+    a = "each B run's own" if each_own else shown["run_a"].iloc[0]
+    heading = f"A = {a} {shown['kind_a'].iloc[0]}"
+    shown["B − A"] = [f"{d:+.4f} ± {se:.4f}" for d, se in zip(shown["difference"], shown["standard_error"])]
+    shown = shown.rename(columns={"run_b": "B", "kind_b": "kind", "accuracy_a": "acc A", "accuracy_b": "acc B",
+                                  "only_a": "only A", "only_b": "only B", "p_value": "McNemar p"})
+    columns = ["B", "kind", "images", "acc A", "acc B", "only A", "only B", "B − A", "McNemar p"]
+    # run directories read best left-aligned, their heading too
+    width = max(map(len, shown["B"]))
+    shown, columns[0] = shown.rename(columns={"B": "B".ljust(width)}), "B".ljust(width)
+    body = shown[columns].to_string(index=False,
+                                    formatters={columns[0]: lambda name: name.ljust(width), "acc A": "{:.4f}".format,
+                                                "acc B": "{:.4f}".format, "McNemar p": "{:.4g}".format})
+    return heading + "\n" + body
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ntklab compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_a", help="a regress run directory, optionally :ntk (default) or :nngp, or a training "
-                                      "run directory, optionally :net (default), :analytic, :linear or :init")
-    parser.add_argument("run_b", help="the other run directory (the same one with another kind is fine)")
+                                      "run directory, optionally :net (default), :analytic, :linear or :init; "
+                                      ":KIND alone for each B run's own output of that kind")
+    parser.add_argument("run_b", nargs="+", help="the other run directory (the same one with another kind is "
+                                                 "fine), or several: a table with a row for each")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the comparisons to FILE as CSV")
     args = parser.parse_args(argv)
-    (run_a, kind_a), (run_b, kind_b) = _run_and_kind(args.run_a), _run_and_kind(args.run_b)
-    try:
-        comparison, kind_a, kind_b = compare_runs(run_a, kind_a, run_b, kind_b)
-    except CompareError as err:
+    run_a, kind_a = _run_and_kind(args.run_a)
+    runs_b = [_run_and_kind(text) for text in args.run_b]
+    if any(run_b is None for run_b, _ in runs_b):
+        parser.error("a B run needs its directory (only A may be :KIND alone)")
+    if run_a is None and not kind_a:
+        parser.error(f"{args.run_a!r} names neither a run directory nor a kind")
+    pairs, errors = compare_each(run_a, kind_a, runs_b)
+    for err in errors:
         print(f"ntklab compare: {err}", file=sys.stderr)
+    if not pairs:
         return 2
-    print(report(comparison, f"{run_a} {kind_a}", f"{run_b} {kind_b}"))
-    return 0
+    table = comparison_table(pairs)
+    if len(runs_b) == 1:
+        pair = pairs[0]
+        print(report(pair.comparison, f"{pair.run_a} {pair.kind_a}", f"{pair.run_b} {pair.kind_b}"))
+    else:
+        print(format_table(table, each_own=run_a is None))
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 2 if errors else 0

@@ -829,6 +829,53 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path, compare):
     assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err
 
 
+def test_compare_tabulates_several_runs_against_one_and_each_against_its_own_kind(tmp_path, compare):
+    """`compare A B C ...`: a row per B, each counted here by hand from the predictions.pt files; a B on
+    another test set is named on stderr and left out (exit code 2); `:KIND` pairs each B with its own
+    output of that kind; --csv writes the same rows."""
+    for name, extra in (("a", ["data.n_test=200"]), ("other", ["data.n_test=200", "data.seed=1"])):
+        regress.run(compose_config("regress", SMALL + ["data.n_train=20"] + extra), tmp_path / name)
+    saved = torch.load(tmp_path / "a" / results.PREDICTIONS, weights_only=True)
+    labels = saved["labels_test"]
+    # b: a's predictions with the first 12 images a's NTK gets right turned wrong and 5 it gets wrong
+    # turned right, so both B's rows have images only A and only B classify right
+    ntk = saved["ntk"].clone()
+    right = ntk.argmax(1) == labels
+    to_wrong, to_right = torch.nonzero(right).flatten()[:12], torch.nonzero(~right).flatten()[:5]
+    assert len(to_right) == 5
+    ntk[to_wrong] = torch.nn.functional.one_hot((labels[to_wrong] + 1) % 10, 10).double()
+    ntk[to_right] = torch.nn.functional.one_hot(labels[to_right], 10).double()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    torch.save({**saved, "ntk": ntk}, tmp_path / "b" / results.PREDICTIONS)
+
+    def by_hand(outputs_a, outputs_b):
+        right_a, right_b = outputs_a.argmax(1) == labels, outputs_b.argmax(1) == labels
+        return int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+
+    out, err, code = compare("a", "b", "b:nngp", "other", "--csv", "table.csv")
+    assert code == 2 and "other were tested on different images" in err, err
+    assert out.startswith("A = a ntk\n") and len(out.strip().splitlines()) == 4, out     # heading, header, 2 rows
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert list(table["run_b"]) == ["b", "b"] and list(table["kind_b"]) == ["ntk", "nngp"]
+    for row, outputs_b in zip(table.itertuples(), (ntk, saved["nngp"])):
+        only_a, only_b = by_hand(saved["ntk"], outputs_b)
+        assert (row.run_a, row.kind_a, row.images, row.only_a, row.only_b) == ("a", "ntk", 200, only_a, only_b)
+        assert row.p_value == pytest.approx(mcnemar_by_hand(only_a, only_b), rel=1e-12)
+        assert row.accuracy_b == pytest.approx(float((outputs_b.argmax(1) == labels).double().mean()), abs=1e-12)
+    assert (table["only_a"].iloc[0], table["only_b"].iloc[0]) == (12, 5)       # the edit, counted back
+    # each run's own NNGP against its own NTK
+    out, err, code = compare(":nngp", "a", "b")
+    assert code == 0, err
+    assert out.startswith("A = each B run's own nngp\n"), out
+    for name, outputs in (("a", saved["ntk"]), ("b", ntk)):
+        only_a, only_b = by_hand(saved["nngp"], outputs)
+        line = next(line for line in out.splitlines() if line.split()[0] == name)
+        assert line.split()[5:7] == [str(only_a), str(only_b)], line
+    # one B: the two-run report, as before
+    out, err, code = compare(":nngp", "a")
+    assert code == 0 and "A = a nngp\nB = a ntk\n" in out, out
+
+
 def test_label_noise_moves_neither_the_class_threshold_nor_the_pairing(tmp_path, compare):
     """data.noise goes on the train targets only: the scalar classes' threshold comes from the clean
     test targets (the noisy train targets' extremes would move it), and compare pairs a noisy run with
