@@ -295,15 +295,15 @@ def format_table(table: pd.DataFrame, each_own: bool) -> str:
     a = "each B run's own" if each_own else shown["run_a"].iloc[0]
     heading = f"A = {a} {shown['kind_a'].iloc[0]}"
     shown["B − A"] = [f"{d:+.4f} ± {se:.4f}" for d, se in zip(shown["difference"], shown["standard_error"])]
-    shown = shown.rename(columns={"run_b": "B", "kind_b": "kind", "accuracy_a": "acc A", "accuracy_b": "acc B",
+    # run directories read best left-aligned, their heading too (to_string right-aligns both)
+    width = max(map(len, shown["run_b"]))
+    b = "B".ljust(width)
+    shown = shown.rename(columns={"run_b": b, "kind_b": "kind", "accuracy_a": "acc A", "accuracy_b": "acc B",
                                   "only_a": "only A", "only_b": "only B", "p_value": "McNemar p"})
-    columns = ["B", "kind", "images", "acc A", "acc B", "only A", "only B", "B − A", "McNemar p"]
-    # run directories read best left-aligned, their heading too
-    width = max(map(len, shown["B"]))
-    shown, columns[0] = shown.rename(columns={"B": "B".ljust(width)}), "B".ljust(width)
-    body = shown[columns].to_string(index=False,
-                                    formatters={columns[0]: lambda name: name.ljust(width), "acc A": "{:.4f}".format,
-                                                "acc B": "{:.4f}".format, "McNemar p": "{:.4g}".format})
+    columns = [b, "kind", "images", "acc A", "acc B", "only A", "only B", "B − A", "McNemar p"]
+    body = shown[columns].to_string(index=False, formatters={b: lambda name: name.ljust(width),
+                                                             "acc A": "{:.4f}".format, "acc B": "{:.4f}".format,
+                                                             "McNemar p": "{:.4g}".format})
     return heading + "\n" + body
 
 
