@@ -29,8 +29,8 @@ init; analytic: its kernel's prediction for the same step; linear: the linearise
 its predictions.pt. The two must have been tested on the same images (same data settings): the
 SHA-256s of the test inputs rounded to float32 are compared (:func:`ntklab.results.test_inputs_sha256`),
 so a float32 training run pairs with a float64 ``regress`` run, and an MLP's flattened images with a
-CNN's. Exit code 2, with one line saying why, for a directory without predictions.pt, a kind that is
-not there, test sets that differ, or a data set without classes.
+CNN's. Exit code 2, with one line saying why, for a directory without predictions.pt (a run still
+running says so), a kind that is not there, test sets that differ, or a data set without classes.
 
 With several B runs (a sweep's run directories, say) each is paired with A and the comparisons are
 printed as one table, a row per B (``--csv FILE`` writes the same rows with every digit). A given as
@@ -42,6 +42,7 @@ stderr with the reason and left out of the table, and the exit code is then 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,11 @@ def load_predictions(run_dir: Path) -> TestPredictions:
         if status not in (None, results.OK):
             raise CompareError(f"{run_dir}: the run's status is {status!r}" + (f" ({error})" if error else "")
                                + f"; it has no {results.PREDICTIONS} to compare")
+        holder = results.running_holder(Path(run_dir))
+        # this process's own pid is a run it finished in-process (regress.run, then compare), not a live one
+        if holder is not None and holder != os.getpid():
+            raise CompareError(f"{run_dir} is still running (process {holder} holds it); it has no "
+                               f"{results.PREDICTIONS} until it finishes")
         if (Path(run_dir) / results.REGRESSION).exists():
             raise CompareError(f"{run_dir} has no {results.PREDICTIONS}: run the same `python -m ntklab regress` "
                                "command in it again to write it (its kernel blocks are reused; only the solve runs)")

@@ -148,6 +148,21 @@ def _is_running(pid: Optional[int]) -> bool:
     return True
 
 
+def running_holder(run_dir: Path) -> Optional[int]:
+    """The pid recorded in the run directory's lock file when that process is running on this machine,
+    else None (no lock file, no pid, or its process ended). Read without taking the lock, so a reader
+    never makes a starting run see the directory busy; a pid reused by another process reads as running."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        pid = _recorded_pid(fd)
+    finally:
+        os.close(fd)
+    return pid if _is_running(pid) else None
+
+
 @contextlib.contextmanager
 def locked(run_dir: Path, shared: bool = False) -> Iterator[None]:
     """Hold the run directory's lock (its .lock file) for the ``with`` block: exclusive, or ``shared``

@@ -827,6 +827,20 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path, compare):
     (tmp_path / "a" / results.PREDICTIONS).unlink()
     out, err, code = compare("a", "b")
     assert code == 2 and "run the same `python -m ntklab regress` command in it again" in err, err
+    # a run still in progress (its lock names a live process) says so; one whose process has ended,
+    # or that this process ran itself (the lock names this pid now), reads as unfinished, as before
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (tmp_path / "a" / results.LOCK).write_text(f"{live.pid}\n")
+        out, err, code = compare("b", "a")
+        assert code == 2 and f"a is still running (process {live.pid} holds it)" in err, err
+    finally:
+        live.kill()
+        live.wait()
+    for pid in (live.pid, os.getpid()):
+        (tmp_path / "a" / results.LOCK).write_text(f"{pid}\n")
+        out, err, code = compare("b", "a")
+        assert code == 2 and "still running" not in err and "run the same" in err, err
 
 
 def test_compare_tabulates_several_runs_against_one_and_each_against_its_own_kind(tmp_path, compare):
