@@ -42,7 +42,6 @@ stderr with the reason and left out of the table, and the exit code is then 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +137,7 @@ def load_predictions(run_dir: Path) -> TestPredictions:
             raise CompareError(f"{run_dir}: the run's status is {status!r}" + (f" ({error})" if error else "")
                                + f"; it has no {results.PREDICTIONS} to compare")
         holder = results.running_holder(Path(run_dir))
-        # this process's own pid is a run it finished in-process (regress.run, then compare), not a live one
-        if holder is not None and holder != os.getpid():
+        if holder is not None:
             raise CompareError(f"{run_dir} is still running (process {holder} holds it); it has no "
                                f"{results.PREDICTIONS} until it finishes")
         if (Path(run_dir) / results.REGRESSION).exists():
@@ -261,16 +259,12 @@ class ComparedPair:
     comparison: PairedComparison
 
     def record(self) -> dict:
-        """The row as the table and the CSV hold it (TABLE_COLUMNS)."""
+        """The row as the table and the CSV hold it, in their column order."""
         c = self.comparison
         return {"run_b": str(self.run_b), "kind_b": self.kind_b, "run_a": str(self.run_a), "kind_a": self.kind_a,
                 "images": c.images, "accuracy_a": c.accuracy_a, "accuracy_b": c.accuracy_b, "only_a": c.only_a,
                 "only_b": c.only_b, "difference": c.difference, "standard_error": c.standard_error,
                 "p_value": c.p_value}
-
-
-TABLE_COLUMNS = ["run_b", "kind_b", "run_a", "kind_a", "images", "accuracy_a", "accuracy_b", "only_a", "only_b",
-                 "difference", "standard_error", "p_value"]
 
 
 def compare_each(run_a: Optional[Path], kind_a: Optional[str],
@@ -290,8 +284,8 @@ def compare_each(run_a: Optional[Path], kind_a: Optional[str],
 
 
 def comparison_table(pairs: Sequence[ComparedPair]) -> pd.DataFrame:
-    """The pairs as a table, a row per pair in TABLE_COLUMNS."""
-    return pd.DataFrame([pair.record() for pair in pairs], columns=TABLE_COLUMNS)
+    """The pairs (at least one) as a table, a row per pair (ComparedPair.record)."""
+    return pd.DataFrame([pair.record() for pair in pairs])
 
 
 def format_table(table: pd.DataFrame, each_own: bool) -> str:

@@ -149,9 +149,10 @@ def _is_running(pid: Optional[int]) -> bool:
 
 
 def running_holder(run_dir: Path) -> Optional[int]:
-    """The pid recorded in the run directory's lock file when that process is running on this machine,
-    else None (no lock file, no pid, or its process ended). Read without taking the lock, so a reader
-    never makes a starting run see the directory busy; a pid reused by another process reads as running."""
+    """The pid recorded in the run directory's lock file when that is another process running on this
+    machine, else None (no lock file, no pid, its process ended, or this process: a run it finished
+    in-process leaves its own pid behind). Read without taking the lock, so a reader never makes a
+    starting run see the directory busy; a pid reused by another process reads as running."""
     try:
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
     except OSError:
@@ -160,7 +161,7 @@ def running_holder(run_dir: Path) -> Optional[int]:
         pid = _recorded_pid(fd)
     finally:
         os.close(fd)
-    return pid if _is_running(pid) else None
+    return pid if pid != os.getpid() and _is_running(pid) else None
 
 
 @contextlib.contextmanager
