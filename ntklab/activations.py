@@ -101,36 +101,106 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
     sin_scale = ((1.0 - slope) / 2.0) ** 2 * 2.0 / math.pi       # c above
     dphi_at_zero = ((1.0 + slope) / 2.0) ** 2                     # E[φ'(u)φ'(v)] at ρ = 0
     dphi_slope = (1.0 - slope) ** 2 / (2.0 * math.pi)
+    mean_dphi = (1.0 + slope) / 2.0                               # E[φ'(v)] for Var v > 0
+    # Where a variance is 0 the formulas give ρ = 0, E[φ'(u)φ'(v)] = mean_dphi², and the entry is
+    # φ'(0)·mean_dphi (one variance 0) or φ'(0)² (both): mean_dphi² times one factor per variance,
+    # 1 where it is positive and φ'(0)/mean_dphi where it is 0 (relu: 0 and 1, so the product is
+    # exact). At slope −1 mean_dphi = 0 (abs): then only the entries with both variances 0 differ,
+    # and only if φ'(0) ≠ 0 (None below).
+    if mean_dphi != 0.0:
+        zero_variance_factor = derivative_at_zero / mean_dphi
+    else:
+        zero_variance_factor = 1.0 if derivative_at_zero == 0.0 else None
 
-    def dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
-        # Two arrays of cov's size, the results, and every step in place on them: the CNTK calls this on
-        # blocks of millions of entries, where each operation is a pass through memory and each
-        # allocation costs page faults besides.
-        shape = torch.broadcast_shapes(q1.shape, q2.shape, cov.shape)
+    def dual_into(q1: Tensor, q2: Tensor, cov: Tensor, e_phi: Tensor, e_dphi: Tensor, degenerate: bool) -> None:
+        # Every step in place on the two output arrays: the CNTK calls this on blocks of millions of
+        # entries, where each operation is a pass through memory and each allocation costs page
+        # faults besides.
         # √(q1 q2) in one rounding, not √q1·√q2: for a self pair (q1 = q2 = cov) it makes ρ = 1
         # exactly, where arccos would turn a 1-ulp error into ~1e-8 (tests/test_kernels.py sees it)
         # A zero variance (or q1 q2 below the dtype's smallest normal number, tiny) leaves cov = 0 there
         # and √(q1 q2) is raised to √tiny: ρ = 0 (see safe_correlation). Then both roots below would
         # take many zeros, on which sqrt is slow: they go through sqrt_normal_, whose two extra passes
         # only such inputs (images with blank margins) repay.
-        degenerate = math.prod(shape) > 0 and bool(q1.amin() * q2.amin() == 0)
-        rho = torch.mul(q1, q2, out=cov.new_empty(shape))
+        rho = torch.mul(q1, q2, out=e_dphi)
         rho = rho.clamp_min_(torch.finfo(cov.dtype).tiny).sqrt_() if degenerate else rho.sqrt_()
         rho = torch.div(cov, rho, out=rho).clamp_(-1.0, 1.0)
         # c √(q1 q2) sin θ = √(c² q1 q2 (1 − ρ)(1 + ρ)): exactly 0 at ρ = ±1 however the products round
-        e_phi = torch.mul(q1 * (sin_scale * sin_scale), q2, out=cov.new_empty(shape))
-        e_phi = e_phi.addcmul_(e_phi, rho, value=-1.0).addcmul_(e_phi, rho)
-        e_phi = sqrt_normal_(e_phi) if degenerate else e_phi.sqrt_()
-        e_dphi = torch.add(cov.new_full((), dphi_at_zero), rho.arcsin_(), alpha=dphi_slope, out=rho)
-        e_phi = e_phi.addcmul_(cov, e_dphi)
-        if degenerate:
-            zero1, zero2 = q1 == 0, q2 == 0
-            if bool(zero1.any()) or bool(zero2.any()):
-                mean_derivative = lambda zero: torch.where(zero, derivative_at_zero, (1.0 + slope) / 2.0)
-                e_dphi = torch.where(zero1 | zero2, mean_derivative(zero1) * mean_derivative(zero2), e_dphi)
+        torch.mul(q1 * (sin_scale * sin_scale), q2, out=e_phi)
+        e_phi.addcmul_(e_phi, rho, value=-1.0).addcmul_(e_phi, rho)
+        sqrt_normal_(e_phi) if degenerate else e_phi.sqrt_()
+        torch.add(cov.new_full((), dphi_at_zero), rho.arcsin_(), alpha=dphi_slope, out=e_dphi)
+        e_phi.addcmul_(cov, e_dphi)
+        if degenerate and zero_variance_factor is None:
+            e_dphi.masked_fill_((q1 == 0) & (q2 == 0), derivative_at_zero ** 2)
+        elif degenerate and zero_variance_factor != 1.0:
+            for q in (q1, q2):
+                e_dphi.mul_(_by_variance(q, zero_variance_factor, 1.0))
+
+    def dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
+        shape = torch.broadcast_shapes(q1.shape, q2.shape, cov.shape)
+        e_phi, e_dphi = cov.new_empty(shape), cov.new_empty(shape)
+        degenerate = math.prod(shape) > 0 and bool(q1.amin() * q2.amin() == 0)
+        box = support_box(q1, q2, shape) if degenerate else None
+        if box is None:
+            dual_into(q1, q2, cov, e_phi, e_dphi, degenerate)
+            return e_phi, e_dphi
+        # Images with blank margins (MNIST's) leave most pairs of positions with a variance 0, where
+        # the entries are known without arithmetic: E[φ(u)φ(v)] = 0 (cov = 0 there too) and the
+        # zero-variance E[φ'(u)φ'(v)] above. The formulas run only on the smallest box that holds
+        # every pair of positive variances; they give the same numbers there as on the whole array.
+        e_phi.zero_()
+        torch.mul(_by_variance(q1, derivative_at_zero, mean_dphi), _by_variance(q2, derivative_at_zero, mean_dphi),
+                  out=e_dphi)
+        if box[0].stop > box[0].start:
+            box_shape = [part.stop - part.start for part in box]
+            # on contiguous arrays of the box's size, copied in after: elementwise loops over a strided
+            # view of the whole array run several times slower (sqrt and arcsin lose their vector code)
+            box_phi, box_dphi = cov.new_empty(box_shape), cov.new_empty(box_shape)
+            dual_into(_restrict(q1, box), _restrict(q2, box), _restrict(cov, box), box_phi, box_dphi, True)
+            e_phi[box], e_dphi[box] = box_phi, box_dphi
         return e_phi, e_dphi
 
     return dual
+
+
+def _by_variance(q: Tensor, at_zero: float, positive: float) -> Tensor:
+    """``at_zero`` where q = 0, ``positive`` elsewhere, in q's dtype (python numbers alone would make
+    torch.where's result float32, rounding them in a float64 kernel)."""
+    return torch.where(q == 0, q.new_tensor(at_zero), q.new_tensor(positive))
+
+
+def support_box(q1: Tensor, q2: Tensor, shape) -> "Optional[tuple[slice, ...]]":
+    """The smallest box of ``shape`` (one slice per axis) outside which q1 = 0 or q2 = 0 (broadcast);
+    None where it is the whole array; all slices empty where every entry has a variance 0.
+
+    On axis k the box spans the indices where some entry of q1 is nonzero, intersected with the same
+    for q2 (a tensor of size 1 there spans everything): outside it one of the two is 0 everywhere.
+    """
+    box = []
+    for axis, size in enumerate(shape):
+        start, stop = 0, size
+        for q in (q1, q2):
+            q_axis = axis - (len(shape) - q.dim())
+            if q_axis < 0 or q.shape[q_axis] == 1:
+                continue
+            others = [k for k in range(q.dim()) if k != q_axis]
+            indices = torch.nonzero(q.ne(0).any(dim=others) if others else q.ne(0)).flatten()
+            if indices.numel() == 0:
+                return tuple(slice(0, 0) for _ in shape)
+            start, stop = max(start, int(indices[0])), min(stop, int(indices[-1]) + 1)
+        if stop <= start:
+            return tuple(slice(0, 0) for _ in shape)
+        box.append(slice(start, stop))
+    if all(part.start == 0 and part.stop == size for part, size in zip(box, shape)):
+        return None
+    return tuple(box)
+
+
+def _restrict(q: Tensor, box) -> Tensor:
+    """``q`` (broadcasting against the box's array) cut to the box: its axes of size 1 stay whole."""
+    lead = len(box) - q.dim()
+    return q[tuple(part if q.shape[k] > 1 else slice(None) for k, part in enumerate(box[lead:]))]
 
 
 def _erf_dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":

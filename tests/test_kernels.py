@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ntklab import ArchSpec, analytic_kernels
-from ntklab.activations import get_activation, leaky_relu, sqrt_normal_
+from ntklab.activations import get_activation, leaky_relu, sqrt_normal_, support_box
 from ntklab.kernels import quadrature_dual
 from tests.helpers import random_inputs
 
@@ -271,3 +271,87 @@ def test_sqrt_normal_is_sqrt_on_normal_numbers_and_zero_below(dtype):
     assert torch.equal(sqrt_normal_(normal.clone()), torch.sqrt(normal))
     assert torch.equal(sqrt_normal_(below.clone()), torch.zeros_like(below))
     assert bool((torch.sqrt(below) <= torch.sqrt(torch.tensor(tiny, dtype=dtype))).all())
+
+
+def _blank_margin_variances(generator):
+    """Per-position variances of two image sets as the relu dual meets them in a GAP CNTK's pair
+    block: q1 (5, 6, 1, 1, 3, 1) and q2 (1, 1, 5, 6, 1, 4), 0 on blank margins and on a hole, so the
+    positive ones fill a box that is not all of it, and not every entry inside that box."""
+    q1 = torch.rand(5, 6, 1, 1, 3, 1, generator=generator, dtype=torch.float64) + 0.5
+    q1[0], q1[:, 5], q1[2, 2] = 0.0, 0.0, 0.0
+    q2 = torch.rand(1, 1, 5, 6, 1, 4, generator=generator, dtype=torch.float64) + 0.5
+    q2[:, :, 4], q2[:, :, :, :2], q2[..., 3] = 0.0, 0.0, 0.0     # one image blank all over
+    return q1, q2
+
+
+def test_support_box_is_the_smallest_box_holding_every_pair_of_positive_variances():
+    q1, q2 = _blank_margin_variances(torch.Generator().manual_seed(5))
+    shape = torch.broadcast_shapes(q1.shape, q2.shape)
+    positive = ((q1 > 0) & (q2 > 0)).expand(shape)
+    box = support_box(q1, q2, shape)
+    # by hand: the first and last index of a positive pair along each axis
+    expected = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in positive.nonzero().unbind(1))
+    assert box == expected and box[:4] == (slice(1, 5), slice(0, 5), slice(0, 4), slice(2, 6))
+    assert positive.sum() == positive[box].sum() and not bool(positive[box].all())
+    assert support_box(q1 + 1.0, q2 + 1.0, shape) is None                       # nothing to leave out
+    assert all(part.start == part.stop for part in support_box(q1, q2 * 0.0, shape))     # all degenerate
+
+
+# (activation, slope a, φ'(0)): the leaky relu family as its duals see it; slope −1 with φ'(0) = −1
+# (where(x > 0, 1, a)) is the one member whose E[φ'] = (1 + a)/2 vanishes while φ'(0) does not
+RELU_FAMILY = [("relu", 0.0, 0.0), ("abs", -1.0, 0.0), ("leaky_relu", 0.01, 0.01), (leaky_relu(-1.0), -1.0, -1.0)]
+
+
+@pytest.mark.parametrize("activation, slope, derivative_at_zero", RELU_FAMILY)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dual_on_blank_margins_equals_the_dual_entry_by_entry(activation, slope, derivative_at_zero, dtype):
+    """The relu-family dual runs its formulas only on the box of positive variances and writes the
+    known zero-variance values around it (E[φφ] = 0, E[φ'φ'] = φ'(0)·E[φ'(v)] or φ'(0)²). Each entry
+    alone, a 0-d call, takes the plain path through the same formulas: both must give the same numbers."""
+    generator = torch.Generator().manual_seed(6)
+    q1, q2 = _blank_margin_variances(generator)
+    shape = torch.broadcast_shapes(q1.shape, q2.shape)
+    # a valid covariance: ρ in (−1, 1) times √(q1 q2), so exactly 0 where a variance is 0
+    cov = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * (q1 * q2).sqrt()
+    q1, q2, cov = q1.to(dtype), q2.to(dtype), cov.to(dtype)
+    dual = get_activation(activation).dual
+    e_phi, e_dphi = dual(q1, q2, cov)
+    by_entry = [dual(a, b, c) for a, b, c in zip(q1.expand(shape).flatten(), q2.expand(shape).flatten(),
+                                                  cov.flatten())]
+    # the same operations on the same numbers; only a vector and a scalar loop of one libm function
+    # (arcsin, sqrt) may round differently: 1 ulp, well inside 4 ulps relative to the largest entry
+    for got, expected in ((e_phi, torch.stack([pair[0] for pair in by_entry])),
+                          (e_dphi, torch.stack([pair[1] for pair in by_entry]))):
+        scale = 4 * torch.finfo(dtype).eps * expected.abs().max()
+        assert torch.allclose(got.flatten(), expected, rtol=0, atol=scale.item())
+    # and the zero-variance entries are the closed forms of the docstring
+    mean = lambda q: torch.where(q == 0, torch.tensor(derivative_at_zero, dtype=torch.float64),
+                                 torch.tensor((1 + slope) / 2, dtype=torch.float64))     # E[φ'(u)]
+    degenerate = ((q1 == 0) | (q2 == 0)).expand(shape)
+    assert bool((e_phi[degenerate] == 0).all())
+    expected_dphi = (mean(q1) * mean(q2)).expand(shape)[degenerate]
+    assert torch.allclose(e_dphi[degenerate].double(), expected_dphi, rtol=4 * torch.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "abs", "leaky_relu"])
+def test_cnn_kernels_of_images_with_blank_margins_equal_quadrature(activation):
+    """Images blank but for a rectangle each, at different places (MNIST-like), through two 'same'
+    convs without biases and a global average pool: the closed form (which skips the blank pairs
+    of positions) against quadrature (which evaluates every entry, with φ'(0) from φ' itself)."""
+    from ntklab import layers as nl
+
+    generator = torch.Generator().manual_seed(8)
+    x = torch.zeros(4, 1, 9, 9, dtype=torch.float64)
+    for image, (top, left, height, width) in enumerate([(1, 2, 4, 5), (3, 0, 5, 3), (2, 2, 5, 5), (0, 5, 3, 4)]):
+        x[image, 0, top:top + height, left:left + width] = torch.randn(height, width, generator=generator,
+                                                                      dtype=torch.float64)
+    arch = nl.serial(nl.conv(8, 3, sigma_w=1.4, bias=False), nl.activation(activation),
+                     nl.conv(8, 3, sigma_w=1.4, bias=False), nl.activation(activation),
+                     nl.global_avg_pool(), nl.dense(1, sigma_w=1.2))
+    closed = analytic_kernels(arch, x, method="closed_form")
+    quadrature = analytic_kernels(arch, x, method="quadrature")
+    # quadrature's error on these piecewise-linear duals is ~1e-13 of the largest entry
+    # (test_closed_form_equals_quadrature); a wrong value at the skipped entries (φ'(0) taken as
+    # E[φ'] there, as the dual once did) moves the kernels by percents
+    assert _rel_max(closed.nngp, quadrature.nngp) < 1e-10
+    assert _rel_max(closed.ntk, quadrature.ntk) < 1e-10
