@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -177,24 +178,26 @@ def support_box(q1: Tensor, q2: Tensor, shape) -> "Optional[tuple[slice, ...]]":
     On axis k the box spans the indices where some entry of q1 is nonzero, intersected with the same
     for q2 (a tensor of size 1 there spans everything): outside it one of the two is 0 everywhere.
     """
-    box = []
-    for axis, size in enumerate(shape):
-        start, stop = 0, size
-        for q in (q1, q2):
-            q_axis = axis - (len(shape) - q.dim())
-            if q_axis < 0 or q.shape[q_axis] == 1:
+    # on the CPU in numpy: the variances are small (one number per position and image), and a dozen
+    # torch reductions over them cost more than the box saves on a pair of 28×28 images
+    box = [(0, size) for size in shape]
+    for q in (q1, q2):
+        positive = (q != 0).cpu().numpy()
+        lead = len(shape) - positive.ndim
+        for q_axis, q_size in enumerate(positive.shape):
+            if q_size == 1:
                 continue
-            others = [k for k in range(q.dim()) if k != q_axis]
-            indices = torch.nonzero(q.ne(0).any(dim=others) if others else q.ne(0)).flatten()
-            if indices.numel() == 0:
+            others = tuple(k for k in range(positive.ndim) if k != q_axis)
+            indices = np.flatnonzero(positive.any(axis=others))
+            if indices.size == 0:
                 return tuple(slice(0, 0) for _ in shape)
-            start, stop = max(start, int(indices[0])), min(stop, int(indices[-1]) + 1)
-        if stop <= start:
-            return tuple(slice(0, 0) for _ in shape)
-        box.append(slice(start, stop))
-    if all(part.start == 0 and part.stop == size for part, size in zip(box, shape)):
+            start, stop = box[lead + q_axis]
+            box[lead + q_axis] = (max(start, int(indices[0])), min(stop, int(indices[-1]) + 1))
+    if any(stop <= start for start, stop in box):
+        return tuple(slice(0, 0) for _ in shape)
+    if all(start == 0 and stop == size for (start, stop), size in zip(box, shape)):
         return None
-    return tuple(box)
+    return tuple(slice(start, stop) for start, stop in box)
 
 
 def _restrict(q: Tensor, box) -> Tensor:
