@@ -103,15 +103,12 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
     dphi_at_zero = ((1.0 + slope) / 2.0) ** 2                     # E[φ'(u)φ'(v)] at ρ = 0
     dphi_slope = (1.0 - slope) ** 2 / (2.0 * math.pi)
     mean_dphi = (1.0 + slope) / 2.0                               # E[φ'(v)] for Var v > 0
-    # Where a variance is 0 the formulas give ρ = 0, E[φ'(u)φ'(v)] = mean_dphi², and the entry is
-    # φ'(0)·mean_dphi (one variance 0) or φ'(0)² (both): mean_dphi² times one factor per variance,
-    # 1 where it is positive and φ'(0)/mean_dphi where it is 0 (relu: 0 and 1, so the product is
-    # exact). At slope −1 mean_dphi = 0 (abs): then only the entries with both variances 0 differ,
-    # and only if φ'(0) ≠ 0 (None below).
-    if mean_dphi != 0.0:
-        zero_variance_factor = derivative_at_zero / mean_dphi
-    else:
-        zero_variance_factor = 1.0 if derivative_at_zero == 0.0 else None
+    # Where a variance is 0 the formulas give ρ = 0 and E[φ'(u)φ'(v)] = mean_dphi², where the entry is
+    # φ'(0)·mean_dphi (one variance 0) or φ'(0)² (both). With φ'(0) = 0 that is 0: relu's comes from
+    # multiplying by a 0/1 mask per variance, exactly; abs's mean_dphi is 0 already. Any other member
+    # takes the products themselves, rounded as around the box in `dual` (and independent of cov there).
+    zero_variance_rule = ("mask" if derivative_at_zero == 0.0 and mean_dphi != 0.0
+                          else "none" if derivative_at_zero == 0.0 else "products")
 
     def dual_into(q1: Tensor, q2: Tensor, cov: Tensor, e_phi: Tensor, e_dphi: Tensor, degenerate: bool) -> None:
         # Every step in place on the two output arrays: the CNTK calls this on blocks of millions of
@@ -132,11 +129,15 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
         sqrt_normal_(e_phi) if degenerate else e_phi.sqrt_()
         torch.add(cov.new_full((), dphi_at_zero), rho.arcsin_(), alpha=dphi_slope, out=e_dphi)
         e_phi.addcmul_(cov, e_dphi)
-        if degenerate and zero_variance_factor is None:
-            e_dphi.masked_fill_((q1 == 0) & (q2 == 0), derivative_at_zero ** 2)
-        elif degenerate and zero_variance_factor != 1.0:
+        if degenerate and zero_variance_rule == "mask":
             for q in (q1, q2):
-                e_dphi.mul_(_by_variance(q, zero_variance_factor, 1.0))
+                e_dphi.mul_(_by_variance(q, 0.0, 1.0))
+        elif degenerate and zero_variance_rule == "products":
+            torch.where((q1 == 0) | (q2 == 0), zero_variance_dphi(q1, q2), e_dphi, out=e_dphi)
+
+    def zero_variance_dphi(q1: Tensor, q2: Tensor) -> Tensor:
+        """φ'(0)·mean_dphi, mean_dphi·φ'(0), φ'(0)² or mean_dphi² by which variances are 0 (broadcast)."""
+        return _by_variance(q1, derivative_at_zero, mean_dphi) * _by_variance(q2, derivative_at_zero, mean_dphi)
 
     def dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
         shape = torch.broadcast_shapes(q1.shape, q2.shape, cov.shape)
@@ -151,8 +152,7 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
         # zero-variance E[φ'(u)φ'(v)] above. The formulas run only on the smallest box that holds
         # every pair of positive variances; they give the same numbers there as on the whole array.
         e_phi.zero_()
-        torch.mul(_by_variance(q1, derivative_at_zero, mean_dphi), _by_variance(q2, derivative_at_zero, mean_dphi),
-                  out=e_dphi)
+        e_dphi.copy_(zero_variance_dphi(q1, q2))
         if box[0].stop > box[0].start:
             box_shape = [part.stop - part.start for part in box]
             # on contiguous arrays of the box's size, copied in after: elementwise loops over a strided
@@ -174,11 +174,13 @@ def _by_variance(q: Tensor, at_zero: float, positive: float) -> Tensor:
 
 
 def support_box(q1: Tensor, q2: Tensor, shape) -> "Optional[tuple[slice, ...]]":
-    """The smallest box of ``shape`` (one slice per axis) outside which q1 = 0 or q2 = 0 (broadcast);
-    None where it is the whole array; all slices empty where every entry has a variance 0.
+    """A box of ``shape`` (one slice per axis) outside which q1 = 0 or q2 = 0 (broadcast); None where
+    it is the whole array; all slices empty where every entry has a variance 0.
 
     On axis k the box spans the indices where some entry of q1 is nonzero, intersected with the same
     for q2 (a tensor of size 1 there spans everything): outside it one of the two is 0 everywhere.
+    Where q1 and q2 vary along different axes (the two images of a CNTK block) it is the smallest
+    such box; where they share one (the pair axis of a diagonal) it may hold entries it need not.
     """
     # on the CPU in numpy: the variances are small (one number per position and image), and a dozen
     # torch reductions over them cost more than the box saves on a pair of 28×28 images
