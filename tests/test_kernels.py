@@ -318,14 +318,15 @@ def test_dual_on_blank_margins_equals_the_dual_entry_by_entry(activation, slope,
     q1, q2, cov = q1.to(dtype), q2.to(dtype), cov.to(dtype)
     dual = get_activation(activation).dual
     e_phi, e_dphi = dual(q1, q2, cov)
-    by_entry = [dual(a, b, c) for a, b, c in zip(q1.expand(shape).flatten(), q2.expand(shape).flatten(),
-                                                  cov.flatten())]
+    # a seeded draw of 1500 of the 10,800 entries, each a 0-d call (about 0.1 ms apiece)
+    entries = torch.randperm(cov.numel(), generator=generator)[:1500]
+    by_entry = [dual(q1.expand(shape).flatten()[i], q2.expand(shape).flatten()[i], cov.flatten()[i]) for i in entries]
     # the same operations on the same numbers; only a vector and a scalar loop of one libm function
     # (arcsin, sqrt) may round differently: 1 ulp, well inside 4 ulps relative to the largest entry
     for got, expected in ((e_phi, torch.stack([pair[0] for pair in by_entry])),
                           (e_dphi, torch.stack([pair[1] for pair in by_entry]))):
         scale = 4 * torch.finfo(dtype).eps * expected.abs().max()
-        assert torch.allclose(got.flatten(), expected, rtol=0, atol=scale.item())
+        assert torch.allclose(got.flatten()[entries], expected, rtol=0, atol=scale.item())
     # and the zero-variance entries are the closed forms of the docstring
     mean = lambda q: torch.where(q == 0, torch.tensor(derivative_at_zero, dtype=torch.float64),
                                  torch.tensor((1 + slope) / 2, dtype=torch.float64))     # E[φ'(u)]
