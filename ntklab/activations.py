@@ -135,9 +135,10 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
         elif degenerate and zero_variance_rule == "products":
             torch.where((q1 == 0) | (q2 == 0), zero_variance_dphi(q1, q2), e_dphi, out=e_dphi)
 
-    def zero_variance_dphi(q1: Tensor, q2: Tensor) -> Tensor:
+    def zero_variance_dphi(q1: Tensor, q2: Tensor, out: Optional[Tensor] = None) -> Tensor:
         """φ'(0)·mean_dphi, mean_dphi·φ'(0), φ'(0)² or mean_dphi² by which variances are 0 (broadcast)."""
-        return _by_variance(q1, derivative_at_zero, mean_dphi) * _by_variance(q2, derivative_at_zero, mean_dphi)
+        return torch.mul(_by_variance(q1, derivative_at_zero, mean_dphi), _by_variance(q2, derivative_at_zero, mean_dphi),
+                         out=out)
 
     def dual(q1: Tensor, q2: Tensor, cov: Tensor) -> "tuple[Tensor, Tensor]":
         shape = torch.broadcast_shapes(q1.shape, q2.shape, cov.shape)
@@ -152,7 +153,7 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
         # zero-variance E[φ'(u)φ'(v)] above. The formulas run only on the smallest box that holds
         # every pair of positive variances; they give the same numbers there as on the whole array.
         e_phi.zero_()
-        e_dphi.copy_(zero_variance_dphi(q1, q2))
+        zero_variance_dphi(q1, q2, out=e_dphi)
         if box[0].stop > box[0].start:
             box_shape = [part.stop - part.start for part in box]
             # on contiguous arrays of the box's size, copied in after: elementwise loops over a strided
