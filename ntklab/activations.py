@@ -150,8 +150,8 @@ def _leaky_relu_dual(slope: float, derivative_at_zero: float) -> Dual:
             return e_phi, e_dphi
         # Images with blank margins (MNIST's) leave most pairs of positions with a variance 0, where
         # the entries are known without arithmetic: E[φ(u)φ(v)] = 0 (cov = 0 there too) and the
-        # zero-variance E[φ'(u)φ'(v)] above. The formulas run only on the smallest box that holds
-        # every pair of positive variances; they give the same numbers there as on the whole array.
+        # zero-variance E[φ'(u)φ'(v)] above. The formulas run only on the box that holds every pair
+        # of positive variances (support_box); they give the same numbers there as on the whole array.
         e_phi.zero_()
         zero_variance_dphi(q1, q2, out=e_dphi)
         if box[0].stop > box[0].start:
