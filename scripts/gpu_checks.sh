@@ -19,8 +19,8 @@
 #   regress_gap_mnist, regress_gap_fashion_mnist
 #                     (only where data/ holds the files, as below) kernel regression with the depth-2
 #                     global-average-pool CNTK (CNTK-GAP) on GAP_N class-balanced train images
-#                     (default 3000: 5.1 million entries, about 12 hours of two CPU cores at the
-#                     117 entries per second two CPU workers reached at n = 1000) and the 200
+#                     (default 3000: 5.1 million entries, about 7 hours of two CPU cores at the
+#                     9-10 ms per entry per worker that filled MNIST's on a 2-core AMD EPYC) and the 200
 #                     balanced test images of the README's CPU rows, float32, each step within
 #                     GAP_LIMIT seconds (default 200; a later call with ONLY=... resumes its blocks);
 #   bench_regress, bench_regress_cpu_blocks
