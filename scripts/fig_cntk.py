@@ -113,7 +113,9 @@ def main() -> None:
             label = "trained CNN" if n is None else f"n = {n}"
             mean = runs.groupby("model.width")["final.test_accuracy"].mean()
             axes[1].plot(runs["model.width"], runs["final.test_accuracy"], "o", color=colour, alpha=0.5, markersize=4)
-            axes[1].plot(mean.index, mean.values, "-", color=colour, label=f"{label} (mean over seeds)")
+            # a size trained at one channel count only has no line to draw: its mean is a marker
+            axes[1].plot(mean.index, mean.values, "-" if len(mean) > 1 else "D", color=colour,
+                         label=f"{label} (mean over seeds)")
             cntk = own_cntk_accuracy(kernels, runs)
             if cntk is not None:
                 axes[1].axhline(cntk, color=colour, linestyle="--", linewidth=1, label=f"its CNTK at t = ∞, {label}")

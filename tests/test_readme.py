@@ -89,8 +89,9 @@ def markdown_table_after(text: str, marker: str) -> list[dict]:
 DATA = README.parent / "docs" / "data"
 DATA_SETS = {"mnist": ("MNIST", "On MNIST the initial function decides the comparison"),
              "fashion": ("Fashion-MNIST", "The same comparison on Fashion-MNIST")}
-# the tables of nets trained on 300 and 1000 images: both data sets in one table, with a "data" column
-TRAINED_BY_N_MARKERS = {300: "At 300 training images the same nets", 1000: "At 1000 training images the same nets"}
+# the tables of nets trained on 300, 1000 and 3000 images: both data sets in one table, with a "data" column
+TRAINED_BY_N_MARKERS = {300: "At 300 training images the same nets", 1000: "At 1000 training images the same nets",
+                        3000: "At 3000 training images the same nets"}
 
 
 @pytest.mark.parametrize("name", sorted(DATA_SETS))
@@ -111,7 +112,7 @@ def test_the_cntk_figures_tables_hold_the_readmes_numbers(name):
         assert float(matches[0][method[run["model.readout"]]]) == run["kernels.ntk.test_accuracy"]
         assert float(matches[0][gaussian_process[run["model.readout"]]]) == run["kernels.nngp.test_accuracy"]
     # MNIST's table at n = 100 also lists nets trained as plain f (column "f trained"); Fashion's has only
-    # f − f_0. The tables at n = 300 and 1000 hold both data sets, one "data" column.
+    # f − f_0. The tables at n = 300, 1000 and 3000 hold both data sets, one "data" column.
     trained_rows = {100: [row for row in markdown_table_after(text, trained_marker)
                           if row.get("f trained", "f − f_0 (`model.alpha=1`)") == "f − f_0 (`model.alpha=1`)"]}
     trained_rows.update({n: [row for row in markdown_table_after(text, marker) if row["data"] == label]
