@@ -90,8 +90,7 @@ DATA = README.parent / "docs" / "data"
 DATA_SETS = {"mnist": ("MNIST", "On MNIST the initial function decides the comparison"),
              "fashion": ("Fashion-MNIST", "The same comparison on Fashion-MNIST")}
 # the tables of nets trained on 300, 1000 and 3000 images: both data sets in one table, with a "data" column
-TRAINED_BY_N_MARKERS = {300: "At 300 training images the same nets", 1000: "At 1000 training images the same nets",
-                        3000: "At 3000 training images the same nets"}
+TRAINED_BY_N_MARKERS = {n: f"At {n} training images the same nets" for n in (300, 1000, 3000)}
 
 
 @pytest.mark.parametrize("name", sorted(DATA_SETS))
